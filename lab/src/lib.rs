@@ -1,0 +1,16 @@
+//! The experiment side of weir: booting test guests, running fio inside them, and turning what
+//! they print into typed results.
+//!
+//! Here live scenario files, guest orchestration (`weir vm` or QEMU), fio job handling, metrics
+//! (fairness, latency) and report rendering. At this stage: the QEMU runner for the Linux test
+//! guest ([`qemu`]), the serial-log protocol the guest's `/init` speaks ([`serial`]), fio's JSON
+//! output as Rust types ([`fio`]), and the host facts that pick an accelerator ([`host`]).
+
+pub mod fio;
+pub mod fiojob;
+pub mod host;
+pub mod hostfio;
+pub mod qemu;
+pub mod serial;
+pub mod summary;
+pub mod testenv;

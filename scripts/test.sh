@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, builds the Linux test guest image (cached
+# while its recipe is unchanged), checks formatting and lints, and runs every test.
+# WEIR_REQUIRE_KVM=1 turns a machine test that cannot run (no QEMU, no /dev/kvm, no image) into
+# a failure instead of a skip; CI sets it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+cargo build --release --bin weir
+./target/release/weir image build
+./target/release/weir host
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --release -- --nocapture

@@ -1,0 +1,233 @@
+//! `weir`: the command line. Each subcommand is a thin layer over a workspace crate.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use weir_guest_images::ImageStore;
+use weir_lab::fiojob::with_target;
+use weir_lab::host::{AccelChoice, HostFacts};
+use weir_lab::hostfio::run_host_fio;
+use weir_lab::qemu::{GuestDisk, LinuxGuestSpec};
+use weir_lab::summary::{render, render_comparison, summarise};
+use weir_vmm::host::HostVirtualization;
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "A KVM micro-hypervisor with a fair, shared I/O broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build or locate the Linux test guest image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Say what virtualization this host has and how weir will run guests on it.
+    Host,
+    /// Boot one Linux test guest under QEMU, run a fio job in it, print IOPS and latency.
+    Guest(GuestArgs),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build the image (kernel from linux-source-6.1, busybox + fio initramfs), or reuse the
+    /// cached one when its recipe is unchanged.
+    Build {
+        /// Image cache directory [default: $WEIR_IMAGE_DIR or ~/.cache/weir/images].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Rebuild even if a valid image for this recipe exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the directory of the image for the current recipe (fails if not built).
+    Path {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct GuestArgs {
+    /// fio job file; the target (filename=) is added by weir. [default: scenarios/fio/quick.fio]
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Raw file to attach as /dev/vda [default: a new sparse file in the run directory].
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// Size of the new disk file, in MiB.
+    #[arg(long, default_value_t = 256)]
+    disk_size_mib: u64,
+    #[arg(long, default_value_t = 512)]
+    memory_mib: u32,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// The guest stops fio after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    /// Also run the same job with host fio on the same file and print the ratios.
+    #[arg(long)]
+    host_baseline: bool,
+    /// Run directory for logs and results [default: runs/guest-<unix time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Image cache directory [default: $WEIR_IMAGE_DIR or ~/.cache/weir/images].
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Image { command } => image(command),
+        Command::Host => host(),
+        Command::Guest(args) => guest(args),
+    };
+    if let Err(e) = result {
+        eprintln!("weir: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn store(out: Option<PathBuf>) -> ImageStore {
+    out.map(ImageStore::at).unwrap_or_else(ImageStore::from_env)
+}
+
+fn image(command: ImageCommand) -> Result<()> {
+    match command {
+        ImageCommand::Build { out, force } => {
+            let image = store(out).ensure(force, &mut std::io::stdout())?;
+            println!("{}", image.dir.display());
+        }
+        ImageCommand::Path { out } => println!("{}", store(out).locate()?.dir.display()),
+    }
+    Ok(())
+}
+
+fn host() -> Result<()> {
+    let virt = HostVirtualization::detect();
+    let facts = HostFacts::collect(&virt);
+    println!("kernel:  {}", facts.kernel);
+    println!("cpu:     {} ({} cpus)", facts.cpu, facts.cpus);
+    println!("kvm:     {virt}");
+    println!("{}", AccelChoice::for_linux_guest(&virt));
+    Ok(())
+}
+
+fn guest(args: GuestArgs) -> Result<()> {
+    let virt = HostVirtualization::detect();
+    let accel = AccelChoice::for_linux_guest(&virt);
+    println!("host: {accel}");
+
+    let image = store(args.image_dir).ensure(false, &mut std::io::stdout())?;
+    let job_path = args
+        .job
+        .unwrap_or_else(|| PathBuf::from("scenarios/fio/quick.fio"));
+    let job = fs::read_to_string(&job_path).with_context(|| {
+        format!(
+            "cannot read fio job {} (give one with --job FILE)",
+            job_path.display()
+        )
+    })?;
+    let out = args.out.unwrap_or_else(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from(format!("runs/guest-{t}"))
+    });
+    fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create run directory {}", out.display()))?;
+    let (disk, made_disk) = match args.disk {
+        Some(d) => {
+            if !d.exists() {
+                bail!(
+                    "--disk {} does not exist (omit --disk to get a fresh {} MiB file)",
+                    d.display(),
+                    args.disk_size_mib
+                );
+            }
+            (d, false)
+        }
+        None => {
+            if args.disk_size_mib == 0 {
+                bail!("--disk-size-mib must be at least 1");
+            }
+            let d = out.join("disk.raw");
+            let f = fs::File::create(&d).with_context(|| format!("create {}", d.display()))?;
+            f.set_len(args.disk_size_mib << 20)?;
+            (d, true)
+        }
+    };
+
+    let mut spec = LinuxGuestSpec::new(
+        "guest0",
+        &image,
+        &with_target(&job, "/dev/vda"),
+        accel,
+        &out,
+    );
+    spec.memory_mib = args.memory_mib;
+    spec.vcpus = args.vcpus;
+    spec.fio_timeout = Duration::from_secs(args.timeout_s);
+    spec.disks.push(GuestDisk::RawFile {
+        path: fs::canonicalize(&disk)?,
+        serial: "weir-disk0".into(),
+    });
+    println!(
+        "booting guest0 ({} MiB, {} vCPU) with {} attached as /dev/vda; serial log {}",
+        spec.memory_mib,
+        spec.vcpus,
+        disk.display(),
+        spec.serial_log().display()
+    );
+    let run = spec.run()?;
+    fs::write(
+        out.join("guest0.fio.json"),
+        run.transcript.fio_output.as_deref().unwrap_or(""),
+    )?;
+    let rows = summarise(&run.report);
+    println!(
+        "guest0 finished in {:.1} s (kernel booted to /init in {} s, guest kernel {})",
+        run.wall_time.as_secs_f64(),
+        run.transcript
+            .init_uptime_s
+            .map(|s| format!("{s:.2}"))
+            .unwrap_or_else(|| "?".into()),
+        run.transcript.kernel_release.as_deref().unwrap_or("?"),
+    );
+    println!(
+        "\nfio inside the guest (clat percentiles):\n{}",
+        render(&rows)
+    );
+
+    if args.host_baseline {
+        println!(
+            "running the same job with host fio on {} ...",
+            disk.display()
+        );
+        let host = run_host_fio(&job, &fs::canonicalize(&disk)?, &out)?;
+        let host_rows = summarise(&host);
+        println!("\nhost fio on the same file:\n{}", render(&host_rows));
+        println!(
+            "guest vs host (ratio = guest / host):\n{}",
+            render_comparison(&rows, &host_rows, "host")
+        );
+    }
+    if made_disk {
+        let _ = fs::remove_file(&disk);
+    }
+    println!("results: {}", out.display());
+    Ok(())
+}

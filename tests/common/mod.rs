@@ -1,0 +1,36 @@
+//! Shared setup of the cross-process tests: the guest image and the accelerator, or a clear
+//! skip (a failure under WEIR_REQUIRE_KVM=1).
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use weir_guest_images::{GuestImage, ImageStore};
+use weir_lab::host::AccelChoice;
+use weir_lab::testenv;
+use weir_vmm::host::HostVirtualization;
+
+/// The built Linux test guest and how QEMU should run it, or `None` when the test must skip.
+pub fn linux_guest_setup(test: &str) -> Option<(GuestImage, AccelChoice)> {
+    if !testenv::can_run(test, testenv::qemu_missing()) {
+        return None;
+    }
+    let image = match ImageStore::from_env().locate() {
+        Ok(image) => image,
+        Err(e) => {
+            testenv::can_run(test, Some(e.to_string()));
+            return None;
+        }
+    };
+    let accel = AccelChoice::for_linux_guest(&HostVirtualization::detect());
+    eprintln!("{test}: {accel}");
+    Some((image, accel))
+}
+
+/// A sparse raw disk of `mib` MiB.
+pub fn raw_disk(dir: &Path, name: &str, mib: u64) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).expect("create disk");
+    f.set_len(mib << 20).expect("size disk");
+    path
+}

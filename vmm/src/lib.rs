@@ -1,0 +1,12 @@
+//! The KVM side of weir: everything that makes one guest run in one process.
+//!
+//! This crate owns the VM lifecycle: guest memory (memfd, so the broker can map it), vCPU
+//! threads, CPUID and MSRs, the boot protocols (vmlinux ELF, bzImage, initrd, boot_params,
+//! e820, command line), the in-kernel irqchip and PIT, SMP tables, the event loop and exit
+//! handling. Devices live in `weir-devices`; block I/O never passes through here, it goes
+//! guest → ioeventfd → broker and back through an irqfd.
+//!
+//! It also answers the question every other part asks first: what kind of KVM does this host
+//! have ([`host`]).
+
+pub mod host;
