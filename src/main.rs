@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use weir_broker::config::BrokerConfig;
+use weir_broker::server::{Broker, block_termination_signals};
 use weir_guest_images::ImageStore;
 use weir_lab::fiojob::with_target;
 use weir_lab::host::{AccelChoice, HostFacts};
@@ -36,6 +38,18 @@ enum Command {
     Host,
     /// Boot one Linux test guest under QEMU, run a fio job in it, print IOPS and latency.
     Guest(GuestArgs),
+    /// Run the I/O broker: serve every configured guest disk as a vhost-user-blk socket.
+    Broker(BrokerArgs),
+}
+
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// Broker configuration (TOML; see docs/broker.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Take over sockets that already exist (a broker that died left them behind).
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +107,7 @@ fn main() {
         Command::Image { command } => image(command),
         Command::Host => host(),
         Command::Guest(args) => guest(args),
+        Command::Broker(args) => broker(args),
     };
     if let Err(e) = result {
         eprintln!("weir: error: {e:#}");
@@ -112,6 +127,32 @@ fn image(command: ImageCommand) -> Result<()> {
         }
         ImageCommand::Path { out } => println!("{}", store(out).locate()?.dir.display()),
     }
+    Ok(())
+}
+
+fn broker(args: BrokerArgs) -> Result<()> {
+    let config = BrokerConfig::load(&args.config)?;
+    // Before any thread starts, so that every broker thread inherits the blocked signals and
+    // only the signal thread sees them.
+    let signals = block_termination_signals().context("cannot block SIGINT/SIGTERM")?;
+    let broker = Broker::start(&config, args.replace)?;
+    signals.shutdown_on_signal(broker.handle());
+    for disk in &broker.handle().state.disks {
+        println!(
+            "serving {} (tenant {}, LUN {}, {} queue{})",
+            disk.socket.display(),
+            disk.tenant,
+            disk.lun,
+            disk.queues,
+            if disk.queues == 1 { "" } else { "s" }
+        );
+    }
+    if let Some(ctl) = &config.control_socket {
+        println!("control socket {}", ctl.display());
+    }
+    println!("weir broker ready");
+    broker.wait();
+    println!("weir broker stopped");
     Ok(())
 }
 

@@ -1,10 +1,21 @@
 //! The shared userspace I/O broker every guest disk is served by.
 //!
 //! One process, one vhost-user-blk socket per guest disk. A request's path through this crate:
-//! the vhost-user-blk backend pops a descriptor chain; request validation parses it into a
-//! typed request or answers it with an error status (the guest is never trusted); the
-//! tenant's queue tags it (mClock reservation, limit and weight); the LUN scheduler dispatches
-//! it while the LUN's in-flight count is below the window set by its queue-depth controller;
-//! the path selector picks a path; the backend (io_uring on a file or block device, or an
-//! emulated array over a file) does the I/O; the completion feeds latency and status back to
-//! the controllers and to telemetry. Thin-pool accounting and the control API live here too.
+//! the vhost-user-blk backend pops a descriptor chain; request validation ([`request`]) parses
+//! it into a typed request or answers it with an error status (the guest is never trusted); the
+//! queue's worker ([`worker`]) runs it on io_uring against the LUN's backing store ([`lun`])
+//! straight into guest memory and answers it. Later stages put the tenant queues (mClock
+//! reservation, limit and weight), the LUN scheduler with its queue-depth controller, and the
+//! path selector between validation and the backend.
+
+pub mod config;
+pub mod control;
+pub mod counters;
+pub mod device;
+pub mod lun;
+pub mod request;
+pub mod server;
+pub mod worker;
+
+#[cfg(test)]
+mod worker_tests;

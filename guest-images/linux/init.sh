@@ -44,8 +44,10 @@ timeout_s=$(param weir.timeout 600)
 ) &
 
 cd /tmp
-fio --output-format=json --output=/tmp/fio.json "$job" 2>/tmp/fio.err
+# --eta=never: the progress line has no newline and would swallow the next marker.
+fio --eta=never --output-format=json --output=/tmp/fio.json "$job" 2>/tmp/fio.err
 rc=$?
+echo
 echo "<<<WEIR:FIO-JSON:BEGIN>>>"
 cat /tmp/fio.json 2>/dev/null
 echo "<<<WEIR:FIO-JSON:END>>>"

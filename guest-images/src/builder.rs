@@ -265,94 +265,21 @@ fn build_into(
         let _ = writeln!(progress, "  from {pkg} {ver}");
     }
 
-    let src_parent = out.join("linux");
-    fs::create_dir_all(&src_parent).map_err(io_err("create source dir"))?;
-    step(progress, 1, "unpacking", KERNEL_SOURCE_TARBALL);
-    run_logged(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&src_parent)
-            .arg("-xf")
-            .arg(KERNEL_SOURCE_TARBALL),
-        "unpack kernel source",
-        &out.join("unpack.log"),
-        None,
-    )?;
-    let src = fs::read_dir(&src_parent)
-        .map_err(io_err("read source dir"))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("Makefile").exists())
-        .ok_or_else(|| BuildError::MissingFile {
-            path: format!("{}/*/Makefile", src_parent.display()),
-            package: KERNEL_SOURCE_PACKAGE.into(),
-        })?;
-
-    step(
-        progress,
-        2,
-        "configuring kernel",
-        "tinyconfig + guest-images/linux/kernel.config",
-    );
-    let config_log = out.join("config.log");
-    let fragment = out.join("kernel.config");
-    fs::write(&fragment, KERNEL_CONFIG_FRAGMENT).map_err(io_err("write config fragment"))?;
-    run_logged(
-        Command::new("make").arg("-C").arg(&src).arg("tinyconfig"),
-        "make tinyconfig",
-        &config_log,
-        None,
-    )?;
-    run_logged(
-        Command::new(src.join("scripts/kconfig/merge_config.sh"))
-            .current_dir(&src)
-            .args(["-m", ".config"])
-            .arg(&fragment),
-        "merge kernel config fragment",
-        &out.join("merge.log"),
-        None,
-    )?;
-    run_logged(
-        Command::new("make").arg("-C").arg(&src).arg("olddefconfig"),
-        "make olddefconfig",
-        &out.join("olddefconfig.log"),
-        None,
-    )?;
-    verify_config(&src.join(".config"))?;
-
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    step(
-        progress,
-        3,
-        "building kernel",
-        &format!("make -j{jobs} vmlinux bzImage"),
-    );
-    let kernel_log = out.join("kernel-build.log");
-    run_logged(
-        Command::new("make")
-            .arg("-C")
-            .arg(&src)
-            .arg(format!("-j{jobs}"))
-            .args(["vmlinux", "bzImage"]),
-        "kernel build",
-        &kernel_log,
-        Some(progress),
-    )?;
-    let release = Command::new("make")
-        .arg("-C")
-        .arg(&src)
-        .args(["-s", "kernelrelease"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let kernel = ensure_kernel(recipe, out, progress)?;
+    for name in ["vmlinux", "bzImage"] {
+        let (from, to) = (kernel.join(name), out.join(name));
+        if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to).map_err(io_err(format!("copy {name}")))?;
+        }
+    }
+    fs::copy(
+        kernel.join("kernel.config.full"),
+        out.join("kernel.config.full"),
+    )
+    .map_err(io_err("copy kernel config"))?;
+    let release = fs::read_to_string(kernel.join("release"))
+        .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    fs::copy(src.join("vmlinux"), out.join("vmlinux")).map_err(io_err("copy vmlinux"))?;
-    fs::copy(src.join("arch/x86/boot/bzImage"), out.join("bzImage"))
-        .map_err(io_err("copy bzImage"))?;
-    fs::copy(src.join(".config"), out.join("kernel.config.full"))
-        .map_err(io_err("copy .config"))?;
-    fs::remove_dir_all(&src_parent).map_err(io_err("remove kernel source tree"))?;
 
     step(
         progress,
@@ -402,6 +329,140 @@ fn build_into(
         ),
     );
     Ok(())
+}
+
+/// The kernel for this recipe, from `<root>/kernels/<kernel-hash>/`, built there first when
+/// missing. `image_tmp` is the image's temporary build directory, beside which the kernel
+/// cache lives.
+fn ensure_kernel(
+    recipe: &ImageRecipe,
+    image_tmp: &Path,
+    progress: &mut dyn Write,
+) -> Result<PathBuf, BuildError> {
+    let root = image_tmp.parent().unwrap_or(image_tmp).join("kernels");
+    let khash = recipe.kernel_hash();
+    let dir = root.join(&khash);
+    let complete = |d: &Path| {
+        ["vmlinux", "bzImage", "kernel.config.full", "release"]
+            .iter()
+            .all(|f| d.join(f).exists())
+    };
+    if complete(&dir) {
+        step(
+            progress,
+            1,
+            "kernel",
+            &format!("reusing cached build {khash}"),
+        );
+        step(progress, 2, "kernel", "configured");
+        step(progress, 3, "kernel", "built");
+        return Ok(dir);
+    }
+    fs::create_dir_all(&root).map_err(io_err(format!("create {}", root.display())))?;
+    remove_abandoned_builds(&root);
+    let out = root.join(format!(".building-{khash}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).map_err(io_err(format!("create {}", out.display())))?;
+    let src_parent = out.join("linux");
+    fs::create_dir_all(&src_parent).map_err(io_err("create source dir"))?;
+    step(progress, 1, "unpacking", KERNEL_SOURCE_TARBALL);
+    run_logged(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&src_parent)
+            .arg("-xf")
+            .arg(KERNEL_SOURCE_TARBALL),
+        "unpack kernel source",
+        &out.join("unpack.log"),
+        None,
+    )?;
+    let src = fs::read_dir(&src_parent)
+        .map_err(io_err("read source dir"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("Makefile").exists())
+        .ok_or_else(|| BuildError::MissingFile {
+            path: format!("{}/*/Makefile", src_parent.display()),
+            package: KERNEL_SOURCE_PACKAGE.into(),
+        })?;
+
+    step(
+        progress,
+        2,
+        "configuring kernel",
+        "tinyconfig + guest-images/linux/kernel.config",
+    );
+    let fragment = out.join("kernel.config");
+    fs::write(&fragment, KERNEL_CONFIG_FRAGMENT).map_err(io_err("write config fragment"))?;
+    run_logged(
+        Command::new("make").arg("-C").arg(&src).arg("tinyconfig"),
+        "make tinyconfig",
+        &out.join("config.log"),
+        None,
+    )?;
+    run_logged(
+        Command::new(src.join("scripts/kconfig/merge_config.sh"))
+            .current_dir(&src)
+            .args(["-m", ".config"])
+            .arg(&fragment),
+        "merge kernel config fragment",
+        &out.join("merge.log"),
+        None,
+    )?;
+    run_logged(
+        Command::new("make").arg("-C").arg(&src).arg("olddefconfig"),
+        "make olddefconfig",
+        &out.join("olddefconfig.log"),
+        None,
+    )?;
+    verify_config(&src.join(".config"))?;
+
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    step(
+        progress,
+        3,
+        "building kernel",
+        &format!("make -j{jobs} vmlinux bzImage"),
+    );
+    let result = run_logged(
+        Command::new("make")
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("-j{jobs}"))
+            .args(["vmlinux", "bzImage"]),
+        "kernel build",
+        &out.join("kernel-build.log"),
+        Some(progress),
+    );
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&src_parent);
+        return Err(e);
+    }
+    let release = Command::new("make")
+        .arg("-C")
+        .arg(&src)
+        .args(["-s", "kernelrelease"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    fs::copy(src.join("vmlinux"), out.join("vmlinux")).map_err(io_err("copy vmlinux"))?;
+    fs::copy(src.join("arch/x86/boot/bzImage"), out.join("bzImage"))
+        .map_err(io_err("copy bzImage"))?;
+    fs::copy(src.join(".config"), out.join("kernel.config.full"))
+        .map_err(io_err("copy .config"))?;
+    fs::write(out.join("release"), &release).map_err(io_err("write release"))?;
+    fs::remove_dir_all(&src_parent).map_err(io_err("remove kernel source tree"))?;
+    if dir.exists() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    fs::rename(&out, &dir).map_err(io_err(format!(
+        "rename {} to {}",
+        out.display(),
+        dir.display()
+    )))?;
+    Ok(dir)
 }
 
 fn step(progress: &mut dyn Write, n: u32, what: &str, detail: &str) {

@@ -51,6 +51,21 @@ impl ImageRecipe {
         Ok(ImageRecipe { package_versions })
     }
 
+    /// Hex SHA-256 prefix naming the kernel build: only what changes the kernel's bytes, so
+    /// an initramfs change does not rebuild the kernel.
+    pub fn kernel_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(format!("builder-revision {BUILDER_REVISION}\n"));
+        for (pkg, ver) in &self.package_versions {
+            if pkg == KERNEL_SOURCE_PACKAGE {
+                h.update(format!("package {pkg} {ver}\n"));
+            }
+        }
+        h.update(b"kernel.config\n");
+        h.update(KERNEL_CONFIG_FRAGMENT);
+        hex8(&h.finalize())
+    }
+
     /// Hex SHA-256 prefix naming the image directory.
     pub fn hash(&self) -> String {
         let mut h = Sha256::new();
@@ -62,9 +77,12 @@ impl ImageRecipe {
         h.update(KERNEL_CONFIG_FRAGMENT);
         h.update(b"init.sh\n");
         h.update(INIT_SCRIPT);
-        let digest = h.finalize();
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        hex8(&h.finalize())
     }
+}
+
+fn hex8(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn installed_version(pkg: &str) -> Result<String, RecipeError> {
@@ -100,6 +118,11 @@ mod tests {
         assert_eq!(recipe("3.33-3").hash(), recipe("3.33-3").hash());
         assert_ne!(recipe("3.33-3").hash(), recipe("3.34-1").hash());
         assert_eq!(recipe("3.33-3").hash().len(), 16);
+        // fio is not in the kernel: the kernel build is shared.
+        assert_eq!(
+            recipe("3.33-3").kernel_hash(),
+            recipe("3.34-1").kernel_hash()
+        );
     }
 
     #[test]

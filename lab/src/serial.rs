@@ -53,9 +53,11 @@ impl GuestTranscript {
                 continue;
             }
             let trimmed = line.trim();
-            if trimmed == JSON_BEGIN {
+            // A begin marker may follow console noise on the same line (a progress line
+            // without a newline); the block starts after it.
+            if trimmed.ends_with(JSON_BEGIN) {
                 block = Some((JSON_END, String::new()));
-            } else if trimmed == STDERR_BEGIN {
+            } else if trimmed.ends_with(STDERR_BEGIN) {
                 block = Some((STDERR_END, String::new()));
             } else if let Some(rest) = trimmed.strip_prefix(INIT) {
                 for kv in rest.split_whitespace() {
@@ -108,6 +110,13 @@ mod tests {
         assert_eq!(t.fio_stderr.as_deref(), Some(""));
         assert_eq!(t.fio_exit, Some(0));
         assert!(!t.watchdog_fired);
+    }
+
+    #[test]
+    fn a_marker_after_console_noise_still_opens_the_block() {
+        let log = "Jobs: 1 (f=1): [r(1)][100.0%]\r<<<WEIR:FIO-JSON:BEGIN>>>\r\n{}\r\n<<<WEIR:FIO-JSON:END>>>\r\n";
+        let t = GuestTranscript::parse(log);
+        assert_eq!(t.fio_output.as_deref(), Some("{}\n"));
     }
 
     #[test]

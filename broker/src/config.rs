@@ -1,0 +1,380 @@
+//! The broker's configuration file (TOML), documented in `docs/broker.md`.
+//!
+//! Parsing is strict (`deny_unknown_fields`): a typo is an error, never a silent default. Every
+//! error names the entry and the field, and says how to fix it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The largest queue count a disk may ask for (virtio-blk MQ).
+pub const MAX_QUEUES: u16 = 16;
+/// The largest virtqueue size a disk may ask for.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// virtio-blk's device ID string is at most 20 bytes (`VIRTIO_BLK_ID_BYTES`).
+pub const MAX_SERIAL_BYTES: usize = 20;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read broker config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("broker config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("broker config: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A whole broker configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Unix socket for the control API (telemetry, topology).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<LunConfig>,
+    #[serde(default, rename = "disk")]
+    pub disks: Vec<DiskConfig>,
+}
+
+/// A LUN: one backing store (file or block device).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LunConfig {
+    pub name: String,
+    /// Backing file or block device.
+    pub path: PathBuf,
+    /// Size the guest sees. A missing file is created sparse with this size; an existing one
+    /// must be at least this large. Omitted: the backing store's size.
+    #[serde(default)]
+    pub size: Option<ByteSize>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Several disks may map to this LUN only when it is shareable.
+    #[serde(default)]
+    pub shareable: bool,
+    /// Open with O_DIRECT (bypass the host page cache). Falls back, with a logged reason, when
+    /// the backing store refuses it.
+    #[serde(default = "default_true")]
+    pub direct: bool,
+}
+
+/// A guest disk: one vhost-user-blk socket mapped to one LUN.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub socket: PathBuf,
+    pub lun: String,
+    /// The tenant this disk's I/O is accounted to (defaults to the socket's file stem).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Returned by VIRTIO_BLK_T_GET_ID (at most 20 bytes).
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[serde(default = "default_queues")]
+    pub queues: u16,
+    #[serde(default = "default_queue_size")]
+    pub queue_size: u16,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_queues() -> u16 {
+    1
+}
+fn default_queue_size() -> u16 {
+    256
+}
+
+/// A byte count written as an integer or as a string with a unit ("256MiB", "1G", "4096").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses "4096", "64K", "256MiB", "1GiB", "2G" (binary units; K/M/G/T and KiB/MiB/GiB/TiB).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("'{s}' is not a size (write e.g. 4096, \"64KiB\", \"256MiB\", \"1GiB\")")
+    })?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "'{s}': unknown unit '{other}' (use KiB, MiB, GiB or TiB)"
+            ));
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+impl BrokerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: BrokerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.disks.is_empty() {
+            return Err(invalid(
+                "disk",
+                "no [[disk]] entries: the broker would serve nothing",
+            ));
+        }
+        let mut luns: HashMap<&str, &LunConfig> = HashMap::new();
+        for (i, lun) in self.luns.iter().enumerate() {
+            if lun.name.is_empty() {
+                return Err(invalid(format!("lun[{i}].name"), "must not be empty"));
+            }
+            if luns.insert(lun.name.as_str(), lun).is_some() {
+                return Err(invalid(
+                    format!("lun[{i}].name"),
+                    format!("'{}' is defined twice; LUN names must be unique", lun.name),
+                ));
+            }
+            if let Some(ByteSize(size)) = lun.size {
+                if size == 0 || size % 512 != 0 {
+                    return Err(invalid(
+                        format!("lun[{i}].size"),
+                        format!("{size} bytes: must be a positive multiple of 512"),
+                    ));
+                }
+            }
+        }
+        let mut sockets = HashSet::new();
+        let mut users: HashMap<&str, usize> = HashMap::new();
+        for (i, disk) in self.disks.iter().enumerate() {
+            if !sockets.insert(&disk.socket) {
+                return Err(invalid(
+                    format!("disk[{i}].socket"),
+                    format!("{} is used by two disks", disk.socket.display()),
+                ));
+            }
+            if !luns.contains_key(disk.lun.as_str()) {
+                let mut known: Vec<&str> = luns.keys().copied().collect();
+                known.sort();
+                return Err(invalid(
+                    format!("disk[{i}].lun"),
+                    format!(
+                        "no LUN named '{}' (defined: {})",
+                        disk.lun,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            *users.entry(disk.lun.as_str()).or_default() += 1;
+            if disk.queues == 0 || disk.queues > MAX_QUEUES {
+                return Err(invalid(
+                    format!("disk[{i}].queues"),
+                    format!("{}: must be 1 to {MAX_QUEUES}", disk.queues),
+                ));
+            }
+            if !disk.queue_size.is_power_of_two()
+                || disk.queue_size < 2
+                || disk.queue_size > MAX_QUEUE_SIZE
+            {
+                return Err(invalid(
+                    format!("disk[{i}].queue_size"),
+                    format!(
+                        "{}: must be a power of two from 2 to {MAX_QUEUE_SIZE}",
+                        disk.queue_size
+                    ),
+                ));
+            }
+            if let Some(serial) = &disk.serial {
+                if serial.len() > MAX_SERIAL_BYTES {
+                    return Err(invalid(
+                        format!("disk[{i}].serial"),
+                        format!(
+                            "'{serial}' is {} bytes; virtio-blk allows {MAX_SERIAL_BYTES}",
+                            serial.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, count) in users {
+            if count > 1 && !luns[name].shareable {
+                return Err(invalid(
+                    format!("lun '{name}'"),
+                    format!(
+                        "{count} disks map to it; set shareable = true on the LUN to allow that"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn lun(&self, name: &str) -> Option<&LunConfig> {
+        self.luns.iter().find(|l| l.name == name)
+    }
+}
+
+impl DiskConfig {
+    /// The tenant name: configured, or the socket's file stem.
+    pub fn tenant_name(&self) -> String {
+        self.tenant.clone().unwrap_or_else(|| {
+            self.socket
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "tenant".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+control_socket = "/tmp/weir.ctl"
+[[lun]]
+name = "lun0"
+path = "/tmp/lun0.img"
+size = "256MiB"
+[[lun]]
+name = "shared"
+path = "/tmp/shared.img"
+size = 1048576
+shareable = true
+read_only = true
+[[disk]]
+socket = "/tmp/vm1.sock"
+lun = "lun0"
+tenant = "vm1"
+serial = "vm1-disk0"
+queues = 2
+[[disk]]
+socket = "/tmp/vm2.sock"
+lun = "shared"
+[[disk]]
+socket = "/tmp/vm3.sock"
+lun = "shared"
+"#;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = BrokerConfig::parse(GOOD).unwrap();
+        assert_eq!(c.luns[0].size, Some(ByteSize(256 << 20)));
+        assert!(c.luns[0].direct);
+        assert_eq!(c.disks[0].queues, 2);
+        assert_eq!(c.disks[1].queue_size, 256);
+        assert_eq!(c.disks[1].tenant_name(), "vm2");
+        assert_eq!(c.disks[0].tenant_name(), "vm1");
+    }
+
+    fn err(text: &str) -> String {
+        BrokerConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_fix() {
+        let e = err("[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='b'\n");
+        assert!(
+            e.contains("disk[0].lun") && e.contains("no LUN named 'b'") && e.contains("defined: a"),
+            "{e}"
+        );
+        let e = err("[[lun]]\nname='a'\npath='/x'\nsize='12QB'\n[[disk]]\nsocket='/s'\nlun='a'\n");
+        assert!(e.contains("unknown unit"), "{e}");
+        let e = err("[[lun]]\nname='a'\npath='/x'\nsize=1000\n[[disk]]\nsocket='/s'\nlun='a'\n");
+        assert!(
+            e.contains("lun[0].size") && e.contains("multiple of 512"),
+            "{e}"
+        );
+        let e = err(
+            "[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\n[[disk]]\nsocket='/t'\nlun='a'\n",
+        );
+        assert!(e.contains("shareable = true"), "{e}");
+        let e = err("[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\nqueues=0\n");
+        assert!(e.contains("disk[0].queues"), "{e}");
+        let e =
+            err("[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\nqueue_size=100\n");
+        assert!(
+            e.contains("disk[0].queue_size") && e.contains("power of two"),
+            "{e}"
+        );
+        let e = err(
+            "[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\nserial='123456789012345678901'\n",
+        );
+        assert!(e.contains("disk[0].serial"), "{e}");
+        let e = err("[[lun]]\nname='a'\npath='/x'\n");
+        assert!(e.contains("no [[disk]]"), "{e}");
+        let e = err(
+            "[[lun]]\nname='a'\npath='/x'\n[[lun]]\nname='a'\npath='/y'\n[[disk]]\nsocket='/s'\nlun='a'\n",
+        );
+        assert!(e.contains("lun[1].name") && e.contains("twice"), "{e}");
+        let e = err("[[disk]]\nsocket='/s'\nlun='a'\nqueus=2\n");
+        assert!(e.contains("unknown field") && e.contains("queus"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

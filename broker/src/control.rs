@@ -1,0 +1,171 @@
+//! The control API: a unix socket answering one-line commands with one line of JSON.
+//!
+//! Commands: `stats` (per-disk counters), `topology` (disk → LUN → backing store). Documented
+//! in `docs/broker.md`. Later stages add per-second telemetry for tenants, LUNs and paths.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::counters::DiskCountersSnapshot;
+use crate::server::BrokerState;
+
+#[derive(Debug, Serialize)]
+pub struct DiskStats {
+    pub socket: PathBuf,
+    pub tenant: String,
+    pub lun: String,
+    pub connected: bool,
+    pub counters: DiskCountersSnapshot,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LunTopology {
+    pub name: String,
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub read_only: bool,
+    pub direct_io: bool,
+    pub direct_unavailable: Option<String>,
+    pub disks: Vec<PathBuf>,
+}
+
+/// The `stats` answer.
+pub fn stats(state: &BrokerState) -> Vec<DiskStats> {
+    state
+        .disks
+        .iter()
+        .map(|d| DiskStats {
+            socket: d.socket.clone(),
+            tenant: d.tenant.clone(),
+            lun: d.lun.clone(),
+            connected: d.connected.load(Ordering::SeqCst),
+            counters: d.counters.snapshot(),
+        })
+        .collect()
+}
+
+/// The `topology` answer.
+pub fn topology(state: &BrokerState) -> Vec<LunTopology> {
+    state
+        .luns
+        .iter()
+        .map(|l| LunTopology {
+            name: l.name.clone(),
+            path: l.path.clone(),
+            size_bytes: l.size_bytes,
+            read_only: l.read_only,
+            direct_io: l.direct_io(),
+            direct_unavailable: l.direct_unavailable.clone(),
+            disks: state
+                .disks
+                .iter()
+                .filter(|d| d.lun == l.name)
+                .map(|d| d.socket.clone())
+                .collect(),
+        })
+        .collect()
+}
+
+fn answer(state: &BrokerState, command: &str) -> String {
+    let result = match command.trim() {
+        "stats" => serde_json::to_string(&stats(state)),
+        "topology" => serde_json::to_string(&topology(state)),
+        other => Ok(serde_json::json!({
+            "error": format!("unknown command '{other}'; try 'stats' or 'topology'")
+        })
+        .to_string()),
+    };
+    result.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+}
+
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    pub fn start(path: &Path, replace: bool, state: Arc<BrokerState>) -> std::io::Result<Self> {
+        if path.exists() {
+            if !replace {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "control socket exists: remove it or start with --replace",
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let state = state.clone();
+                            let _ = std::thread::Builder::new()
+                                .name("control-conn".into())
+                                .spawn(move || serve(stream, &state));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(e) => {
+                            log::warn!("control socket: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })?;
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(stream: UnixStream, state: &BrokerState) {
+    let _ = stream.set_nonblocking(false);
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let reader = BufReader::new(stream);
+    for line in reader.lines() {
+        let Ok(line) = line else { return };
+        if writer
+            .write_all(format!("{}\n", answer(state, &line)).as_bytes())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Sends one command to a broker's control socket and returns its JSON answer.
+pub fn query(path: &Path, command: &str) -> std::io::Result<serde_json::Value> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}

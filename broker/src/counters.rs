@@ -1,0 +1,177 @@
+//! Per-disk counters and the rate-limited log for misbehaving guests.
+//!
+//! Counters are atomics: queue workers add, the control API and tests read, nobody locks.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::request::{REJECTION_CLASSES, RequestKind};
+
+#[derive(Debug, Default)]
+pub struct DiskCounters {
+    pub reads: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub writes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub discards: AtomicU64,
+    pub write_zeroes: AtomicU64,
+    pub get_ids: AtomicU64,
+    /// Valid requests the backing store failed (the guest got IOERR).
+    pub io_errors: AtomicU64,
+    /// Requests moved from the O_DIRECT descriptor to the buffered one (misaligned buffers).
+    pub buffered_fallbacks: AtomicU64,
+    pub rejected: [AtomicU64; REJECTION_CLASSES.len()],
+    /// Guest connections accepted on this disk's socket.
+    pub connections: AtomicU64,
+}
+
+/// A point-in-time copy of [`DiskCounters`], serialisable.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DiskCountersSnapshot {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    pub discards: u64,
+    pub write_zeroes: u64,
+    pub get_ids: u64,
+    pub io_errors: u64,
+    pub buffered_fallbacks: u64,
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    pub connections: u64,
+}
+
+impl DiskCounters {
+    /// Counts a completed request.
+    pub fn completed(&self, kind: RequestKind, bytes: u64) {
+        let (count, byte_counter) = match kind {
+            RequestKind::Read => (&self.reads, Some(&self.read_bytes)),
+            RequestKind::Write => (&self.writes, Some(&self.write_bytes)),
+            RequestKind::Flush => (&self.flushes, None),
+            RequestKind::GetId => (&self.get_ids, None),
+            RequestKind::Discard => (&self.discards, None),
+            RequestKind::WriteZeroes => (&self.write_zeroes, None),
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = byte_counter {
+            b.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn snapshot(&self) -> DiskCountersSnapshot {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DiskCountersSnapshot {
+            reads: l(&self.reads),
+            read_bytes: l(&self.read_bytes),
+            writes: l(&self.writes),
+            write_bytes: l(&self.write_bytes),
+            flushes: l(&self.flushes),
+            discards: l(&self.discards),
+            write_zeroes: l(&self.write_zeroes),
+            get_ids: l(&self.get_ids),
+            io_errors: l(&self.io_errors),
+            buffered_fallbacks: l(&self.buffered_fallbacks),
+            rejected: REJECTION_CLASSES
+                .iter()
+                .zip(self.rejected.iter())
+                .map(|(name, c)| (name.to_string(), l(c)))
+                .collect(),
+            connections: l(&self.connections),
+        }
+    }
+}
+
+/// Lets through at most `burst` messages per `period`; counts what it drops and reports the
+/// count with the next message it lets through. A guest spamming bad requests cannot flood the
+/// broker's log.
+#[derive(Debug)]
+pub struct RateLimitedLog {
+    period: Duration,
+    burst: u32,
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl RateLimitedLog {
+    pub fn new(period: Duration, burst: u32) -> Self {
+        RateLimitedLog {
+            period,
+            burst,
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// Returns the line to log (with a suppressed-count suffix) or `None` when over the limit.
+    pub fn admit(&self, now: Instant, line: impl FnOnce() -> String) -> Option<String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(st.0) >= self.period {
+            *st = (now, 0, st.2);
+        }
+        if st.1 >= self.burst {
+            st.2 += 1;
+            return None;
+        }
+        st.1 += 1;
+        let dropped = std::mem::take(&mut st.2);
+        let mut text = line();
+        if dropped > 0 {
+            text.push_str(&format!(" ({dropped} similar messages suppressed)"));
+        }
+        Some(text)
+    }
+
+    pub fn warn(&self, line: impl FnOnce() -> String) {
+        if let Some(text) = self.admit(Instant::now(), line) {
+            log::warn!("{text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_admits_a_burst_per_period_and_reports_drops() {
+        let log = RateLimitedLog::new(Duration::from_secs(1), 2);
+        let t0 = Instant::now();
+        assert!(log.admit(t0, || "a".into()).is_some());
+        assert!(log.admit(t0, || "b".into()).is_some());
+        assert!(log.admit(t0, || "c".into()).is_none());
+        assert!(
+            log.admit(t0 + Duration::from_millis(500), || "d".into())
+                .is_none()
+        );
+        let next = log
+            .admit(t0 + Duration::from_millis(1001), || "e".into())
+            .unwrap();
+        assert_eq!(next, "e (2 similar messages suppressed)");
+    }
+
+    #[test]
+    fn counters_snapshot_names_every_rejection_class() {
+        let c = DiskCounters::default();
+        c.completed(RequestKind::Read, 4096);
+        c.completed(RequestKind::Write, 512);
+        c.rejected[3].fetch_add(2, Ordering::Relaxed);
+        let s = c.snapshot();
+        assert_eq!(
+            (s.reads, s.read_bytes, s.writes, s.write_bytes),
+            (1, 4096, 1, 512)
+        );
+        assert_eq!(s.rejected.len(), REJECTION_CLASSES.len());
+        assert_eq!(s.rejected["outside_guest_memory"], 2);
+        assert_eq!(c.rejected_total(), 2);
+    }
+}

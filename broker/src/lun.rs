@@ -1,0 +1,249 @@
+//! A LUN's backing store: a regular file or a block device, opened for direct I/O when it
+//! allows it.
+//!
+//! Two descriptors are kept: one with O_DIRECT (the data path, zero-copy into guest memory,
+//! no host page cache) and one without, used when the store refuses O_DIRECT or a guest's
+//! buffer is not aligned for it. Linux keeps the two coherent: a direct write invalidates the
+//! cached pages it covers, a direct read first writes back dirty cached pages.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::config::LunConfig;
+use crate::request::SECTOR_SIZE;
+
+#[derive(Debug, Error)]
+pub enum LunError {
+    #[error("LUN '{lun}': cannot open {path}: {source}")]
+    Open {
+        lun: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "LUN '{lun}': {path} holds {actual} bytes, less than the configured size {wanted}; grow it or lower lun.size"
+    )]
+    TooSmall {
+        lun: String,
+        path: PathBuf,
+        actual: u64,
+        wanted: u64,
+    },
+    #[error("LUN '{lun}': {path} does not exist; give lun.size so the broker can create it")]
+    MissingNoSize { lun: String, path: PathBuf },
+    #[error("LUN '{lun}': {path} has size 0")]
+    Empty { lun: String, path: PathBuf },
+    #[error("LUN '{lun}': {context}: {source}")]
+    Io {
+        lun: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An open backing store.
+#[derive(Debug)]
+pub struct LunStore {
+    pub name: String,
+    pub path: PathBuf,
+    /// Bytes the guest sees (a multiple of 512).
+    pub size_bytes: u64,
+    pub read_only: bool,
+    pub block_device: bool,
+    /// O_DIRECT descriptor, when the store accepted O_DIRECT.
+    direct: Option<File>,
+    buffered: File,
+    /// Why O_DIRECT is not in use, when it is not.
+    pub direct_unavailable: Option<String>,
+}
+
+// BLKGETSIZE64 = _IOR(0x12, 114, size_t); BLKDISCARD = _IO(0x12, 119); BLKZEROOUT = _IO(0x12, 127).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+impl LunStore {
+    pub fn open(cfg: &LunConfig) -> Result<Self, LunError> {
+        let name = cfg.name.clone();
+        let path = cfg.path.clone();
+        let open_err = |source| LunError::Open {
+            lun: name.clone(),
+            path: path.clone(),
+            source,
+        };
+        let exists = path.exists();
+        if !exists && cfg.size.is_none() {
+            return Err(LunError::MissingNoSize { lun: name, path });
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(!cfg.read_only);
+        if !exists {
+            opts.create(true);
+        }
+        let buffered = opts.open(&path).map_err(open_err)?;
+        let meta = buffered.metadata().map_err(open_err)?;
+        let block_device = meta.file_type().is_block_device();
+        let mut actual = if block_device {
+            block_device_size(buffered.as_raw_fd()).map_err(|source| LunError::Io {
+                lun: name.clone(),
+                context: format!("BLKGETSIZE64 on {}", path.display()),
+                source,
+            })?
+        } else {
+            meta.len()
+        };
+        if let Some(wanted) = cfg.size.map(|s| s.0) {
+            if !block_device && actual < wanted {
+                if exists && actual > 0 {
+                    return Err(LunError::TooSmall {
+                        lun: name,
+                        path,
+                        actual,
+                        wanted,
+                    });
+                }
+                buffered.set_len(wanted).map_err(|source| LunError::Io {
+                    lun: name.clone(),
+                    context: format!("size new file {} to {wanted} bytes", path.display()),
+                    source,
+                })?;
+                actual = wanted;
+            } else if actual < wanted {
+                return Err(LunError::TooSmall {
+                    lun: name,
+                    path,
+                    actual,
+                    wanted,
+                });
+            }
+        }
+        let size_bytes = cfg.size.map(|s| s.0).unwrap_or(actual) / SECTOR_SIZE * SECTOR_SIZE;
+        if size_bytes == 0 {
+            return Err(LunError::Empty { lun: name, path });
+        }
+        let (direct, direct_unavailable) = if cfg.direct {
+            match opts
+                .clone()
+                .create(false)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+            {
+                Ok(f) => (Some(f), None),
+                Err(e) => {
+                    let why = format!("O_DIRECT refused ({e}); using the page cache");
+                    log::warn!("LUN '{name}' on {}: {why}", path.display());
+                    (None, Some(why))
+                }
+            }
+        } else {
+            (None, Some("direct = false in the config".to_string()))
+        };
+        Ok(LunStore {
+            name,
+            path,
+            size_bytes,
+            read_only: cfg.read_only,
+            block_device,
+            direct,
+            buffered,
+            direct_unavailable,
+        })
+    }
+
+    pub fn capacity_sectors(&self) -> u64 {
+        self.size_bytes / SECTOR_SIZE
+    }
+
+    /// The descriptor for data I/O: direct when available and the request is aligned for it.
+    pub fn data_fd(&self, aligned: bool) -> (RawFd, bool) {
+        match &self.direct {
+            Some(f) if aligned => (f.as_raw_fd(), true),
+            _ => (self.buffered.as_raw_fd(), false),
+        }
+    }
+
+    pub fn buffered_fd(&self) -> RawFd {
+        self.buffered.as_raw_fd()
+    }
+
+    pub fn direct_io(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Discards or zeroes a range of a block device (ioctls; files use fallocate via io_uring).
+    pub fn block_device_range(&self, zero: bool, offset: u64, len: u64) -> std::io::Result<()> {
+        let range: [u64; 2] = [offset, len];
+        let req = if zero { BLKZEROOUT } else { BLKDISCARD };
+        // SAFETY: the fd is an open block device; the ioctl reads two u64s from `range`, which
+        // lives across the call.
+        let rc = unsafe { libc::ioctl(self.buffered.as_raw_fd(), req, range.as_ptr()) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn block_device_size(fd: RawFd) -> std::io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
+    let rc = unsafe { libc::ioctl(fd, BLKGETSIZE64, &mut size as *mut u64) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+
+    fn cfg(path: &Path, size: Option<u64>) -> LunConfig {
+        LunConfig {
+            name: "l".into(),
+            path: path.to_path_buf(),
+            size: size.map(ByteSize),
+            read_only: false,
+            shareable: false,
+            direct: true,
+        }
+    }
+
+    #[test]
+    fn creates_a_missing_file_with_the_configured_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("new.img");
+        let lun = LunStore::open(&cfg(&p, Some(1 << 20))).unwrap();
+        assert_eq!(lun.size_bytes, 1 << 20);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
+        assert!(
+            lun.direct_io(),
+            "O_DIRECT works on this machine's filesystems"
+        );
+    }
+
+    #[test]
+    fn refuses_a_missing_file_without_size_and_a_short_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("absent.img");
+        assert!(matches!(
+            LunStore::open(&cfg(&p, None)),
+            Err(LunError::MissingNoSize { .. })
+        ));
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        let e = LunStore::open(&cfg(&p, Some(1 << 20))).unwrap_err();
+        assert!(matches!(e, LunError::TooSmall { .. }), "{e}");
+        assert!(e.to_string().contains("lun.size"));
+    }
+}

@@ -1,0 +1,402 @@
+//! The broker process: one listener thread per guest disk, a control socket, and an orderly
+//! shutdown.
+//!
+//! Each disk's thread waits for a guest on its socket, serves it with a fresh [`BlkDevice`]
+//! (no state leaks from one guest to the next), and when the guest goes away finishes every
+//! request still in flight, then serves the socket again. Shutdown (SIGTERM/SIGINT, or
+//! [`BrokerHandle::shutdown`]) closes every guest connection, answers what was in flight,
+//! and returns.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::config::{BrokerConfig, DiskConfig, MAX_SERIAL_BYTES};
+use crate::control::ControlServer;
+use crate::counters::{DiskCounters, RateLimitedLog};
+use crate::device::{BlkDevice, BlkDeviceSpec};
+use crate::lun::{LunError, LunStore};
+use crate::request::ID_BYTES;
+use crate::worker::DiskContext;
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Lun(#[from] LunError),
+    #[error(
+        "socket {0} already exists (another broker running, or left over from one): remove it, \
+         or start with --replace"
+    )]
+    SocketExists(PathBuf),
+    #[error("cannot listen on {path}: {message}")]
+    Listen { path: PathBuf, message: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What the control API and tests see of one disk.
+#[derive(Debug, Clone)]
+pub struct DiskInfo {
+    pub socket: PathBuf,
+    pub tenant: String,
+    pub lun: String,
+    pub queues: u16,
+    pub counters: Arc<DiskCounters>,
+    pub connected: Arc<AtomicBool>,
+}
+
+/// The broker's shared state: LUNs and disks.
+#[derive(Debug)]
+pub struct BrokerState {
+    pub luns: Vec<Arc<LunStore>>,
+    pub disks: Vec<DiskInfo>,
+}
+
+/// Stops a running broker.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    stop: Arc<StopSignal>,
+    pub state: Arc<BrokerState>,
+}
+
+struct StopSignal {
+    requested: AtomicBool,
+    event: EventFd,
+    /// The live guest connections, to cut on shutdown.
+    connections: Mutex<HashMap<usize, ShutdownHandle>>,
+}
+
+impl BrokerHandle {
+    pub fn shutdown(&self) {
+        self.stop.requested.store(true, Ordering::SeqCst);
+        let _ = self.stop.event.write(1);
+        for handle in self
+            .stop
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            handle.shutdown();
+        }
+    }
+}
+
+/// A started broker: its threads, and a handle to stop it.
+pub struct Broker {
+    handle: BrokerHandle,
+    threads: Vec<JoinHandle<()>>,
+    control: Option<ControlServer>,
+}
+
+impl Broker {
+    /// Opens every LUN and listens on every disk socket; returns once all are listening.
+    pub fn start(config: &BrokerConfig, replace: bool) -> Result<Self, BrokerError> {
+        let mut luns: HashMap<String, Arc<LunStore>> = HashMap::new();
+        for lun in &config.luns {
+            let store = LunStore::open(lun)?;
+            log::info!(
+                "LUN '{}': {} ({} MiB{}{})",
+                store.name,
+                store.path.display(),
+                store.size_bytes >> 20,
+                if store.read_only { ", read-only" } else { "" },
+                if store.direct_io() {
+                    ", O_DIRECT"
+                } else {
+                    ", page cache"
+                }
+            );
+            luns.insert(lun.name.clone(), Arc::new(store));
+        }
+        let stop = Arc::new(StopSignal {
+            requested: AtomicBool::new(false),
+            event: EventFd::new(EFD_NONBLOCK).map_err(|e| BrokerError::Setup(e.to_string()))?,
+            connections: Mutex::new(HashMap::new()),
+        });
+        let mut listeners = Vec::new();
+        for disk in &config.disks {
+            if disk.socket.exists() && !replace {
+                return Err(BrokerError::SocketExists(disk.socket.clone()));
+            }
+            if let Some(dir) = disk.socket.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let listener = Listener::new(&disk.socket, true).map_err(|e| BrokerError::Listen {
+                path: disk.socket.clone(),
+                message: e.to_string(),
+            })?;
+            listeners.push(listener);
+        }
+        let mut disks = Vec::new();
+        let mut servers = Vec::new();
+        for (index, (disk, listener)) in config.disks.iter().zip(listeners).enumerate() {
+            let lun = luns.get(&disk.lun).cloned().ok_or_else(|| {
+                BrokerError::Setup(format!("disk {}: LUN {} missing", index, disk.lun))
+            })?;
+            let server = DiskServer::new(index, disk, lun, listener);
+            disks.push(server.info.clone());
+            servers.push(server);
+        }
+        let mut lun_list: Vec<Arc<LunStore>> = luns.into_values().collect();
+        lun_list.sort_by(|a, b| a.name.cmp(&b.name));
+        let state = Arc::new(BrokerState {
+            luns: lun_list,
+            disks,
+        });
+        let handle = BrokerHandle {
+            stop: stop.clone(),
+            state: state.clone(),
+        };
+        let control = match &config.control_socket {
+            Some(path) => Some(ControlServer::start(path, replace, state.clone()).map_err(
+                |e| BrokerError::Listen {
+                    path: path.clone(),
+                    message: e.to_string(),
+                },
+            )?),
+            None => None,
+        };
+        let mut threads = Vec::new();
+        for server in servers {
+            let stop = stop.clone();
+            let name = format!("disk-{}", server.index);
+            let t = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || server.run(&stop))
+                .map_err(|e| BrokerError::Setup(e.to_string()))?;
+            threads.push(t);
+        }
+        Ok(Broker {
+            handle,
+            threads,
+            control,
+        })
+    }
+
+    pub fn handle(&self) -> BrokerHandle {
+        self.handle.clone()
+    }
+
+    /// Blocks until shutdown is requested and every disk has finished its in-flight I/O.
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(control) = self.control.take() {
+            control.stop();
+        }
+    }
+}
+
+struct DiskServer {
+    index: usize,
+    info: DiskInfo,
+    spec: BlkDeviceSpec,
+    ctx: Arc<DiskContext>,
+    listener: Listener,
+}
+
+impl DiskServer {
+    fn new(index: usize, disk: &DiskConfig, lun: Arc<LunStore>, listener: Listener) -> Self {
+        let counters = Arc::new(DiskCounters::default());
+        let spec = BlkDeviceSpec {
+            num_queues: disk.queues,
+            queue_size: disk.queue_size,
+            capacity_sectors: lun.capacity_sectors(),
+            read_only: lun.read_only,
+            physical_block_bytes: 4096,
+        };
+        let mut serial = [0u8; ID_BYTES];
+        let s = disk.serial.clone().unwrap_or_else(|| disk.tenant_name());
+        let n = s.len().min(MAX_SERIAL_BYTES);
+        serial[..n].copy_from_slice(&s.as_bytes()[..n]);
+        let tenant = disk.tenant_name();
+        let ctx = Arc::new(DiskContext {
+            name: format!("{} ({})", tenant, disk.socket.display()),
+            lun: lun.clone(),
+            limits: spec.limits(),
+            serial,
+            counters: counters.clone(),
+            bad_requests: RateLimitedLog::new(Duration::from_secs(1), 10),
+        });
+        DiskServer {
+            index,
+            info: DiskInfo {
+                socket: disk.socket.clone(),
+                tenant,
+                lun: lun.name.clone(),
+                queues: disk.queues,
+                counters,
+                connected: Arc::new(AtomicBool::new(false)),
+            },
+            spec,
+            ctx,
+            listener,
+        }
+    }
+
+    fn run(mut self, stop: &StopSignal) {
+        while !stop.requested.load(Ordering::SeqCst) {
+            match wait_readable(self.listener.as_raw_fd(), stop.event.as_raw_fd()) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    log::error!("disk {}: poll failed: {e}", self.ctx.name);
+                    break;
+                }
+            }
+            if stop.requested.load(Ordering::SeqCst) {
+                break;
+            }
+            if let Err(e) = self.serve_one(stop) {
+                log::error!("disk {}: {e}", self.ctx.name);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = std::fs::remove_file(&self.info.socket);
+    }
+
+    /// Serves one guest connection from accept to disconnect.
+    fn serve_one(&mut self, stop: &StopSignal) -> Result<(), String> {
+        let device =
+            BlkDevice::new(self.spec.clone(), self.ctx.clone()).map_err(|e| e.to_string())?;
+        let mut daemon = VhostUserDaemon::new(
+            format!("weir-disk-{}", self.index),
+            device.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .map_err(|e| format!("cannot create vhost-user daemon: {e:?}"))?;
+        for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+            let fd = device.completion_fd(q).ok_or("missing queue worker")?;
+            handler
+                .register_listener(fd, EventSet::IN, device.completion_token(q))
+                .map_err(|e| format!("cannot register io_uring completions of queue {q}: {e}"))?;
+        }
+        daemon
+            .start(&mut self.listener)
+            .map_err(|e| format!("accepting a guest failed: {e:?}"))?;
+        self.info
+            .counters
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.info.connected.store(true, Ordering::SeqCst);
+        log::info!("disk {}: guest connected", self.ctx.name);
+        if let Some(h) = daemon.shutdown_handle() {
+            stop.connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(self.index, h.clone());
+            // A shutdown requested while we were accepting must still cut this connection.
+            if stop.requested.load(Ordering::SeqCst) {
+                h.shutdown();
+            }
+        }
+        let result = daemon.wait();
+        stop.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.index);
+        // Dropping the daemon stops and joins its vring threads; only then may the in-flight
+        // requests be finished from here without racing them.
+        drop(daemon);
+        let pending = device.in_flight();
+        device.drain();
+        self.info.connected.store(false, Ordering::SeqCst);
+        log::info!(
+            "disk {}: guest disconnected ({}); {pending} in-flight requests finished",
+            self.ctx.name,
+            match &result {
+                Ok(()) => "cleanly".to_string(),
+                Err(e) => format!("{e:?}"),
+            }
+        );
+        Ok(())
+    }
+}
+
+/// Waits until `fd` is readable (true) or `stop_fd` is (false).
+fn wait_readable(fd: i32, stop_fd: i32) -> std::io::Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 {
+            return Ok(false);
+        }
+        if fds[0].revents != 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts afterwards, and starts
+/// a thread that turns them into a broker shutdown. Call before [`Broker::start`].
+pub fn block_termination_signals() -> std::io::Result<SignalWaiter> {
+    // SAFETY: sigset_t is plain data; the libc calls initialise it before use and
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(SignalWaiter { set })
+    }
+}
+
+/// Waits for SIGINT/SIGTERM (blocked by [`block_termination_signals`]).
+pub struct SignalWaiter {
+    set: libc::sigset_t,
+}
+
+impl SignalWaiter {
+    /// Starts a thread that shuts the broker down on the first signal.
+    pub fn shutdown_on_signal(self, handle: BrokerHandle) {
+        let set = self.set;
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` holds SIGINT and SIGTERM, blocked in every thread; sigwait writes
+                // the signal number into `sig`.
+                let rc = unsafe { libc::sigwait(&set, &mut sig) };
+                if rc == 0 {
+                    log::warn!("signal {sig}: finishing in-flight I/O and stopping");
+                    handle.shutdown();
+                }
+            });
+    }
+}

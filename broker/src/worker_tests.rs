@@ -1,0 +1,660 @@
+//! The traffic cop under test: malformed chains built in real guest memory with
+//! `MockSplitQueue`, run through the real queue worker onto a real file over io_uring. Each
+//! test asserts the status byte the guest gets, the counter, and that the next well-formed
+//! request on the same queue still completes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use virtio_queue::Queue;
+use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::config::{ByteSize, LunConfig};
+use crate::counters::{DiskCounters, RateLimitedLog};
+use crate::lun::LunStore;
+use crate::request::*;
+use crate::worker::{DiskContext, GuestMem, QueueWorker};
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+const QUEUE_SIZE: u16 = 32;
+const DISK_BYTES: u64 = 1 << 20;
+const MAX_DESCRIPTORS: usize = 8;
+
+struct Disk {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    ctx: Arc<DiskContext>,
+}
+
+fn disk(read_only: bool) -> Disk {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lun.img");
+    std::fs::write(&path, vec![0u8; DISK_BYTES as usize]).unwrap();
+    let lun = LunStore::open(&LunConfig {
+        name: "lun0".into(),
+        path: path.clone(),
+        size: Some(ByteSize(DISK_BYTES)),
+        read_only,
+        shareable: false,
+        direct: true,
+    })
+    .unwrap();
+    let mut serial = [0u8; ID_BYTES];
+    serial[..9].copy_from_slice(b"weir-test");
+    let ctx = Arc::new(DiskContext {
+        name: "test".into(),
+        lun: Arc::new(lun),
+        limits: DiskLimits {
+            capacity_sectors: DISK_BYTES / SECTOR_SIZE,
+            read_only,
+            max_descriptors: MAX_DESCRIPTORS,
+            max_discard_segments: 1,
+            max_discard_sectors: 1 << 21,
+            max_write_zeroes_segments: 1,
+            max_write_zeroes_sectors: 1 << 21,
+        },
+        serial,
+        counters: Arc::new(DiskCounters::default()),
+        bad_requests: RateLimitedLog::new(Duration::from_secs(1), 100),
+    });
+    Disk {
+        _dir: dir,
+        path,
+        ctx,
+    }
+}
+
+fn memory() -> GuestMem {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x0400_0000)]).unwrap()
+}
+
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+}
+
+fn header(mem: &GuestMem, at: u64, req_type: u32, sector: u64) {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&req_type.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(at)).unwrap();
+}
+
+/// A test bench: guest memory, a mock split queue in it, the device queue, and a worker.
+struct Bench<'a> {
+    mem: &'a GuestMem,
+    atomic: GuestMemoryAtomic<GuestMem>,
+    mock: MockSplitQueue<'a, GuestMem>,
+    queue: Queue,
+    worker: QueueWorker,
+    next_index: u16,
+    used_seen: u16,
+}
+
+impl<'a> Bench<'a> {
+    fn new(mem: &'a GuestMem, disk: &Disk) -> Self {
+        let mock = MockSplitQueue::create(mem, GuestAddress(0), QUEUE_SIZE);
+        let queue: Queue = mock.create_queue().unwrap();
+        Bench {
+            mem,
+            atomic: GuestMemoryAtomic::new(mem.clone()),
+            mock,
+            queue,
+            worker: QueueWorker::new(disk.ctx.clone(), QUEUE_SIZE).unwrap(),
+            next_index: 0,
+            used_seen: 0,
+        }
+    }
+
+    /// Posts a chain whose descriptors are given with explicit flags; NEXT links are set to
+    /// the following entry unless the flags already carry NEXT (then `next` is kept).
+    fn post(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
+        let base = self.next_index;
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, flags))| {
+                let last = i + 1 == descs.len();
+                let flags = if last { flags } else { flags | F_NEXT };
+                desc(addr, len, flags, base + i as u16 + 1)
+            })
+            .collect();
+        self.post_raw(&raw)
+    }
+
+    fn post_raw(&mut self, raw: &[RawDescriptor]) -> u16 {
+        let base = self.next_index;
+        self.mock.add_desc_chains(raw, base).unwrap();
+        self.next_index += raw.len() as u16;
+        base
+    }
+
+    /// Runs the worker until everything posted is answered; returns the new used entries.
+    fn run(&mut self) -> Vec<(u32, u32)> {
+        self.worker
+            .process_available(&mut self.queue, &self.atomic)
+            .unwrap();
+        self.worker.drain(&mut self.queue).unwrap();
+        let used_ring = self.mock.used_addr();
+        let idx: u16 = self.mem.read_obj(used_ring.unchecked_add(2)).unwrap();
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let at = used_ring.unchecked_add(4 + 8 * u64::from(self.used_seen % QUEUE_SIZE));
+            let id: u32 = self.mem.read_obj(at).unwrap();
+            let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
+            out.push((id, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+
+    fn status(&self, at: u64) -> u8 {
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    /// A well-formed 4 KiB write of `byte` at `sector` followed by a read of it back; asserts
+    /// both complete OK and the data round-trips.
+    fn good_roundtrip(&mut self, sector: u64, byte: u8) {
+        let (h, d, s) = (0x20_0000, 0x21_0000, 0x22_0000);
+        header(self.mem, h, VIRTIO_BLK_T_OUT, sector);
+        self.mem
+            .write_slice(&[byte; 4096], GuestAddress(d))
+            .unwrap();
+        self.mem.write_obj(0xffu8, GuestAddress(s)).unwrap();
+        let w = self.post(&[(h, 16, 0), (d, 4096, 0), (s, 1, F_WRITE)]);
+        let used = self.run();
+        assert_eq!(
+            used,
+            vec![(u32::from(w), 1)],
+            "the next good write must complete"
+        );
+        assert_eq!(self.status(s), VIRTIO_BLK_S_OK);
+
+        let (h, d, s) = (0x23_0000, 0x24_0000, 0x25_0000);
+        header(self.mem, h, VIRTIO_BLK_T_IN, sector);
+        self.mem.write_obj(0xffu8, GuestAddress(s)).unwrap();
+        let r = self.post(&[(h, 16, 0), (d, 4096, F_WRITE), (s, 1, F_WRITE)]);
+        let used = self.run();
+        assert_eq!(used, vec![(u32::from(r), 4097)]);
+        assert_eq!(self.status(s), VIRTIO_BLK_S_OK);
+        let mut back = [0u8; 4096];
+        self.mem.read_slice(&mut back, GuestAddress(d)).unwrap();
+        assert!(
+            back.iter().all(|&b| b == byte),
+            "read back what was written"
+        );
+    }
+}
+
+/// Posts `bad`, runs it, asserts the status and the counter, then proves the queue still works.
+fn assert_rejected(
+    read_only: bool,
+    class: &str,
+    expected_status: Option<u8>,
+    bad: impl FnOnce(&mut Bench, u64) -> u16,
+) {
+    let d = disk(read_only);
+    let mem = memory();
+    let mut b = Bench::new(&mem, &d);
+    let status_at = 0x1f_0000;
+    b.mem.write_obj(0xeeu8, GuestAddress(status_at)).unwrap();
+    let head = bad(&mut b, status_at);
+    let used = b.run();
+    assert_eq!(
+        used.len(),
+        1,
+        "{class}: the bad chain is returned exactly once"
+    );
+    assert_eq!(used[0].0, u32::from(head), "{class}");
+    match expected_status {
+        Some(st) => {
+            assert_eq!(b.status(status_at), st, "{class}: status byte");
+            assert_eq!(used[0].1, 1, "{class}: only the status byte was written");
+        }
+        None => assert_eq!(used[0].1, 0, "{class}: no status byte to write"),
+    }
+    let snapshot = d.ctx.counters.snapshot();
+    assert_eq!(
+        snapshot.rejected[class], 1,
+        "{class}: counter; all: {:?}",
+        snapshot.rejected
+    );
+    assert_eq!(
+        d.ctx.counters.rejected_total(),
+        1,
+        "{class}: only this class counted"
+    );
+    if read_only {
+        // Reads still work on a read-only disk.
+        let (h, dd, s) = (0x23_0000, 0x24_0000, 0x25_0000);
+        header(b.mem, h, VIRTIO_BLK_T_IN, 0);
+        let r = b.post(&[(h, 16, 0), (dd, 512, F_WRITE), (s, 1, F_WRITE)]);
+        assert_eq!(b.run(), vec![(u32::from(r), 513)]);
+        assert_eq!(b.status(s), VIRTIO_BLK_S_OK);
+    } else {
+        b.good_roundtrip(16, 0x5a);
+    }
+}
+
+const H: u64 = 0x10_0000;
+const D: u64 = 0x11_0000;
+
+#[test]
+fn write_then_read_reaches_the_file() {
+    let d = disk(false);
+    let mem = memory();
+    let mut b = Bench::new(&mem, &d);
+    b.good_roundtrip(8, 0xa7);
+    let file = std::fs::read(&d.path).unwrap();
+    assert!(file[8 * 512..8 * 512 + 4096].iter().all(|&x| x == 0xa7));
+    assert!(file[..8 * 512].iter().all(|&x| x == 0));
+    let c = d.ctx.counters.snapshot();
+    assert_eq!(
+        (c.writes, c.write_bytes, c.reads, c.read_bytes),
+        (1, 4096, 1, 4096)
+    );
+}
+
+#[test]
+fn header_and_data_may_share_and_split_descriptors() {
+    let d = disk(false);
+    let mem = memory();
+    let mut b = Bench::new(&mem, &d);
+    // Header split 10 + 6 bytes; the second part carries the first 512 data bytes too.
+    header(&mem, H, VIRTIO_BLK_T_OUT, 2);
+    let mut hdr = [0u8; 16];
+    mem.read_slice(&mut hdr, GuestAddress(H)).unwrap();
+    mem.write_slice(&hdr[..10], GuestAddress(0x30_0000))
+        .unwrap();
+    mem.write_slice(&hdr[10..], GuestAddress(0x31_0000))
+        .unwrap();
+    mem.write_slice(&[0x42; 1024], GuestAddress(0x31_0006))
+        .unwrap();
+    let head = b.post(&[
+        (0x30_0000, 10, 0),
+        (0x31_0000, 6 + 1024, 0),
+        (0x32_0000, 1, F_WRITE),
+    ]);
+    assert_eq!(b.run(), vec![(u32::from(head), 1)]);
+    assert_eq!(b.status(0x32_0000), VIRTIO_BLK_S_OK);
+    let file = std::fs::read(&d.path).unwrap();
+    assert!(file[1024..2048].iter().all(|&x| x == 0x42));
+}
+
+#[test]
+fn misaligned_guest_buffers_fall_back_to_the_page_cache() {
+    let d = disk(false);
+    let mem = memory();
+    let mut b = Bench::new(&mem, &d);
+    header(&mem, H, VIRTIO_BLK_T_OUT, 4);
+    mem.write_slice(&[0x33; 512], GuestAddress(D + 3)).unwrap();
+    let head = b.post(&[(H, 16, 0), (D + 3, 512, 0), (0x1f_0000, 1, F_WRITE)]);
+    assert_eq!(b.run(), vec![(u32::from(head), 1)]);
+    assert_eq!(b.status(0x1f_0000), VIRTIO_BLK_S_OK);
+    let file = std::fs::read(&d.path).unwrap();
+    assert!(file[2048..2560].iter().all(|&x| x == 0x33));
+}
+
+#[test]
+fn flush_get_id_discard_and_write_zeroes() {
+    let d = disk(false);
+    let mem = memory();
+    let mut b = Bench::new(&mem, &d);
+    b.good_roundtrip(0, 0x77);
+
+    header(&mem, H, VIRTIO_BLK_T_FLUSH, 0);
+    let f = b.post(&[(H, 16, 0), (0x1f_0000, 1, F_WRITE)]);
+    assert_eq!(b.run(), vec![(u32::from(f), 1)]);
+    assert_eq!(b.status(0x1f_0000), VIRTIO_BLK_S_OK);
+
+    header(&mem, H, VIRTIO_BLK_T_GET_ID, 0);
+    let g = b.post(&[(H, 16, 0), (D, 20, F_WRITE), (0x1f_0000, 1, F_WRITE)]);
+    assert_eq!(b.run(), vec![(u32::from(g), 21)]);
+    let mut id = [0u8; 20];
+    mem.read_slice(&mut id, GuestAddress(D)).unwrap();
+    assert_eq!(&id[..9], b"weir-test");
+    assert!(id[9..].iter().all(|&x| x == 0));
+
+    // Discard sectors 0..8 (the 4 KiB just written): they read back as zeroes.
+    header(&mem, H, VIRTIO_BLK_T_DISCARD, 0);
+    let mut seg = [0u8; 16];
+    seg[8..12].copy_from_slice(&8u32.to_le_bytes());
+    mem.write_slice(&seg, GuestAddress(D)).unwrap();
+    let dc = b.post(&[(H, 16, 0), (D, 16, 0), (0x1f_0000, 1, F_WRITE)]);
+    assert_eq!(b.run(), vec![(u32::from(dc), 1)]);
+    assert_eq!(b.status(0x1f_0000), VIRTIO_BLK_S_OK);
+    let file = std::fs::read(&d.path).unwrap();
+    assert!(file[..4096].iter().all(|&x| x == 0));
+
+    b.good_roundtrip(16, 0x99);
+    header(&mem, H, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    seg[0..8].copy_from_slice(&16u64.to_le_bytes());
+    mem.write_slice(&seg, GuestAddress(D)).unwrap();
+    let wz = b.post(&[(H, 16, 0), (D, 16, 0), (0x1f_0000, 1, F_WRITE)]);
+    assert_eq!(b.run(), vec![(u32::from(wz), 1)]);
+    assert_eq!(b.status(0x1f_0000), VIRTIO_BLK_S_OK);
+    let file = std::fs::read(&d.path).unwrap();
+    assert!(file[16 * 512..16 * 512 + 4096].iter().all(|&x| x == 0));
+    let c = d.ctx.counters.snapshot();
+    assert_eq!(
+        (c.flushes, c.get_ids, c.discards, c.write_zeroes),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+fn chain_without_a_writable_byte_is_returned_without_status() {
+    assert_rejected(false, "no_status_byte", None, |b, _| {
+        header(b.mem, H, VIRTIO_BLK_T_IN, 0);
+        b.post(&[(H, 16, 0), (D, 512, 0)])
+    });
+}
+
+#[test]
+fn looping_chain_is_rejected() {
+    assert_rejected(
+        false,
+        "unterminated_chain",
+        Some(VIRTIO_BLK_S_IOERR),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_IN, 0);
+            let base = b.next_index;
+            // header -> status -> header -> ... : the status descriptor points back.
+            b.post_raw(&[
+                desc(H, 16, F_NEXT, base + 1),
+                desc(s, 1, F_WRITE | F_NEXT, base),
+            ])
+        },
+    );
+}
+
+#[test]
+fn chain_pointing_outside_the_table_is_rejected() {
+    assert_rejected(
+        false,
+        "unterminated_chain",
+        Some(VIRTIO_BLK_S_IOERR),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_IN, 0);
+            let base = b.next_index;
+            b.post_raw(&[
+                desc(H, 16, F_NEXT, base + 1),
+                desc(s, 1, F_WRITE | F_NEXT, 4000),
+            ])
+        },
+    );
+}
+
+#[test]
+fn overlong_chain_is_rejected() {
+    assert_rejected(false, "chain_too_long", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_OUT, 0);
+        let mut descs = vec![(H, 16, 0)];
+        for i in 0..MAX_DESCRIPTORS as u64 {
+            descs.push((D + i * 512, 512, 0));
+        }
+        descs.push((s, 1, F_WRITE));
+        b.post(&descs)
+    });
+}
+
+#[test]
+fn descriptor_outside_guest_memory_is_rejected() {
+    assert_rejected(
+        false,
+        "outside_guest_memory",
+        Some(VIRTIO_BLK_S_IOERR),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_IN, 0);
+            b.post(&[(H, 16, 0), (0x1_0000_0000, 4096, F_WRITE), (s, 1, F_WRITE)])
+        },
+    );
+}
+
+#[test]
+fn readable_after_writable_is_rejected() {
+    assert_rejected(
+        false,
+        "wrong_direction",
+        Some(VIRTIO_BLK_S_IOERR),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_OUT, 0);
+            b.post(&[
+                (H, 16, 0),
+                (D, 512, F_WRITE),
+                (D + 512, 512, 0),
+                (s, 1, F_WRITE),
+            ])
+        },
+    );
+}
+
+#[test]
+fn read_with_device_readable_data_is_rejected() {
+    assert_rejected(
+        false,
+        "wrong_direction",
+        Some(VIRTIO_BLK_S_IOERR),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_IN, 0);
+            b.post(&[(H, 16, 0), (D, 512, 0), (s, 1, F_WRITE)])
+        },
+    );
+}
+
+#[test]
+fn write_with_device_writable_data_is_rejected() {
+    assert_rejected(
+        false,
+        "wrong_direction",
+        Some(VIRTIO_BLK_S_IOERR),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_OUT, 0);
+            b.post(&[(H, 16, 0), (D, 512, F_WRITE), (s, 1, F_WRITE)])
+        },
+    );
+}
+
+#[test]
+fn short_header_is_rejected() {
+    assert_rejected(false, "short_header", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_IN, 0);
+        b.post(&[(H, 8, 0), (D, 512, F_WRITE), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn data_not_a_multiple_of_512_is_rejected() {
+    assert_rejected(false, "bad_length", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_OUT, 0);
+        b.post(&[(H, 16, 0), (D, 1000, 0), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn access_past_the_end_is_rejected() {
+    assert_rejected(false, "out_of_range", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_IN, DISK_BYTES / 512 - 1);
+        b.post(&[(H, 16, 0), (D, 1024, F_WRITE), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn sector_overflow_is_rejected() {
+    assert_rejected(false, "out_of_range", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_OUT, u64::MAX / 256);
+        b.post(&[(H, 16, 0), (D, 512, 0), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn unknown_type_is_unsupported() {
+    assert_rejected(false, "unknown_type", Some(VIRTIO_BLK_S_UNSUPP), |b, s| {
+        header(b.mem, H, 99, 0);
+        b.post(&[(H, 16, 0), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn looping_indirect_table_is_rejected() {
+    assert_rejected(
+        false,
+        "unterminated_chain",
+        Some(VIRTIO_BLK_S_IOERR),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_IN, 0);
+            let table = 0x30_0000;
+            b.mem
+                .write_obj(desc(H, 16, F_NEXT, 1), GuestAddress(table))
+                .unwrap();
+            b.mem
+                .write_obj(desc(s, 1, F_WRITE | F_NEXT, 0), GuestAddress(table + 16))
+                .unwrap();
+            b.post(&[(table, 32, F_INDIRECT)])
+        },
+    );
+}
+
+#[test]
+fn oversized_indirect_table_is_rejected() {
+    assert_rejected(false, "chain_too_long", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_OUT, 0);
+        let table = 0x30_0000;
+        let n = 64u16;
+        for i in 0..n {
+            let d = if i == 0 {
+                desc(H, 16, F_NEXT, 1)
+            } else if i == n - 1 {
+                desc(s, 1, F_WRITE, 0)
+            } else {
+                desc(D + u64::from(i) * 512, 512, F_NEXT, i + 1)
+            };
+            b.mem
+                .write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+                .unwrap();
+        }
+        b.post(&[(table, 16 * u32::from(n), F_INDIRECT)])
+    });
+}
+
+fn segment(b: &Bench, at: u64, sector: u64, sectors: u32, flags: u32) {
+    let mut seg = [0u8; 16];
+    seg[0..8].copy_from_slice(&sector.to_le_bytes());
+    seg[8..12].copy_from_slice(&sectors.to_le_bytes());
+    seg[12..16].copy_from_slice(&flags.to_le_bytes());
+    b.mem.write_slice(&seg, GuestAddress(at)).unwrap();
+}
+
+#[test]
+fn discard_past_the_end_is_rejected() {
+    assert_rejected(false, "out_of_range", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_DISCARD, 0);
+        segment(b, D, DISK_BYTES / 512 - 4, 8, 0);
+        b.post(&[(H, 16, 0), (D, 16, 0), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn discard_with_unmap_flag_is_unsupported() {
+    assert_rejected(
+        false,
+        "bad_segment_flags",
+        Some(VIRTIO_BLK_S_UNSUPP),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_DISCARD, 0);
+            segment(b, D, 0, 8, SEGMENT_FLAG_UNMAP);
+            b.post(&[(H, 16, 0), (D, 16, 0), (s, 1, F_WRITE)])
+        },
+    );
+}
+
+#[test]
+fn write_zeroes_with_unknown_flag_is_unsupported() {
+    assert_rejected(
+        false,
+        "bad_segment_flags",
+        Some(VIRTIO_BLK_S_UNSUPP),
+        |b, s| {
+            header(b.mem, H, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+            segment(b, D, 0, 8, 0x4);
+            b.post(&[(H, 16, 0), (D, 16, 0), (s, 1, F_WRITE)])
+        },
+    );
+}
+
+#[test]
+fn more_segments_than_advertised_are_rejected() {
+    assert_rejected(false, "segment_limit", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_DISCARD, 0);
+        segment(b, D, 0, 8, 0);
+        segment(b, D + 16, 8, 8, 0);
+        b.post(&[(H, 16, 0), (D, 32, 0), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn segment_list_of_bad_length_is_rejected() {
+    assert_rejected(false, "bad_length", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+        b.post(&[(H, 16, 0), (D, 12, 0), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn write_to_read_only_disk_is_rejected() {
+    assert_rejected(true, "read_only", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_OUT, 0);
+        b.post(&[(H, 16, 0), (D, 512, 0), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn discard_on_read_only_disk_is_rejected() {
+    assert_rejected(true, "read_only", Some(VIRTIO_BLK_S_IOERR), |b, s| {
+        header(b.mem, H, VIRTIO_BLK_T_DISCARD, 0);
+        segment(b, D, 0, 8, 0);
+        b.post(&[(H, 16, 0), (D, 16, 0), (s, 1, F_WRITE)])
+    });
+}
+
+#[test]
+fn a_burst_of_bad_chains_never_blocks_good_ones() {
+    let d = disk(false);
+    let mem = memory();
+    let mut b = Bench::new(&mem, &d);
+    // Fill most of the queue with garbage of every kind, interleaved with good writes.
+    let mut expect_ok = Vec::new();
+    for i in 0..6u64 {
+        header(&mem, H + i * 0x100, 1000 + i as u32, 0);
+        b.post(&[(H + i * 0x100, 16, 0), (0x1f_0000 + i, 1, F_WRITE)]);
+        let h = 0x40_0000 + i * 0x1_0000;
+        header(&mem, h, VIRTIO_BLK_T_OUT, i * 8);
+        mem.write_slice(&[i as u8 + 1; 4096], GuestAddress(h + 0x1000))
+            .unwrap();
+        let head = b.post(&[(h, 16, 0), (h + 0x1000, 4096, 0), (h + 0x3000, 1, F_WRITE)]);
+        expect_ok.push((head, h + 0x3000));
+    }
+    let used = b.run();
+    assert_eq!(used.len(), 12);
+    for (head, status) in expect_ok {
+        assert!(used.contains(&(u32::from(head), 1)));
+        assert_eq!(b.status(status), VIRTIO_BLK_S_OK);
+    }
+    assert_eq!(
+        d.ctx.counters.rejected[crate::request::Rejection::UnknownType(0).class()]
+            .load(Ordering::Relaxed),
+        6
+    );
+    let file = std::fs::read(&d.path).unwrap();
+    for i in 0..6usize {
+        assert!(
+            file[i * 4096..(i + 1) * 4096]
+                .iter()
+                .all(|&x| x == i as u8 + 1)
+        );
+    }
+}
