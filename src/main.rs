@@ -12,7 +12,8 @@ use weir_guest_images::ImageStore;
 use weir_lab::fiojob::with_target;
 use weir_lab::host::{AccelChoice, HostFacts};
 use weir_lab::hostfio::run_host_fio;
-use weir_lab::qemu::{GuestDisk, LinuxGuestSpec};
+use weir_lab::qemu::GuestDisk;
+use weir_lab::qemu::LinuxGuestSpec;
 use weir_lab::summary::{render, render_comparison, summarise};
 use weir_vmm::host::HostVirtualization;
 
@@ -50,6 +51,12 @@ struct BrokerArgs {
     /// Take over sockets that already exist (a broker that died left them behind).
     #[arg(long)]
     replace: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DiskPath {
+    Broker,
+    Qemu,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +99,10 @@ struct GuestArgs {
     /// Also run the same job with host fio on the same file and print the ratios.
     #[arg(long)]
     host_baseline: bool,
+    /// How the disk reaches the guest: through weir's broker (vhost-user-blk) or QEMU's own
+    /// virtio-blk on the file (the baseline).
+    #[arg(long, value_enum, default_value_t = DiskPath::Broker)]
+    via: DiskPath,
     /// Run directory for logs and results [default: runs/guest-<unix time>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -212,6 +223,7 @@ fn guest(args: GuestArgs) -> Result<()> {
         }
     };
 
+    let disk = fs::canonicalize(&disk)?;
     let mut spec = LinuxGuestSpec::new(
         "guest0",
         &image,
@@ -222,18 +234,57 @@ fn guest(args: GuestArgs) -> Result<()> {
     spec.memory_mib = args.memory_mib;
     spec.vcpus = args.vcpus;
     spec.fio_timeout = Duration::from_secs(args.timeout_s);
-    spec.disks.push(GuestDisk::RawFile {
-        path: fs::canonicalize(&disk)?,
-        serial: "weir-disk0".into(),
-    });
+    let broker = match args.via {
+        DiskPath::Qemu => {
+            spec.disks.push(GuestDisk::RawFile {
+                path: disk.clone(),
+                serial: "weir-disk0".into(),
+            });
+            None
+        }
+        DiskPath::Broker => {
+            let socket = fs::canonicalize(&out)?.join("guest0-disk0.sock");
+            let config = BrokerConfig::parse(&format!(
+                "[[lun]]\nname = \"lun0\"\npath = {:?}\n\n[[disk]]\nsocket = {:?}\nlun = \"lun0\"\ntenant = \"guest0\"\nserial = \"weir-disk0\"\n",
+                disk.display().to_string(),
+                socket.display().to_string()
+            ))?;
+            let broker = Broker::start(&config, true)?;
+            spec.disks.push(GuestDisk::VhostUser { socket, queues: 1 });
+            Some(broker)
+        }
+    };
     println!(
-        "booting guest0 ({} MiB, {} vCPU) with {} attached as /dev/vda; serial log {}",
+        "booting guest0 ({} MiB, {} vCPU) with {} as /dev/vda via {}; serial log {}",
         spec.memory_mib,
         spec.vcpus,
         disk.display(),
+        match args.via {
+            DiskPath::Broker => "weir broker (vhost-user-blk)",
+            DiskPath::Qemu => "QEMU virtio-blk",
+        },
         spec.serial_log().display()
     );
-    let run = spec.run()?;
+    let run = spec.run();
+    if let Some(broker) = broker {
+        let handle = broker.handle();
+        handle.shutdown();
+        broker.wait();
+        for d in &handle.state.disks {
+            let c = d.counters.snapshot();
+            println!(
+                "broker: {} served {} reads ({} MiB), {} writes ({} MiB), {} flushes, {} rejected requests",
+                d.tenant,
+                c.reads,
+                c.read_bytes >> 20,
+                c.writes,
+                c.write_bytes >> 20,
+                c.flushes,
+                d.counters.rejected_total()
+            );
+        }
+    }
+    let run = run?;
     fs::write(
         out.join("guest0.fio.json"),
         run.transcript.fio_output.as_deref().unwrap_or(""),
@@ -258,7 +309,7 @@ fn guest(args: GuestArgs) -> Result<()> {
             "running the same job with host fio on {} ...",
             disk.display()
         );
-        let host = run_host_fio(&job, &fs::canonicalize(&disk)?, &out)?;
+        let host = run_host_fio(&job, &disk, &out)?;
         let host_rows = summarise(&host);
         println!("\nhost fio on the same file:\n{}", render(&host_rows));
         println!(

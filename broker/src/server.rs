@@ -319,6 +319,9 @@ impl DiskServer {
             self.ctx.name,
             match &result {
                 Ok(()) => "cleanly".to_string(),
+                Err(vhost_user_backend::Error::HandleRequest(
+                    vhost::vhost_user::Error::Disconnected,
+                )) => "socket closed".to_string(),
                 Err(e) => format!("{e:?}"),
             }
         );

@@ -72,6 +72,9 @@ pub enum GuestDisk {
     /// A raw file through QEMU's own virtio-blk-pci (`aio=threads`: io_uring and native stalled
     /// under TCG at QD32 in some runs here).
     RawFile { path: PathBuf, serial: String },
+    /// A vhost-user-blk socket served by `weir broker` (or any vhost-user-blk backend). Guest
+    /// RAM becomes a shared memfd so the backend can map it.
+    VhostUser { socket: PathBuf, queues: u16 },
 }
 
 /// One Linux guest to boot, with the fio job it runs.
@@ -138,7 +141,23 @@ impl LinuxGuestSpec {
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: &[&str]| a.extend(s.iter().map(|x| x.to_string()));
         push(&["-name", &format!("weir-{}", self.name)]);
-        push(&["-M", "q35", "-accel", self.accel.accel.qemu_arg()]);
+        let vhost_user = self
+            .disks
+            .iter()
+            .any(|d| matches!(d, GuestDisk::VhostUser { .. }));
+        if vhost_user {
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    self.memory_mib
+                ),
+            ]);
+            push(&["-M", "q35,memory-backend=mem"]);
+        } else {
+            push(&["-M", "q35"]);
+        }
+        push(&["-accel", self.accel.accel.qemu_arg()]);
         push(&[
             "-cpu",
             if self.accel.accel == Accel::Kvm {
@@ -177,6 +196,16 @@ impl LinuxGuestSpec {
                     push(&[
                         "-device",
                         &format!("virtio-blk-pci,drive=d{i},serial={serial}"),
+                    ]);
+                }
+                GuestDisk::VhostUser { socket, queues } => {
+                    push(&[
+                        "-chardev",
+                        &format!("socket,id=vu{i},path={}", socket.display()),
+                    ]);
+                    push(&[
+                        "-device",
+                        &format!("vhost-user-blk-pci,chardev=vu{i},num-queues={queues}"),
                     ]);
                 }
             }
