@@ -41,6 +41,31 @@ enum Command {
     Guest(GuestArgs),
     /// Run the I/O broker: serve every configured guest disk as a vhost-user-blk socket.
     Broker(BrokerArgs),
+    /// Benchmarks (measurements, not tests).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// fio 4 KiB randread QD1 and QD32 in one QEMU guest via weir broker and via
+    /// qemu-storage-daemon, plus host fio, on the same file, in one run.
+    Broker {
+        /// Backing file size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        disk_mib: u64,
+        /// fio job to run instead of the built-in randread QD1/QD32 job.
+        #[arg(long)]
+        job: Option<PathBuf>,
+        /// Where logs and results go [default: runs/bench-broker-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Rounds of both backends (alternating order); medians and ranges are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -119,6 +144,7 @@ fn main() {
         Command::Host => host(),
         Command::Guest(args) => guest(args),
         Command::Broker(args) => broker(args),
+        Command::Bench { command } => bench(command),
     };
     if let Err(e) = result {
         eprintln!("weir: error: {e:#}");
@@ -165,6 +191,56 @@ fn broker(args: BrokerArgs) -> Result<()> {
     broker.wait();
     println!("weir broker stopped");
     Ok(())
+}
+
+fn bench(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Broker {
+            disk_mib,
+            job,
+            out,
+            rounds,
+        } => {
+            let virt = HostVirtualization::detect();
+            let accel = AccelChoice::for_linux_guest(&virt);
+            println!("host: {accel}");
+            let image = ImageStore::from_env().ensure(false, &mut std::io::stdout())?;
+            let job = match job {
+                Some(p) => {
+                    fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?
+                }
+                None => weir_lab::bench::RANDREAD_JOB.to_string(),
+            };
+            let work_dir =
+                fs::canonicalize(".")?.join(out.unwrap_or_else(|| run_dir("bench-broker")));
+            let opts = weir_lab::bench::BenchOptions {
+                weir_binary: std::env::current_exe()?,
+                image,
+                accel,
+                work_dir: work_dir.clone(),
+                disk_mib,
+                job,
+                rounds,
+            };
+            println!(
+                "benchmarking in {} (one guest per backend, then host fio) ...",
+                work_dir.display()
+            );
+            let results = weir_lab::bench::run_broker_bench(&opts).map_err(anyhow::Error::msg)?;
+            let table = weir_lab::bench::render_bench(&results);
+            fs::write(work_dir.join("bench.txt"), &table)?;
+            println!("\n{table}");
+        }
+    }
+    Ok(())
+}
+
+fn run_dir(prefix: &str) -> PathBuf {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from(format!("runs/{prefix}-{t}"))
 }
 
 fn host() -> Result<()> {
@@ -273,14 +349,16 @@ fn guest(args: GuestArgs) -> Result<()> {
         for d in &handle.state.disks {
             let c = d.counters.snapshot();
             println!(
-                "broker: {} served {} reads ({} MiB), {} writes ({} MiB), {} flushes, {} rejected requests",
+                "broker: {} served {} reads ({} MiB), {} writes ({} MiB), {} flushes, {} rejected requests, {} guest interrupts, {} kicks",
                 d.tenant,
                 c.reads,
                 c.read_bytes >> 20,
                 c.writes,
                 c.write_bytes >> 20,
                 c.flushes,
-                d.counters.rejected_total()
+                d.counters.rejected_total(),
+                c.notifications,
+                c.kicks
             );
         }
     }

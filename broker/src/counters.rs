@@ -27,6 +27,10 @@ pub struct DiskCounters {
     pub rejected: [AtomicU64; REJECTION_CLASSES.len()],
     /// Guest connections accepted on this disk's socket.
     pub connections: AtomicU64,
+    /// Interrupts (call eventfd writes) sent to the guest.
+    pub notifications: AtomicU64,
+    /// Queue notifications (kicks) received from the guest.
+    pub kicks: AtomicU64,
 }
 
 /// A point-in-time copy of [`DiskCounters`], serialisable.
@@ -44,6 +48,8 @@ pub struct DiskCountersSnapshot {
     pub buffered_fallbacks: u64,
     pub rejected: std::collections::BTreeMap<String, u64>,
     pub connections: u64,
+    pub notifications: u64,
+    pub kicks: u64,
 }
 
 impl DiskCounters {
@@ -89,6 +95,8 @@ impl DiskCounters {
                 .map(|(name, c)| (name.to_string(), l(c)))
                 .collect(),
             connections: l(&self.connections),
+            notifications: l(&self.notifications),
+            kicks: l(&self.kicks),
         }
     }
 }

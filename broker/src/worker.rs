@@ -129,7 +129,7 @@ impl QueueWorker {
             let parsed = parse_chain(chain, &*guard, &self.ctx.limits);
             used |= self.dispatch(parsed, queue, &guard)?;
         }
-        self.ring.submit().map_err(WorkerError::Submit)?;
+        self.flush_submissions()?;
         Ok(used)
     }
 
@@ -375,8 +375,17 @@ impl QueueWorker {
                 used |= self.complete(user_data as usize, res, queue)?;
             }
         }
-        self.ring.submit().map_err(WorkerError::Submit)?;
+        self.flush_submissions()?;
         Ok(used)
+    }
+
+    /// Hands queued SQEs to the kernel; no system call when there are none.
+    fn flush_submissions(&mut self) -> Result<(), WorkerError> {
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        self.ring.submit().map_err(WorkerError::Submit)?;
+        Ok(())
     }
 
     fn complete(&mut self, slot: usize, res: i32, queue: &mut Queue) -> Result<bool, WorkerError> {

@@ -6,6 +6,7 @@
 //! guest ([`qemu`]), the serial-log protocol the guest's `/init` speaks ([`serial`]), fio's JSON
 //! output as Rust types ([`fio`]), and the host facts that pick an accelerator ([`host`]).
 
+pub mod bench;
 pub mod broker;
 pub mod fio;
 pub mod fiojob;
