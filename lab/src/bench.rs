@@ -375,6 +375,7 @@ mod tests {
             ios: 10,
             clat_p50_us: Some(iops / 100.0),
             clat_p99_us: Some(iops / 10.0),
+            clat_p999_us: None,
         };
         let r = |name: &str, iops: f64| BackendResult {
             name: name.into(),
