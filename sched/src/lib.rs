@@ -1,0 +1,15 @@
+//! The broker's scheduling logic, free of I/O and of wall-clock time.
+//!
+//! Everything here takes the current time as an argument (seconds, `f64`), so the same code
+//! runs in the broker on the real clock and in `weir sim` on a virtual clock, seeded and
+//! deterministic. This crate holds:
+//! - [`cost`]: what one request costs, by size (a linear model);
+//! - [`mclock`]: per-tenant reservation, limit and weight tags (mClock, OSDI '10) and the
+//!   dispatch rule;
+//! - [`metrics`]: the fairness measures `weir run` and `weir sim` report;
+//! - [`rng`]: a small seeded generator for simulations.
+
+pub mod cost;
+pub mod mclock;
+pub mod metrics;
+pub mod rng;
