@@ -128,6 +128,9 @@ struct GuestArgs {
     /// virtio-blk on the file (the baseline).
     #[arg(long, value_enum, default_value_t = DiskPath::Broker)]
     via: DiskPath,
+    /// Virtqueues of the broker disk (multi-queue; the guest uses up to one per vCPU).
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
     /// Run directory for logs and results [default: runs/guest-<unix time>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -321,12 +324,16 @@ fn guest(args: GuestArgs) -> Result<()> {
         DiskPath::Broker => {
             let socket = fs::canonicalize(&out)?.join("guest0-disk0.sock");
             let config = BrokerConfig::parse(&format!(
-                "[[lun]]\nname = \"lun0\"\npath = {:?}\n\n[[disk]]\nsocket = {:?}\nlun = \"lun0\"\ntenant = \"guest0\"\nserial = \"weir-disk0\"\n",
+                "[[lun]]\nname = \"lun0\"\npath = {:?}\n\n[[disk]]\nsocket = {:?}\nlun = \"lun0\"\ntenant = \"guest0\"\nserial = \"weir-disk0\"\nqueues = {}\n",
                 disk.display().to_string(),
-                socket.display().to_string()
+                socket.display().to_string(),
+                args.queues
             ))?;
             let broker = Broker::start(&config, true)?;
-            spec.disks.push(GuestDisk::VhostUser { socket, queues: 1 });
+            spec.disks.push(GuestDisk::VhostUser {
+                socket,
+                queues: args.queues,
+            });
             Some(broker)
         }
     };

@@ -350,3 +350,51 @@ fn a_guest_killed_mid_io_leaves_the_broker_serving() {
         broker.log()
     );
 }
+
+#[test]
+fn sigterm_under_load_answers_in_flight_io_and_exits_zero() {
+    let Some((image, accel)) = common::linux_guest_setup("broker_sigterm") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (config, control) = broker_config(dir.path(), &[("lun-t", "vm-t")]);
+    let mut broker =
+        BrokerProcess::start(&weir_binary(), &config, Some(control.clone()), dir.path())
+            .expect("broker starts");
+    let busy = "[busy]\nioengine=io_uring\ndirect=1\nbs=4k\nrw=randwrite\niodepth=32\ntime_based=1\nruntime=120\n";
+    let guest = guest(
+        "busy",
+        &image,
+        &accel,
+        busy,
+        dir.path().join("vm-t.sock"),
+        dir.path(),
+    )
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let stats = query(&control, "stats").unwrap();
+        if stats[0]["counters"]["writes"].as_u64().unwrap_or(0) > 2000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest never started writing: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = std::time::Instant::now();
+    let status = broker
+        .stop()
+        .expect("broker exits by itself within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    eprintln!("broker stopped {:?} after SIGTERM", started.elapsed());
+    let log = broker.log();
+    assert!(
+        log.contains("finishing in-flight I/O and stopping"),
+        "{log}"
+    );
+    assert!(log.contains("in-flight requests finished"), "{log}");
+    drop(guest);
+}
