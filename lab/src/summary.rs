@@ -42,7 +42,8 @@ pub fn summarise(report: &FioReport) -> Vec<JobSummary> {
                 job: job.jobname.clone(),
                 direction,
                 iodepth: opt("iodepth", "1"),
-                block_size: opt("bs", "4k"),
+                // fio lists only a job's own options, not inherited globals: derive the size.
+                block_size: human_size(d.io_bytes / d.total_ios.max(1)),
                 iops: d.iops,
                 mib_per_s: d.bw_bytes as f64 / (1024.0 * 1024.0),
                 ios: d.total_ios,
@@ -53,6 +54,14 @@ pub fn summarise(report: &FioReport) -> Vec<JobSummary> {
         }
     }
     rows
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}m", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}k", b >> 10),
+        b => format!("{b}"),
+    }
 }
 
 fn fmt_us(v: Option<f64>) -> String {
@@ -145,7 +154,7 @@ mod tests {
     #[test]
     fn summarises_only_directions_with_io() {
         let json = r#"{"jobs":[{"jobname":"rw","error":0,"job options":{"iodepth":"32","bs":"4k"},
-            "read":{"iops":100.0,"bw_bytes":409600,"total_ios":100,
+            "read":{"iops":100.0,"bw_bytes":409600,"io_bytes":409600,"total_ios":100,
                     "clat_ns":{"percentile":{"50.000000":2000,"99.000000":9000,"99.900000":9900}}},
             "write":{"iops":0.0,"total_ios":0}}]}"#;
         let report = FioReport::parse(json).unwrap();
@@ -153,6 +162,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].direction, "read");
         assert_eq!(rows[0].iodepth, "32");
+        assert_eq!(rows[0].block_size, "4k");
         assert_eq!(rows[0].clat_p99_us, Some(9.0));
         let table = render(&rows);
         assert!(table.contains("rw"), "{table}");
