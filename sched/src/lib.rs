@@ -9,7 +9,9 @@
 //! - [`metrics`]: the fairness measures `weir run` and `weir sim` report;
 //! - [`rng`]: a small seeded generator for simulations.
 
+pub mod array;
 pub mod cost;
+pub mod depth;
 pub mod mclock;
 pub mod metrics;
 pub mod rng;

@@ -1,0 +1,526 @@
+//! The per-LUN dispatch window `D`: how many requests the broker keeps outstanding on a LUN.
+//!
+//! Deep windows buy throughput, shallow windows buy fairness and latency (SFQ(D), Jin et al.,
+//! SIGMETRICS '04); the right `D` sits at the array's knee, and the knee moves. Four policies:
+//!
+//! **`fixed`**: `D` is constant — the baseline.
+//!
+//! **`aimd`**: VMware's adaptive queue depth (KB 1008113: halve after `QFullSampleSize`
+//! QUEUE FULL/BUSY, +1 after `QFullThreshold` good completions), with the windows the KB leaves
+//! open made explicit:
+//! - Every dispatched request carries the controller's *epoch*. A congestion signal (QUEUE
+//!   FULL or BUSY) counts only if its request was dispatched in the current epoch: requests
+//!   issued under a window that has already been cut say nothing about the new one (one cut per
+//!   round trip, as TCP does).
+//! - `qfull_sample_size` counted signals halve `D` (`D ← max(min, ⌊D/2⌋)`), remember the window
+//!   that congested as the *ceiling*, start a new epoch, and reset both counters.
+//! - A congestion signal resets the good streak; `qfull_threshold` consecutive good completions
+//!   raise `D` by one while `D + 1 < ceiling` (recovery toward the last known-good window), and
+//!   beyond that by at most one per `probe_interval_s` (probing for new room, so a stable
+//!   array is not knocked over every few milliseconds).
+//!
+//! **`latency`**: PARDA (Gulati, Ahmad, Waldspurger, FAST '09). Every `period_s`:
+//! `L ← (1−α)·l + α·L` from the period's mean device latency `l`, then
+//! `D ← (1−γ)·D + γ·((𝓛/L)·D + β)`, clamped to `[min, max]`. With `target_ms` unset, the
+//! target 𝓛 is found as vSphere 5.1+ does — the latency at 90 % of peak throughput — by a
+//! start-up sweep: `D` grows by `sweep_step` per period from `min` while throughput still
+//! rises by more than 2 %; the target is the latency of the smallest swept window whose
+//! throughput reached 90 % of the sweep's peak.
+//!
+//! **`adaptive`** (default): the latency law steers, and a congestion signal of the current
+//! epoch halves `D` at once.
+//!
+//! In every policy, a period in which requests were outstanding but **none completed** counts
+//! as congestion (a halving), never as health: a stalled device must not look idle (the lesson
+//! of Linux iocost's fix f91ffe89).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DepthPolicy {
+    Fixed {
+        depth: u32,
+    },
+    Aimd {
+        #[serde(default = "d_sample")]
+        qfull_sample_size: u32,
+        #[serde(default = "d_threshold")]
+        qfull_threshold: u32,
+        #[serde(default = "d_probe")]
+        probe_interval_s: f64,
+        #[serde(default = "d_min")]
+        min: u32,
+        #[serde(default = "d_max")]
+        max: u32,
+    },
+    Latency(LatencyParams),
+    Adaptive(LatencyParams),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyParams {
+    /// Latency target 𝓛 in ms; unset: found automatically.
+    #[serde(default)]
+    pub target_ms: Option<f64>,
+    /// EWMA weight of the past, α.
+    #[serde(default = "d_alpha")]
+    pub alpha: f64,
+    /// Smoothing of the window update, γ.
+    #[serde(default = "d_gamma")]
+    pub gamma: f64,
+    /// Additive term β (PARDA scales it by the host's shares; one broker, one LUN: 1).
+    #[serde(default = "d_beta")]
+    pub beta: f64,
+    #[serde(default = "d_period")]
+    pub period_s: f64,
+    #[serde(default = "d_sweep")]
+    pub sweep_step: u32,
+    #[serde(default = "d_min")]
+    pub min: u32,
+    #[serde(default = "d_max")]
+    pub max: u32,
+}
+
+fn d_sample() -> u32 {
+    4
+}
+fn d_threshold() -> u32 {
+    4
+}
+fn d_probe() -> f64 {
+    2.0
+}
+fn d_min() -> u32 {
+    1
+}
+fn d_max() -> u32 {
+    64
+}
+fn d_alpha() -> f64 {
+    0.5
+}
+fn d_gamma() -> f64 {
+    0.5
+}
+fn d_beta() -> f64 {
+    1.0
+}
+fn d_period() -> f64 {
+    0.1
+}
+fn d_sweep() -> u32 {
+    2
+}
+
+impl Default for LatencyParams {
+    fn default() -> Self {
+        LatencyParams {
+            target_ms: None,
+            alpha: d_alpha(),
+            gamma: d_gamma(),
+            beta: d_beta(),
+            period_s: d_period(),
+            sweep_step: d_sweep(),
+            min: d_min(),
+            max: d_max(),
+        }
+    }
+}
+
+impl Default for DepthPolicy {
+    fn default() -> Self {
+        DepthPolicy::Adaptive(LatencyParams::default())
+    }
+}
+
+impl DepthPolicy {
+    pub fn aimd() -> Self {
+        DepthPolicy::Aimd {
+            qfull_sample_size: d_sample(),
+            qfull_threshold: d_threshold(),
+            probe_interval_s: d_probe(),
+            min: d_min(),
+            max: d_max(),
+        }
+    }
+
+    /// Parses the short forms used by `compare = [...]`: `fixed:64`, `aimd`, `latency`,
+    /// `latency:20` (target ms), `adaptive`.
+    pub fn from_short(s: &str) -> Option<Self> {
+        let (name, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
+        match (name, arg) {
+            ("fixed", Some(d)) => d.parse().ok().filter(|d| *d > 0).map(|depth| DepthPolicy::Fixed { depth }),
+            ("aimd", None) => Some(DepthPolicy::aimd()),
+            ("latency", t) | ("adaptive", t) => {
+                let target_ms = match t {
+                    Some(t) => Some(t.parse().ok().filter(|v: &f64| *v > 0.0)?),
+                    None => None,
+                };
+                let p = LatencyParams {
+                    target_ms,
+                    ..LatencyParams::default()
+                };
+                Some(if name == "latency" { DepthPolicy::Latency(p) } else { DepthPolicy::Adaptive(p) })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            DepthPolicy::Fixed { depth } => format!("fixed:{depth}"),
+            DepthPolicy::Aimd { .. } => "aimd".into(),
+            DepthPolicy::Latency(p) => p.target_ms.map_or("latency".into(), |t| format!("latency:{t}")),
+            DepthPolicy::Adaptive(p) => p.target_ms.map_or("adaptive".into(), |t| format!("adaptive:{t}")),
+        }
+    }
+}
+
+/// How a request ended, as the controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Good,
+    /// QUEUE FULL or BUSY from the array.
+    Congestion,
+}
+
+#[derive(Debug, Clone)]
+enum Sweep {
+    /// Start-up: growing D to find the latency target.
+    Running {
+        samples: Vec<(u32, f64, f64)>,
+        flat_periods: u32,
+    },
+    Done,
+}
+
+/// Sets one LUN's window.
+#[derive(Debug, Clone)]
+pub struct QueueDepthController {
+    policy: DepthPolicy,
+    /// The window as a real number (PARDA's law is continuous); `window()` rounds it.
+    w: f64,
+    epoch: u64,
+    bad: u32,
+    good: u32,
+    ceiling: u32,
+    last_probe: f64,
+    // Per-period measurements.
+    period_start: f64,
+    period_completions: u64,
+    period_latency_sum: f64,
+    ewma_latency: Option<f64>,
+    target_s: Option<f64>,
+    sweep: Sweep,
+    halvings: u64,
+}
+
+impl QueueDepthController {
+    pub fn new(policy: DepthPolicy) -> Self {
+        let (w, target_s, sweep) = match &policy {
+            DepthPolicy::Fixed { depth } => (f64::from(*depth), None, Sweep::Done),
+            DepthPolicy::Aimd { max, .. } => (f64::from(*max).min(32.0), None, Sweep::Done),
+            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => match p.target_ms {
+                Some(t) => (f64::from(p.min.max(4)), Some(t / 1e3), Sweep::Done),
+                None => (
+                    f64::from(p.min),
+                    None,
+                    Sweep::Running {
+                        samples: Vec::new(),
+                        flat_periods: 0,
+                    },
+                ),
+            },
+        };
+        let ceiling = match &policy {
+            DepthPolicy::Aimd { max, .. } => *max + 1,
+            _ => u32::MAX,
+        };
+        QueueDepthController {
+            policy,
+            w,
+            epoch: 0,
+            bad: 0,
+            good: 0,
+            ceiling,
+            last_probe: 0.0,
+            period_start: 0.0,
+            period_completions: 0,
+            period_latency_sum: 0.0,
+            ewma_latency: None,
+            target_s,
+            sweep,
+            halvings: 0,
+        }
+    }
+
+    pub fn policy(&self) -> &DepthPolicy {
+        &self.policy
+    }
+
+    /// The window now.
+    pub fn window(&self) -> u32 {
+        (self.w.round() as u32).max(1)
+    }
+
+    /// The epoch to stamp on a request dispatched now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The latency target in use (seconds), once known.
+    pub fn target_s(&self) -> Option<f64> {
+        self.target_s
+    }
+
+    pub fn halvings(&self) -> u64 {
+        self.halvings
+    }
+
+    fn bounds(&self) -> (f64, f64) {
+        match &self.policy {
+            DepthPolicy::Fixed { depth } => (f64::from(*depth), f64::from(*depth)),
+            DepthPolicy::Aimd { min, max, .. } => (f64::from(*min), f64::from(*max)),
+            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => (f64::from(p.min), f64::from(p.max)),
+        }
+    }
+
+    /// Ends the start-up sweep: the target is the latency of the smallest window that
+    /// reached 90 % of the peak throughput seen.
+    fn finish_sweep(&mut self, fallback_latency: f64) {
+        if let Sweep::Running { samples, .. } = &self.sweep {
+            if samples.is_empty() {
+                // Nothing measured yet: keep sweeping.
+                return;
+            }
+            let peak = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+            let target = samples
+                .iter()
+                .filter(|s| s.1 >= 0.9 * peak)
+                .min_by_key(|s| s.0)
+                .map_or(fallback_latency, |s| s.2);
+            self.target_s = Some(target);
+            self.ewma_latency = Some(fallback_latency);
+        }
+        self.sweep = Sweep::Done;
+    }
+
+    fn halve(&mut self) {
+        // Congestion during the sweep ends it: the array has shown where it saturates.
+        if matches!(self.sweep, Sweep::Running { .. }) {
+            let l = self.ewma_latency.unwrap_or(0.0);
+            self.finish_sweep(l);
+        }
+        let (min, _) = self.bounds();
+        self.ceiling = self.window();
+        self.w = (self.w / 2.0).floor().max(min);
+        self.epoch += 1;
+        self.bad = 0;
+        self.good = 0;
+        self.halvings += 1;
+    }
+
+    /// A request stamped with `epoch` ended at `now` after `latency_s` at the device.
+    pub fn on_completion(&mut self, now: f64, epoch: u64, outcome: Outcome, latency_s: f64) {
+        match outcome {
+            Outcome::Good => {
+                self.period_completions += 1;
+                self.period_latency_sum += latency_s;
+            }
+            Outcome::Congestion => {}
+        }
+        match self.policy.clone() {
+            DepthPolicy::Fixed { .. } | DepthPolicy::Latency(_) => {}
+            DepthPolicy::Adaptive(_) => {
+                if outcome == Outcome::Congestion && epoch == self.epoch {
+                    self.halve();
+                }
+            }
+            DepthPolicy::Aimd {
+                qfull_sample_size,
+                qfull_threshold,
+                probe_interval_s,
+                max,
+                ..
+            } => match outcome {
+                Outcome::Congestion => {
+                    if epoch == self.epoch {
+                        self.good = 0;
+                        self.bad += 1;
+                        if self.bad >= qfull_sample_size.max(1) {
+                            self.halve();
+                        }
+                    }
+                }
+                Outcome::Good => {
+                    self.good += 1;
+                    if self.good >= qfull_threshold.max(1) {
+                        self.good = 0;
+                        let d = self.window();
+                        if d + 1 < self.ceiling {
+                            self.w = f64::from((d + 1).min(max));
+                        } else if now - self.last_probe >= probe_interval_s && d < max {
+                            self.w = f64::from(d + 1);
+                            self.last_probe = now;
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// Called periodically (at least every control period) with the requests outstanding on
+    /// the LUN. Runs the latency law and the stall rule.
+    pub fn tick(&mut self, now: f64, outstanding: u32) {
+        let period = match &self.policy {
+            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => p.period_s,
+            _ => 0.1,
+        };
+        if now - self.period_start < period {
+            return;
+        }
+        let elapsed = now - self.period_start;
+        let completions = self.period_completions;
+        let mean_latency = (completions > 0).then(|| self.period_latency_sum / completions as f64);
+        self.period_start = now;
+        self.period_completions = 0;
+        self.period_latency_sum = 0.0;
+
+        if completions == 0 {
+            if outstanding > 0 && !matches!(self.policy, DepthPolicy::Fixed { .. }) {
+                self.halve();
+            }
+            return;
+        }
+        let params = match &self.policy {
+            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => p.clone(),
+            _ => return,
+        };
+        let Some(l) = mean_latency else { return };
+        let ewma = match self.ewma_latency {
+            Some(prev) => (1.0 - params.alpha) * l + params.alpha * prev,
+            None => l,
+        };
+        self.ewma_latency = Some(ewma);
+        let (min, max) = self.bounds();
+
+        if let Sweep::Running { samples, flat_periods } = &mut self.sweep {
+            let throughput = completions as f64 / elapsed;
+            let prev_best = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+            samples.push((self.w.round() as u32, throughput, l));
+            if throughput > prev_best * 1.02 {
+                *flat_periods = 0;
+            } else {
+                *flat_periods += 1;
+            }
+            if *flat_periods < 3 && self.w < max {
+                self.w = (self.w + f64::from(params.sweep_step)).min(max);
+                return;
+            }
+            self.finish_sweep(l);
+        }
+        let Some(target) = self.target_s else { return };
+        let w = self.w;
+        let next = (1.0 - params.gamma) * w + params.gamma * ((target / ewma) * w + params.beta);
+        self.w = next.clamp(min, max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_forms_parse() {
+        assert_eq!(DepthPolicy::from_short("fixed:64"), Some(DepthPolicy::Fixed { depth: 64 }));
+        assert_eq!(DepthPolicy::from_short("aimd"), Some(DepthPolicy::aimd()));
+        assert!(matches!(DepthPolicy::from_short("adaptive"), Some(DepthPolicy::Adaptive(_))));
+        assert!(matches!(
+            DepthPolicy::from_short("latency:20"),
+            Some(DepthPolicy::Latency(LatencyParams { target_ms: Some(t), .. })) if t == 20.0
+        ));
+        assert_eq!(DepthPolicy::from_short("fixed:0"), None);
+        assert_eq!(DepthPolicy::from_short("fifo"), None);
+        assert_eq!(DepthPolicy::from_short("fixed:64").unwrap().name(), "fixed:64");
+    }
+
+    #[test]
+    fn aimd_halves_after_sample_size_signals_of_the_current_epoch_only() {
+        let mut c = QueueDepthController::new(DepthPolicy::aimd());
+        assert_eq!(c.window(), 32);
+        let e = c.epoch();
+        for _ in 0..3 {
+            c.on_completion(0.0, e, Outcome::Congestion, 0.0);
+        }
+        assert_eq!(c.window(), 32);
+        c.on_completion(0.0, e, Outcome::Congestion, 0.0);
+        assert_eq!(c.window(), 16);
+        // Stale signals from the old epoch do not cut again.
+        for _ in 0..10 {
+            c.on_completion(0.0, e, Outcome::Congestion, 0.0);
+        }
+        assert_eq!(c.window(), 16);
+    }
+
+    #[test]
+    fn aimd_recovers_fast_to_below_the_ceiling_then_probes_slowly() {
+        let mut c = QueueDepthController::new(DepthPolicy::aimd());
+        for _ in 0..4 {
+            c.on_completion(0.0, 0, Outcome::Congestion, 0.0);
+        }
+        assert_eq!(c.window(), 16);
+        // 4 good completions per +1 until 31 (ceiling 32).
+        for _ in 0..(4 * 20) {
+            c.on_completion(0.1, c.epoch(), Outcome::Good, 0.001);
+        }
+        assert_eq!(c.window(), 31);
+        // A probe needs probe_interval_s (2 s) since the last.
+        c.on_completion(2.5, c.epoch(), Outcome::Good, 0.001);
+        for _ in 0..3 {
+            c.on_completion(2.5, c.epoch(), Outcome::Good, 0.001);
+        }
+        assert_eq!(c.window(), 32);
+        for _ in 0..8 {
+            c.on_completion(2.6, c.epoch(), Outcome::Good, 0.001);
+        }
+        assert_eq!(c.window(), 32, "no second probe within the interval");
+    }
+
+    #[test]
+    fn a_stalled_period_is_congestion() {
+        let mut c = QueueDepthController::new(DepthPolicy::from_short("latency:5").unwrap());
+        let w0 = c.window();
+        c.on_completion(0.05, 0, Outcome::Good, 0.005);
+        c.tick(0.1, 8);
+        let w1 = c.window();
+        assert!(w1 >= w0);
+        c.tick(0.2, 8); // nothing completed in (0.1, 0.2] with 8 outstanding
+        assert!(c.window() < w1.max(2), "{} vs {w1}", c.window());
+        let mut f = QueueDepthController::new(DepthPolicy::Fixed { depth: 64 });
+        f.tick(0.2, 64);
+        assert_eq!(f.window(), 64, "fixed never moves");
+    }
+
+    #[test]
+    fn parda_law_moves_toward_the_target() {
+        let mut c = QueueDepthController::new(DepthPolicy::from_short("latency:10").unwrap());
+        let mut t = 0.0;
+        // Latency twice the target: the window shrinks.
+        c.w = 32.0;
+        for _ in 0..20 {
+            t += 0.1;
+            c.on_completion(t, 0, Outcome::Good, 0.020);
+            c.tick(t, 32);
+        }
+        assert!(c.window() <= 4, "{}", c.window());
+        // Latency half the target: it grows.
+        for _ in 0..20 {
+            t += 0.1;
+            c.on_completion(t, 0, Outcome::Good, 0.005);
+            c.tick(t, 4);
+        }
+        assert!(c.window() >= 32, "{}", c.window());
+    }
+}
