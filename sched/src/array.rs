@@ -76,7 +76,11 @@ impl Default for LunModel {
 impl LunModel {
     /// Mean service time in seconds.
     pub fn mean_service_s(&self, bytes: u64, write: bool) -> f64 {
-        let base = if write { self.write_base_us } else { self.read_base_us };
+        let base = if write {
+            self.write_base_us
+        } else {
+            self.read_base_us
+        };
         base / 1e6 + bytes as f64 / (self.unit_mib_per_s * 1048576.0)
     }
 
@@ -308,17 +312,32 @@ mod tests {
         let (iops4, lat4, _) = closed_loop(4, 20.0, model.clone());
         let (iops16, lat16, _) = closed_loop(16, 20.0, model.clone());
         let (iops32, lat32, _) = closed_loop(32, 20.0, model.clone());
-        assert!((iops4 / (peak / 4.0) - 1.0).abs() < 0.05, "{iops4} vs {}", peak / 4.0);
+        assert!(
+            (iops4 / (peak / 4.0) - 1.0).abs() < 0.05,
+            "{iops4} vs {}",
+            peak / 4.0
+        );
         assert!((iops16 / peak - 1.0).abs() < 0.05, "{iops16} vs {peak}");
         assert!((iops32 / peak - 1.0).abs() < 0.05, "saturated: {iops32}");
-        assert!((lat16 / lat4 - 1.0).abs() < 0.1, "flat below the knee: {lat4} {lat16}");
-        assert!(lat32 > 1.8 * lat16, "queueing past the knee: {lat16} {lat32}");
+        assert!(
+            (lat16 / lat4 - 1.0).abs() < 0.1,
+            "flat below the knee: {lat4} {lat16}"
+        );
+        assert!(
+            lat32 > 1.8 * lat16,
+            "queueing past the knee: {lat16} {lat32}"
+        );
     }
 
     #[test]
     fn busy_past_the_knee_and_queue_full_at_the_port() {
-        let mut a = EmulatedArray::new(&[20], &[(0, LunModel::default()), (0, LunModel::default())], 3);
-        let admissions: Vec<Admission> = (0..18).map(|i| a.submit(0.0, 0, i, 4096, false)).collect();
+        let mut a = EmulatedArray::new(
+            &[20],
+            &[(0, LunModel::default()), (0, LunModel::default())],
+            3,
+        );
+        let admissions: Vec<Admission> =
+            (0..18).map(|i| a.submit(0.0, 0, i, 4096, false)).collect();
         // 16 in service, 1 waiting (busy_threshold 1), the 18th is BUSY.
         assert!(admissions[..17].iter().all(|x| *x == Admission::Accepted));
         assert_eq!(admissions[17], Admission::Busy);

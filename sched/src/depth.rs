@@ -151,7 +151,11 @@ impl DepthPolicy {
     pub fn from_short(s: &str) -> Option<Self> {
         let (name, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
         match (name, arg) {
-            ("fixed", Some(d)) => d.parse().ok().filter(|d| *d > 0).map(|depth| DepthPolicy::Fixed { depth }),
+            ("fixed", Some(d)) => d
+                .parse()
+                .ok()
+                .filter(|d| *d > 0)
+                .map(|depth| DepthPolicy::Fixed { depth }),
             ("aimd", None) => Some(DepthPolicy::aimd()),
             ("latency", t) | ("adaptive", t) => {
                 let target_ms = match t {
@@ -162,7 +166,11 @@ impl DepthPolicy {
                     target_ms,
                     ..LatencyParams::default()
                 };
-                Some(if name == "latency" { DepthPolicy::Latency(p) } else { DepthPolicy::Adaptive(p) })
+                Some(if name == "latency" {
+                    DepthPolicy::Latency(p)
+                } else {
+                    DepthPolicy::Adaptive(p)
+                })
             }
             _ => None,
         }
@@ -172,8 +180,12 @@ impl DepthPolicy {
         match self {
             DepthPolicy::Fixed { depth } => format!("fixed:{depth}"),
             DepthPolicy::Aimd { .. } => "aimd".into(),
-            DepthPolicy::Latency(p) => p.target_ms.map_or("latency".into(), |t| format!("latency:{t}")),
-            DepthPolicy::Adaptive(p) => p.target_ms.map_or("adaptive".into(), |t| format!("adaptive:{t}")),
+            DepthPolicy::Latency(p) => p
+                .target_ms
+                .map_or("latency".into(), |t| format!("latency:{t}")),
+            DepthPolicy::Adaptive(p) => p
+                .target_ms
+                .map_or("adaptive".into(), |t| format!("adaptive:{t}")),
         }
     }
 }
@@ -283,7 +295,9 @@ impl QueueDepthController {
         match &self.policy {
             DepthPolicy::Fixed { depth } => (f64::from(*depth), f64::from(*depth)),
             DepthPolicy::Aimd { min, max, .. } => (f64::from(*min), f64::from(*max)),
-            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => (f64::from(p.min), f64::from(p.max)),
+            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => {
+                (f64::from(p.min), f64::from(p.max))
+            }
         }
     }
 
@@ -406,7 +420,11 @@ impl QueueDepthController {
         self.ewma_latency = Some(ewma);
         let (min, max) = self.bounds();
 
-        if let Sweep::Running { samples, flat_periods } = &mut self.sweep {
+        if let Sweep::Running {
+            samples,
+            flat_periods,
+        } = &mut self.sweep
+        {
             let throughput = completions as f64 / elapsed;
             let prev_best = samples.iter().map(|s| s.1).fold(0.0, f64::max);
             samples.push((self.w.round() as u32, throughput, l));
@@ -434,16 +452,25 @@ mod tests {
 
     #[test]
     fn short_forms_parse() {
-        assert_eq!(DepthPolicy::from_short("fixed:64"), Some(DepthPolicy::Fixed { depth: 64 }));
+        assert_eq!(
+            DepthPolicy::from_short("fixed:64"),
+            Some(DepthPolicy::Fixed { depth: 64 })
+        );
         assert_eq!(DepthPolicy::from_short("aimd"), Some(DepthPolicy::aimd()));
-        assert!(matches!(DepthPolicy::from_short("adaptive"), Some(DepthPolicy::Adaptive(_))));
+        assert!(matches!(
+            DepthPolicy::from_short("adaptive"),
+            Some(DepthPolicy::Adaptive(_))
+        ));
         assert!(matches!(
             DepthPolicy::from_short("latency:20"),
             Some(DepthPolicy::Latency(LatencyParams { target_ms: Some(t), .. })) if t == 20.0
         ));
         assert_eq!(DepthPolicy::from_short("fixed:0"), None);
         assert_eq!(DepthPolicy::from_short("fifo"), None);
-        assert_eq!(DepthPolicy::from_short("fixed:64").unwrap().name(), "fixed:64");
+        assert_eq!(
+            DepthPolicy::from_short("fixed:64").unwrap().name(),
+            "fixed:64"
+        );
     }
 
     #[test]

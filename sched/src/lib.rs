@@ -15,3 +15,6 @@ pub mod depth;
 pub mod mclock;
 pub mod metrics;
 pub mod rng;
+pub mod sim;
+#[cfg(test)]
+mod sim_tests;
