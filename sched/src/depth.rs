@@ -27,14 +27,19 @@
 //! rises by more than 2 %; the target is the latency of the smallest swept window whose
 //! throughput reached 90 % of the sweep's peak.
 //!
-//! **`adaptive`** (default): the latency law steers, and a congestion signal of the current
-//! epoch halves `D` at once.
+//! **`adaptive`** (default): the latency law steers, a congestion signal of the current epoch
+//! halves `D` at once, and after a halving `D` climbs back by one per 4 good completions up to
+//! just below the window that congested (the `aimd` recovery), so one BUSY costs milliseconds
+//! of depth, not the seconds the latency law alone would take to regrow it.
 //!
 //! In every policy, a period in which requests were outstanding but **none completed** counts
 //! as congestion (a halving), never as health: a stalled device must not look idle (the lesson
 //! of Linux iocost's fix f91ffe89).
 
 use serde::{Deserialize, Serialize};
+
+/// Good completions per +1 of the `adaptive` policy's recovery after a halving.
+pub const ADAPTIVE_RECOVERY_IOS: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
@@ -99,13 +104,13 @@ fn d_max() -> u32 {
     64
 }
 fn d_alpha() -> f64 {
-    0.5
+    0.8
 }
 fn d_gamma() -> f64 {
     0.5
 }
 fn d_beta() -> f64 {
-    1.0
+    0.5
 }
 fn d_period() -> f64 {
     0.1
@@ -309,12 +314,23 @@ impl QueueDepthController {
                 // Nothing measured yet: keep sweeping.
                 return;
             }
-            let peak = samples.iter().map(|s| s.1).fold(0.0, f64::max);
-            let target = samples
+            // One period's mean latency is noisy; the target is the mean over the swept
+            // windows from the first that reached 90 % of the peak up to the peak's own.
+            let (peak_w, peak) =
+                samples.iter().fold(
+                    (0, 0.0),
+                    |best, s| if s.1 > best.1 { (s.0, s.1) } else { best },
+                );
+            let near: Vec<f64> = samples
                 .iter()
-                .filter(|s| s.1 >= 0.9 * peak)
-                .min_by_key(|s| s.0)
-                .map_or(fallback_latency, |s| s.2);
+                .filter(|s| s.1 >= 0.9 * peak && s.0 <= peak_w)
+                .map(|s| s.2)
+                .collect();
+            let target = if near.is_empty() {
+                fallback_latency
+            } else {
+                near.iter().sum::<f64>() / near.len() as f64
+            };
             self.target_s = Some(target);
             self.ewma_latency = Some(fallback_latency);
         }
@@ -347,11 +363,24 @@ impl QueueDepthController {
         }
         match self.policy.clone() {
             DepthPolicy::Fixed { .. } | DepthPolicy::Latency(_) => {}
-            DepthPolicy::Adaptive(_) => {
-                if outcome == Outcome::Congestion && epoch == self.epoch {
-                    self.halve();
+            DepthPolicy::Adaptive(p) => match outcome {
+                Outcome::Congestion if epoch == self.epoch => self.halve(),
+                Outcome::Congestion => {}
+                Outcome::Good => {
+                    // After a halving, climb back quickly toward the window that congested
+                    // (+1 per ADAPTIVE_RECOVERY_IOS good completions), then let the latency law
+                    // steer: it alone probes beyond.
+                    self.good += 1;
+                    // Only after a halving has set a ceiling: before that the sweep and the
+                    // latency law own the window.
+                    if self.good >= ADAPTIVE_RECOVERY_IOS && self.ceiling != u32::MAX {
+                        self.good = 0;
+                        if self.w + 1.0 < f64::from(self.ceiling) {
+                            self.w = (self.w + 1.0).min(f64::from(p.max));
+                        }
+                    }
                 }
-            }
+            },
             DepthPolicy::Aimd {
                 qfull_sample_size,
                 qfull_threshold,

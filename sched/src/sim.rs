@@ -631,7 +631,12 @@ fn dispatch(luns: &mut [LunRun], lun: usize, array: &mut EmulatedArray, now: f64
             }
         };
         let Some(mut req) = req else { return };
-        req.dispatched = now;
+        // Device latency runs from the first attempt: time lost to BUSY/QUEUE FULL retries is
+        // the LUN's, and it is what a latency controller must see when the array bounces
+        // requests instead of queueing them.
+        if !from_retry {
+            req.dispatched = now;
+        }
         req.epoch = l.controller.epoch();
         match array.submit(now, lun, req.id, req.bytes, req.write) {
             Admission::Accepted => {

@@ -172,3 +172,172 @@ fn aimd_converges_to_the_knee_and_follows_a_capacity_drop() {
     // and 8 + 1 = 9 within 5 s of the 50 % drop at 15 s.
     assert!(within(20.0, 30.0, 9.0), "{w:?}");
 }
+
+#[test]
+#[ignore]
+fn explore_latency_control() {
+    for (alpha, period, beta) in [
+        (0.5, 0.1, 1.0),
+        (0.8, 0.1, 1.0),
+        (0.8, 0.2, 1.0),
+        (0.9, 0.2, 1.0),
+        (0.8, 0.2, 0.5),
+    ] {
+        for adaptive in [false, true] {
+            let p = crate::depth::LatencyParams {
+                alpha,
+                period_s: period,
+                beta,
+                ..Default::default()
+            };
+            let policy = if adaptive {
+                DepthPolicy::Adaptive(p)
+            } else {
+                DepthPolicy::Latency(p)
+            };
+            let mut s = scenario(
+                vec![lun(policy, SchedulerKind::Mclock)],
+                vec![closed("a", 1.0, 64), closed("b", 1.0, 64)],
+                30.0,
+            );
+            s.events.push(EventSpec {
+                at_s: 15.0,
+                lun: "lun0".into(),
+                capacity_pct: 50.0,
+            });
+            let r = run(&s).unwrap();
+            let w = &r.luns[0].window;
+            let stat = |from: f64, to: f64, knee: f64| {
+                let v: Vec<f64> = w
+                    .iter()
+                    .filter(|(t, _)| *t >= from && *t < to)
+                    .map(|x| f64::from(x.1))
+                    .collect();
+                let inside = v
+                    .iter()
+                    .filter(|d| (**d - knee).abs() <= 0.1 * knee)
+                    .count() as f64
+                    / v.len() as f64;
+                (
+                    v.iter().sum::<f64>() / v.len() as f64,
+                    v.iter().copied().fold(f64::MAX, f64::min),
+                    v.iter().copied().fold(0.0, f64::max),
+                    inside,
+                )
+            };
+            let first_in = w
+                .iter()
+                .find(|(_, d)| (f64::from(*d) - 16.0).abs() <= 1.6)
+                .map(|x| x.0);
+            eprintln!(
+                "{} a={alpha} p={period} b={beta}: target {:.0} first-in {:?} before {:?} after {:?} iops {:.0}",
+                if adaptive { "adaptive" } else { "latency " },
+                r.luns[0].latency_target_us.unwrap_or(0.0),
+                first_in,
+                stat(5.0, 15.0, 16.0),
+                stat(20.0, 30.0, 8.0),
+                r.aggregate_iops
+            );
+        }
+    }
+}
+
+fn phase_throughput(r: &SimResult, from: f64, to: f64) -> f64 {
+    // Completions per second across tenants within [from, to) (per_second starts at warm-up).
+    let warm = 2.0;
+    r.tenants
+        .iter()
+        .map(|t| {
+            t.per_second
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| warm + *i as f64 >= from && warm + (*i as f64) < to)
+                .map(|(_, n)| *n as f64)
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / (to - from)
+}
+
+#[test]
+fn adaptive_converges_to_the_knee_holds_it_and_keeps_throughput() {
+    let two = || vec![closed("a", 1.0, 64), closed("b", 1.0, 64)];
+    let adaptive = run(&scenario(
+        vec![lun(DepthPolicy::default(), SchedulerKind::Mclock)],
+        two(),
+        15.0,
+    ))
+    .unwrap();
+    let w = &adaptive.luns[0].window;
+    let first_in = w
+        .iter()
+        .find(|(_, d)| (f64::from(*d) - 16.0).abs() <= 1.6)
+        .map(|x| x.0);
+    let held: Vec<u32> = w.iter().filter(|(t, _)| *t >= 5.0).map(|x| x.1).collect();
+    let inside = held
+        .iter()
+        .filter(|d| (f64::from(**d) - 16.0).abs() <= 1.6)
+        .count() as f64
+        / held.len() as f64;
+    let mean = held.iter().map(|d| f64::from(*d)).sum::<f64>() / held.len() as f64;
+    let best_fixed = [8, 12, 16, 20, 24, 32]
+        .iter()
+        .map(|d| {
+            let r = run(&scenario(
+                vec![lun(DepthPolicy::Fixed { depth: *d }, SchedulerKind::Mclock)],
+                two(),
+                15.0,
+            ))
+            .unwrap();
+            phase_throughput(&r, 5.0, 15.0)
+        })
+        .fold(0.0, f64::max);
+    let got = phase_throughput(&adaptive, 5.0, 15.0);
+    eprintln!(
+        "adaptive: within 10 % of 16 first at {first_in:?} s; from 5 s mean D {mean:.2}, {:.0} % of samples within 10 %; \
+         {got:.0} IOPS = {:.3} of the best fixed D ({best_fixed:.0})",
+        inside * 100.0,
+        got / best_fixed
+    );
+    assert!(first_in.is_some_and(|t| t <= 5.0));
+    assert!((mean - 16.0).abs() <= 1.6, "mean window {mean}");
+    assert!(inside >= 0.9, "{inside}");
+    assert!(got >= 0.95 * best_fixed);
+}
+
+#[test]
+fn noisy_neighbour_tail_with_adaptive_depth_and_with_a_deep_fixed_window() {
+    let mut victim = closed("victim", 1.0, 1);
+    victim.workload = Workload::Closed {
+        depth: 1,
+        bytes: 4096,
+        read_pct: 100.0,
+    };
+    let aggressors = |n: usize| {
+        (0..n)
+            .map(|i| closed(&format!("aggr{i}"), 1.0, 128))
+            .collect::<Vec<_>>()
+    };
+    let solo = run(&scenario(
+        vec![lun(DepthPolicy::default(), SchedulerKind::Mclock)],
+        vec![victim.clone()],
+        20.0,
+    ))
+    .unwrap();
+    let with = |policy: DepthPolicy| {
+        let mut t = vec![victim.clone()];
+        t.extend(aggressors(7));
+        run(&scenario(vec![lun(policy, SchedulerKind::Mclock)], t, 20.0)).unwrap()
+    };
+    let adaptive = with(DepthPolicy::default());
+    let fixed64 = with(DepthPolicy::Fixed { depth: 64 });
+    let solo_p99 = solo.tenants[0].lat_p99_us;
+    let a = adaptive.tenants[0].lat_p99_us / solo_p99;
+    let f = fixed64.tenants[0].lat_p99_us / solo_p99;
+    eprintln!(
+        "victim p99: solo {solo_p99:.0} us; with 7 QD128 aggressors: adaptive {:.0} us ({a:.2}x), fixed:64 {:.0} us ({f:.2}x)",
+        adaptive.tenants[0].lat_p99_us, fixed64.tenants[0].lat_p99_us
+    );
+    assert!(a <= 1.5, "adaptive victim p99 ratio {a}");
+    assert!(f > a, "a deep fixed window hurts the victim more");
+}
