@@ -41,6 +41,17 @@ enum Command {
     Guest(GuestArgs),
     /// Run the I/O broker: serve every configured guest disk as a vhost-user-blk socket.
     Broker(BrokerArgs),
+    /// Simulate a scenario's broker part (LUNs, array, tenants, policies) on a virtual clock:
+    /// seeded, deterministic, seconds instead of minutes.
+    Sim {
+        scenario: PathBuf,
+        /// Print the full results as JSON (windows over time, per-second counts).
+        #[arg(long)]
+        json: bool,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Benchmarks (measurements, not tests).
     Bench {
         #[command(subcommand)]
@@ -148,6 +159,11 @@ fn main() {
         Command::Guest(args) => guest(args),
         Command::Broker(args) => broker(args),
         Command::Bench { command } => bench(command),
+        Command::Sim {
+            scenario,
+            json,
+            seed,
+        } => sim(&scenario, json, seed),
     };
     if let Err(e) = result {
         eprintln!("weir: error: {e:#}");
@@ -234,6 +250,35 @@ fn bench(command: BenchCommand) -> Result<()> {
             fs::write(work_dir.join("bench.txt"), &table)?;
             println!("\n{table}");
         }
+    }
+    Ok(())
+}
+
+fn sim(path: &std::path::Path, json: bool, seed: Option<u64>) -> Result<()> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read scenario {}", path.display()))?;
+    let mut scenario: weir_sched::sim::SimScenario =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?;
+    if let Some(seed) = seed {
+        scenario.seed = seed;
+    }
+    let results = weir_sched::sim::run_compare(&scenario)
+        .map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?;
+    if json {
+        let out: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(name, r)| serde_json::json!({ "policy": name, "result": r }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} (seed {}, {} s simulated, {} s warm-up)\n",
+            path.display(),
+            scenario.seed,
+            scenario.duration_s,
+            scenario.warmup_s
+        );
+        print!("{}", weir_sched::sim::render(&results));
     }
     Ok(())
 }

@@ -46,6 +46,11 @@ pub struct SimScenario {
     pub tenants: Vec<TenantSpec>,
     #[serde(default, rename = "event")]
     pub events: Vec<EventSpec>,
+    /// Policies to run side by side: depth policies in short form (`fixed:64`, `aimd`,
+    /// `latency`, `adaptive`) applied to every LUN, and `fifo` (no scheduling, the LUNs' own
+    /// depth policies). Empty: run the scenario as written.
+    #[serde(default)]
+    pub compare: Vec<String>,
 }
 
 fn d_seed() -> u64 {
@@ -252,6 +257,88 @@ struct TenantRun {
     measured: u64,
     bytes: u64,
     per_second: Vec<u64>,
+}
+
+/// Runs the scenario once per entry of `compare` (or once as written), in order.
+pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> {
+    if s.compare.is_empty() {
+        return Ok(vec![("as-written".to_string(), run(s)?)]);
+    }
+    let mut out = Vec::new();
+    for (i, name) in s.compare.iter().enumerate() {
+        let mut variant = s.clone();
+        if name == "fifo" {
+            for l in &mut variant.luns {
+                l.scheduler = SchedulerKind::Fifo;
+            }
+        } else {
+            let policy = DepthPolicy::from_short(name).ok_or_else(|| {
+                format!(
+                    "compare[{i}]: '{name}' is not a policy (use fifo, fixed:N, aimd, latency, latency:MS, adaptive)"
+                )
+            })?;
+            for l in &mut variant.luns {
+                l.depth = policy.clone();
+            }
+        }
+        out.push((name.clone(), run(&variant)?));
+    }
+    Ok(out)
+}
+
+/// A text table of a comparison: per policy, the fairness figures and each tenant's share.
+pub fn render(results: &[(String, SimResult)]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<12} {:>10} {:>7} {:>10} {:>10} {:>8} {:>11}",
+        "policy", "IOPS", "Jain", "max err", "mean err", "mean D", "congestion"
+    );
+    for (name, r) in results {
+        let mean_d = |l: &LunResult| {
+            let v: Vec<f64> = l.window.iter().map(|w| f64::from(w.1)).collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        };
+        let d = r.luns.iter().map(mean_d).collect::<Vec<_>>();
+        let _ = writeln!(
+            s,
+            "{:<12} {:>10.0} {:>7.4} {:>9.1}% {:>9.1}% {:>8} {:>11}",
+            name,
+            r.aggregate_iops,
+            r.jain.unwrap_or(0.0),
+            r.max_share_error * 100.0,
+            r.mean_share_error * 100.0,
+            d.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join("/"),
+            r.luns.iter().map(|l| l.congestion_signals).sum::<u64>()
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<12} {:<12} {:>6} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "policy", "tenant", "weight", "IOPS", "MiB/s", "p50 us", "p99 us", "p99.9 us"
+    );
+    for (name, r) in results {
+        for t in &r.tenants {
+            let _ = writeln!(
+                s,
+                "{:<12} {:<12} {:>6} {:>9.0} {:>9.2} {:>10.0} {:>10.0} {:>10.0}",
+                name,
+                t.name,
+                t.weight,
+                t.iops,
+                t.mib_per_s,
+                t.lat_p50_us,
+                t.lat_p99_us,
+                t.lat_p999_us
+            );
+        }
+    }
+    s
 }
 
 /// Problems with a scenario, naming the entry and field.
