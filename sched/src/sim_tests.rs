@@ -48,6 +48,7 @@ fn scenario(luns: Vec<LunSpec>, tenants: Vec<TenantSpec>, duration_s: f64) -> Si
         luns,
         tenants,
         events: vec![],
+        compare: vec![],
     }
 }
 
