@@ -30,7 +30,8 @@
 //! **`adaptive`** (default): the latency law steers, a congestion signal of the current epoch
 //! halves `D` at once, and after a halving `D` climbs back by one per 4 good completions up to
 //! just below the window that congested (the `aimd` recovery), so one BUSY costs milliseconds
-//! of depth, not the seconds the latency law alone would take to regrow it.
+//! of depth, not the seconds the latency law alone would take to regrow it; for 2 s after a
+//! halving the latency law may not take `D` back to the window that congested.
 //!
 //! In every policy, a period in which requests were outstanding but **none completed** counts
 //! as congestion (a halving), never as health: a stalled device must not look idle (the lesson
@@ -40,6 +41,8 @@ use serde::{Deserialize, Serialize};
 
 /// Good completions per +1 of the `adaptive` policy's recovery after a halving.
 pub const ADAPTIVE_RECOVERY_IOS: u32 = 4;
+/// After a halving, `adaptive` keeps D below the window that congested for this long.
+pub const ADAPTIVE_PROBE_INTERVAL_S: f64 = 2.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
@@ -224,6 +227,9 @@ pub struct QueueDepthController {
     good: u32,
     ceiling: u32,
     last_probe: f64,
+    last_halving: f64,
+    /// The time of the latest `on_completion`/`tick` call.
+    now: f64,
     // Per-period measurements.
     period_start: f64,
     period_completions: u64,
@@ -263,6 +269,8 @@ impl QueueDepthController {
             good: 0,
             ceiling,
             last_probe: 0.0,
+            last_halving: f64::NEG_INFINITY,
+            now: 0.0,
             period_start: 0.0,
             period_completions: 0,
             period_latency_sum: 0.0,
@@ -338,6 +346,7 @@ impl QueueDepthController {
     }
 
     fn halve(&mut self) {
+        self.last_halving = self.now;
         // Congestion during the sweep ends it: the array has shown where it saturates.
         if matches!(self.sweep, Sweep::Running { .. }) {
             let l = self.ewma_latency.unwrap_or(0.0);
@@ -354,6 +363,7 @@ impl QueueDepthController {
 
     /// A request stamped with `epoch` ended at `now` after `latency_s` at the device.
     pub fn on_completion(&mut self, now: f64, epoch: u64, outcome: Outcome, latency_s: f64) {
+        self.now = now;
         match outcome {
             Outcome::Good => {
                 self.period_completions += 1;
@@ -417,6 +427,7 @@ impl QueueDepthController {
     /// Called periodically (at least every control period) with the requests outstanding on
     /// the LUN. Runs the latency law and the stall rule.
     pub fn tick(&mut self, now: f64, outstanding: u32) {
+        self.now = now;
         let period = match &self.policy {
             DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => p.period_s,
             _ => 0.1,
@@ -470,7 +481,16 @@ impl QueueDepthController {
         }
         let Some(target) = self.target_s else { return };
         let w = self.w;
-        let next = (1.0 - params.gamma) * w + params.gamma * ((target / ewma) * w + params.beta);
+        let mut next = (1.0 - params.gamma) * w + params.gamma * ((target / ewma) * w + params.beta);
+        if matches!(self.policy, DepthPolicy::Adaptive(_))
+            && self.ceiling != u32::MAX
+            && now - self.last_halving < ADAPTIVE_PROBE_INTERVAL_S
+        {
+            // The window that congested is known: stay below it for a while before the latency
+            // law may probe it again, or a noisy latency estimate knocks the array over every
+            // few periods.
+            next = next.min(f64::from(self.ceiling) - 1.0);
+        }
         self.w = next.clamp(min, max);
     }
 }
