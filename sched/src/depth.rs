@@ -481,7 +481,8 @@ impl QueueDepthController {
         }
         let Some(target) = self.target_s else { return };
         let w = self.w;
-        let mut next = (1.0 - params.gamma) * w + params.gamma * ((target / ewma) * w + params.beta);
+        let mut next =
+            (1.0 - params.gamma) * w + params.gamma * ((target / ewma) * w + params.beta);
         if matches!(self.policy, DepthPolicy::Adaptive(_))
             && self.ceiling != u32::MAX
             && now - self.last_halving < ADAPTIVE_PROBE_INTERVAL_S

@@ -342,3 +342,94 @@ fn noisy_neighbour_tail_with_adaptive_depth_and_with_a_deep_fixed_window() {
     assert!(a <= 1.5, "adaptive victim p99 ratio {a}");
     assert!(f > a, "a deep fixed window hurts the victim more");
 }
+
+#[test]
+fn reservations_hold_and_fall_back_to_max_min_fairness_when_capacity_cannot_cover_them() {
+    // Capacity ≈ 3900 IOPS; reservations 1200 + 1000 + 530 = 2730 (70 %); a fourth tenant
+    // has none but weight 10. At 12 s capacity halves (≈ 1950 < 2730).
+    let mut tenants = Vec::new();
+    for (name, r) in [("r1200", 1200.0), ("r1000", 1000.0), ("r530", 530.0)] {
+        let mut t = closed(name, 1.0, 64);
+        t.policy.reservation_iops = r;
+        tenants.push(t);
+    }
+    tenants.push(closed("best-effort", 10.0, 64));
+    let mut s = scenario(
+        vec![lun(DepthPolicy::default(), SchedulerKind::Mclock)],
+        tenants,
+        22.0,
+    );
+    s.events.push(EventSpec {
+        at_s: 12.0,
+        lun: "lun0".into(),
+        capacity_pct: 50.0,
+    });
+    let r = run(&s).unwrap();
+    // per_second[i] covers [2 + i, 3 + i): before the cut, seconds 2..12 are i = 0..10.
+    let reserved = [1200.0, 1000.0, 530.0];
+    let mut met = 0;
+    let mut windows = 0;
+    for (t, want) in r.tenants.iter().zip(reserved) {
+        for n in &t.per_second[..10] {
+            windows += 1;
+            if *n as f64 >= want * 0.99 {
+                met += 1;
+            }
+        }
+    }
+    eprintln!(
+        "before the cut: {met}/{windows} one-second windows at their reservation; per second: {:?}",
+        r.tenants
+            .iter()
+            .map(|t| t.per_second.clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(met as f64 >= 0.99 * windows as f64);
+    // After the cut (from 14 s, i = 12..20) the reservations exceed capacity. A tenant that
+    // falls behind its R tags is re-tagged from its requests' arrival (tags never lie in the
+    // past), so the reserved tenants share capacity max-min fairly: a reservation that fits in
+    // an equal split is met in full, the others split what is left equally. The tenant without
+    // a reservation waits until capacity returns: reservations come first.
+    let after: Vec<f64> = r
+        .tenants
+        .iter()
+        .map(|t| t.per_second[12..20].iter().sum::<u64>() as f64 / 8.0)
+        .collect();
+    let total_reserved: f64 = after[..3].iter().sum();
+    let expected = max_min_fair(total_reserved, &reserved);
+    eprintln!("after the cut: got {after:?}, max-min fair {expected:?}");
+    for (got, want) in after.iter().zip(&expected) {
+        assert!(
+            (got - want).abs() <= 0.02 * want,
+            "after the cut: {after:?} vs {expected:?}"
+        );
+    }
+    assert!(
+        after[3] < 0.02 * total_reserved,
+        "best-effort after the cut: {after:?}"
+    );
+}
+
+/// Water-filling: `capacity` split among demands, each capped at its demand.
+fn max_min_fair(capacity: f64, demands: &[f64]) -> Vec<f64> {
+    let mut alloc = vec![0.0; demands.len()];
+    let mut left = capacity;
+    let mut open: Vec<usize> = (0..demands.len()).collect();
+    while !open.is_empty() {
+        let share = left / open.len() as f64;
+        let (fits, rest): (Vec<usize>, Vec<usize>) =
+            open.iter().partition(|&&i| demands[i] <= share);
+        if fits.is_empty() {
+            for i in rest {
+                alloc[i] = share;
+            }
+            break;
+        }
+        for i in fits {
+            alloc[i] = demands[i];
+            left -= demands[i];
+        }
+        open = rest;
+    }
+    alloc
+}
