@@ -13,27 +13,23 @@ use weir_lab::qemu::{GuestDisk, LinuxGuestSpec};
 
 const LUN_MIB: u64 = 128;
 
-const VERIFY_THEN_READ: &str = "\
-[global]
-ioengine=io_uring
-direct=1
-bs=4k
-randrepeat=0
+const BUSY_WRITER: &str = "[busy]\nioengine=io_uring\ndirect=1\nbs=4k\nrw=randwrite\niodepth=32\ntime_based=1\nruntime=120\n";
 
-[randwrite-verify]
-rw=randwrite
-iodepth=16
-verify=crc32c
-verify_fatal=1
-do_verify=1
-
-[randread]
-stonewall
-rw=randread
-iodepth=16
-runtime=4
-time_based=1
-";
+/// Waits until the broker has served `writes` writes on its first disk.
+fn wait_for_writes(control: &Path, writes: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let stats = query(control, "stats").unwrap();
+        if stats[0]["counters"]["writes"].as_u64().unwrap_or(0) > writes {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest never started writing: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 fn broker_config(dir: &Path, luns: &[(&str, &str)]) -> (String, PathBuf) {
     let control = dir.join("broker.ctl");
@@ -103,7 +99,7 @@ fn two_guests_on_two_luns_verify_and_counters_match_fio() {
         "vm-a",
         &image,
         &accel,
-        VERIFY_THEN_READ,
+        &common::verify_then_read_job(16, 4),
         dir.path().join("vm-a.sock"),
         dir.path(),
     )
@@ -113,7 +109,7 @@ fn two_guests_on_two_luns_verify_and_counters_match_fio() {
         "vm-b",
         &image,
         &accel,
-        VERIFY_THEN_READ,
+        &common::verify_then_read_job(16, 4),
         dir.path().join("vm-b.sock"),
         dir.path(),
     )
@@ -300,23 +296,18 @@ fn a_guest_killed_mid_io_leaves_the_broker_serving() {
     let broker = BrokerProcess::start(&weir_binary(), &config, Some(control.clone()), dir.path())
         .expect("broker starts");
     let socket = dir.path().join("vm-k.sock");
-    let busy = "[busy]\nioengine=io_uring\ndirect=1\nbs=4k\nrw=randwrite\niodepth=32\ntime_based=1\nruntime=120\n";
-    let victim = guest("victim", &image, &accel, busy, socket.clone(), dir.path())
-        .spawn()
-        .unwrap();
+    let victim = guest(
+        "victim",
+        &image,
+        &accel,
+        BUSY_WRITER,
+        socket.clone(),
+        dir.path(),
+    )
+    .spawn()
+    .unwrap();
     // Wait until the guest is really writing, then kill its QEMU outright.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let stats = query(&control, "stats").unwrap();
-        if stats[0]["counters"]["writes"].as_u64().unwrap_or(0) > 2000 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "guest never started writing: {stats}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_writes(&control, 2000);
     let pid = victim.pid().unwrap();
     // SAFETY: kill(2) on the QEMU child this test started.
     unsafe {
@@ -337,7 +328,7 @@ fn a_guest_killed_mid_io_leaves_the_broker_serving() {
         "after",
         &image,
         &accel,
-        VERIFY_THEN_READ,
+        &common::verify_then_read_job(16, 4),
         socket,
         dir.path(),
     )
@@ -361,29 +352,17 @@ fn sigterm_under_load_answers_in_flight_io_and_exits_zero() {
     let mut broker =
         BrokerProcess::start(&weir_binary(), &config, Some(control.clone()), dir.path())
             .expect("broker starts");
-    let busy = "[busy]\nioengine=io_uring\ndirect=1\nbs=4k\nrw=randwrite\niodepth=32\ntime_based=1\nruntime=120\n";
     let guest = guest(
         "busy",
         &image,
         &accel,
-        busy,
+        BUSY_WRITER,
         dir.path().join("vm-t.sock"),
         dir.path(),
     )
     .spawn()
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let stats = query(&control, "stats").unwrap();
-        if stats[0]["counters"]["writes"].as_u64().unwrap_or(0) > 2000 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "guest never started writing: {stats}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_writes(&control, 2000);
     let started = std::time::Instant::now();
     let status = broker
         .stop()

@@ -7,28 +7,6 @@ use std::time::Duration;
 use weir_lab::fiojob::with_target;
 use weir_lab::qemu::{GuestDisk, GuestRunError, LinuxGuestSpec};
 
-const VERIFY_THEN_READ: &str = "\
-[global]
-ioengine=io_uring
-direct=1
-bs=4k
-randrepeat=1
-
-[randwrite-verify]
-rw=randwrite
-iodepth=32
-verify=crc32c
-verify_fatal=1
-do_verify=1
-
-[randread]
-stonewall
-rw=randread
-iodepth=32
-runtime=5
-time_based=1
-";
-
 #[test]
 fn guest_fio_randwrite_verify_then_randread_on_256mib_disk() {
     let Some((image, accel)) = common::linux_guest_setup("guest_fio_randwrite_verify") else {
@@ -39,7 +17,7 @@ fn guest_fio_randwrite_verify_then_randread_on_256mib_disk() {
     let mut spec = LinuxGuestSpec::new(
         "verify",
         &image,
-        &with_target(VERIFY_THEN_READ, "/dev/vda"),
+        &with_target(&common::verify_then_read_job(32, 5), "/dev/vda"),
         accel,
         dir.path(),
     );

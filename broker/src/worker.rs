@@ -77,6 +77,29 @@ struct Inflight {
     mem: GuestMemoryLoadGuard<GuestMem>,
 }
 
+impl Inflight {
+    fn new(
+        parsed_head: u16,
+        status_addr: GuestAddress,
+        kind: RequestKind,
+        used_len_ok: u32,
+        bytes: u64,
+        op: Op,
+        mem: GuestMemoryLoadGuard<GuestMem>,
+    ) -> Self {
+        Inflight {
+            head: parsed_head,
+            status_addr,
+            kind,
+            used_len_ok,
+            bytes,
+            status: VIRTIO_BLK_S_OK,
+            op,
+            mem,
+        }
+    }
+}
+
 // SAFETY: the raw iovec pointers in `Op::Rw` point into guest memory kept mapped by `mem`,
 // which travels with them; an `Inflight` is only ever touched by the one worker that owns it.
 unsafe impl Send for Inflight {}
@@ -173,27 +196,38 @@ impl QueueWorker {
                     let _ = guard.write_slice(&self.ctx.serial[written..written + n], r.addr);
                     written += n;
                 }
-                let _ = guard.write_obj(VIRTIO_BLK_S_OK, status_addr);
-                self.ctx.counters.completed(kind, 0);
-                self.add_used(queue, guard, head, used_len_ok);
+                self.answer_now(
+                    queue,
+                    guard,
+                    head,
+                    status_addr,
+                    VIRTIO_BLK_S_OK,
+                    kind,
+                    used_len_ok,
+                );
                 Ok(true)
             }
             BlkRequest::Read { sector, data, len } | BlkRequest::Write { sector, data, len } => {
                 let write = kind == RequestKind::Write;
                 if len == 0 {
-                    let _ = guard.write_obj(VIRTIO_BLK_S_OK, status_addr);
-                    self.ctx.counters.completed(kind, 0);
-                    self.add_used(queue, guard, head, used_len_ok);
+                    self.answer_now(
+                        queue,
+                        guard,
+                        head,
+                        status_addr,
+                        VIRTIO_BLK_S_OK,
+                        kind,
+                        used_len_ok,
+                    );
                     return Ok(true);
                 }
-                let slot = self.alloc(Inflight {
+                let slot = self.alloc(Inflight::new(
                     head,
                     status_addr,
                     kind,
                     used_len_ok,
-                    bytes: len,
-                    status: VIRTIO_BLK_S_OK,
-                    op: Op::Rw {
+                    len,
+                    Op::Rw {
                         write,
                         offset: sector << SECTOR_SHIFT,
                         ranges: data,
@@ -202,22 +236,21 @@ impl QueueWorker {
                         direct: true,
                         iovecs: Vec::new(),
                     },
-                    mem: guard.clone(),
-                });
+                    guard.clone(),
+                ));
                 self.submit_rw(slot)?;
                 Ok(false)
             }
             BlkRequest::Flush => {
-                let slot = self.alloc(Inflight {
+                let slot = self.alloc(Inflight::new(
                     head,
                     status_addr,
                     kind,
                     used_len_ok,
-                    bytes: 0,
-                    status: VIRTIO_BLK_S_OK,
-                    op: Op::Simple { pending: 1 },
-                    mem: guard.clone(),
-                });
+                    0,
+                    Op::Simple { pending: 1 },
+                    guard.clone(),
+                ));
                 let sqe = opcode::Fsync::new(types::Fd(self.ctx.lun.buffered_fd()))
                     .flags(types::FsyncFlags::DATASYNC)
                     .build()
@@ -240,25 +273,28 @@ impl QueueWorker {
                             status = VIRTIO_BLK_S_IOERR;
                         }
                     }
-                    let _ = guard.write_obj(status, status_addr);
-                    if status == VIRTIO_BLK_S_OK {
-                        self.ctx.counters.completed(kind, 0);
-                    }
-                    self.add_used(queue, guard, head, parsed.used_len(status));
+                    self.answer_now(
+                        queue,
+                        guard,
+                        head,
+                        status_addr,
+                        status,
+                        kind,
+                        parsed.used_len(status),
+                    );
                     return Ok(true);
                 }
-                let slot = self.alloc(Inflight {
+                let slot = self.alloc(Inflight::new(
                     head,
                     status_addr,
                     kind,
                     used_len_ok,
-                    bytes: 0,
-                    status: VIRTIO_BLK_S_OK,
-                    op: Op::Simple {
+                    0,
+                    Op::Simple {
                         pending: ranges.len() as u32,
                     },
-                    mem: guard.clone(),
-                });
+                    guard.clone(),
+                ));
                 for r in ranges {
                     // A discard may drop the blocks (a hole reads back as zeroes); a
                     // write-zeroes keeps them allocated unless the guest allowed unmapping.
@@ -280,6 +316,25 @@ impl QueueWorker {
                 Ok(false)
             }
         }
+    }
+
+    /// Answers a request that needs no I/O (or finished synchronously) on the spot.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_now(
+        &self,
+        queue: &mut Queue,
+        guard: &GuestMem,
+        head: u16,
+        status_addr: GuestAddress,
+        status: u8,
+        kind: RequestKind,
+        used_len: u32,
+    ) {
+        let _ = guard.write_obj(status, status_addr);
+        if status == VIRTIO_BLK_S_OK {
+            self.ctx.counters.completed(kind, 0);
+        }
+        self.add_used(queue, guard, head, used_len);
     }
 
     fn alloc(&mut self, inflight: Inflight) -> usize {

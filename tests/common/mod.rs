@@ -34,3 +34,13 @@ pub fn raw_disk(dir: &Path, name: &str, mib: u64) -> std::path::PathBuf {
     f.set_len(mib << 20).expect("size disk");
     path
 }
+
+/// Checksummed random writes over the whole disk (every block read back and verified), then
+/// random reads for `read_runtime_s`, both at `iodepth`. The target is added by the runner.
+pub fn verify_then_read_job(iodepth: u32, read_runtime_s: u32) -> String {
+    format!(
+        "[global]\nioengine=io_uring\ndirect=1\nbs=4k\nrandrepeat=1\n\n\
+         [randwrite-verify]\nrw=randwrite\niodepth={iodepth}\nverify=crc32c\nverify_fatal=1\ndo_verify=1\n\n\
+         [randread]\nstonewall\nrw=randread\niodepth={iodepth}\nruntime={read_runtime_s}\ntime_based=1\n"
+    )
+}
