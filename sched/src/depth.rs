@@ -107,13 +107,13 @@ fn d_max() -> u32 {
     64
 }
 fn d_alpha() -> f64 {
-    0.8
+    0.9
 }
 fn d_gamma() -> f64 {
     0.5
 }
 fn d_beta() -> f64 {
-    0.5
+    0.25
 }
 fn d_period() -> f64 {
     0.1
@@ -228,6 +228,8 @@ pub struct QueueDepthController {
     ceiling: u32,
     last_probe: f64,
     last_halving: f64,
+    /// `adaptive`: climbing back after a halving.
+    recovering: bool,
     /// The time of the latest `on_completion`/`tick` call.
     now: f64,
     // Per-period measurements.
@@ -270,6 +272,7 @@ impl QueueDepthController {
             ceiling,
             last_probe: 0.0,
             last_halving: f64::NEG_INFINITY,
+            recovering: false,
             now: 0.0,
             period_start: 0.0,
             period_completions: 0,
@@ -340,13 +343,17 @@ impl QueueDepthController {
                 near.iter().sum::<f64>() / near.len() as f64
             };
             self.target_s = Some(target);
-            self.ewma_latency = Some(fallback_latency);
+            // Start the law where the sweep found the peak, in equilibrium, rather than from
+            // the overshoot the sweep ended on (whose latency would drag the EWMA for seconds).
+            self.ewma_latency = Some(target);
+            self.w = f64::from(peak_w).max(1.0);
         }
         self.sweep = Sweep::Done;
     }
 
     fn halve(&mut self) {
         self.last_halving = self.now;
+        self.recovering = true;
         // Congestion during the sweep ends it: the array has shown where it saturates.
         if matches!(self.sweep, Sweep::Running { .. }) {
             let l = self.ewma_latency.unwrap_or(0.0);
@@ -383,10 +390,16 @@ impl QueueDepthController {
                     self.good += 1;
                     // Only after a halving has set a ceiling: before that the sweep and the
                     // latency law own the window.
-                    if self.good >= ADAPTIVE_RECOVERY_IOS && self.ceiling != u32::MAX {
+                    if self.good >= ADAPTIVE_RECOVERY_IOS && self.recovering {
                         self.good = 0;
-                        if self.w + 1.0 < f64::from(self.ceiling) {
-                            self.w = (self.w + 1.0).min(f64::from(p.max));
+                        // Whole windows: a fractional PARDA window must not round up into the
+                        // window that congested.
+                        let d = self.window();
+                        if d + 1 < self.ceiling {
+                            self.w = f64::from((d + 1).min(p.max));
+                        } else {
+                            // Back below the congested window: the latency law takes over.
+                            self.recovering = false;
                         }
                     }
                 }
@@ -432,7 +445,9 @@ impl QueueDepthController {
             DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => p.period_s,
             _ => 0.1,
         };
-        if now - self.period_start < period {
+        // The epsilon keeps a caller ticking exactly every period from skipping alternate
+        // periods to floating-point rounding.
+        if now - self.period_start < period - 1e-9 {
             return;
         }
         let elapsed = now - self.period_start;
@@ -586,14 +601,14 @@ mod tests {
         let mut t = 0.0;
         // Latency twice the target: the window shrinks.
         c.w = 32.0;
-        for _ in 0..20 {
+        for _ in 0..40 {
             t += 0.1;
             c.on_completion(t, 0, Outcome::Good, 0.020);
             c.tick(t, 32);
         }
         assert!(c.window() <= 4, "{}", c.window());
-        // Latency half the target: it grows.
-        for _ in 0..20 {
+        // Latency half the target: it grows, once the EWMA (α = 0.9) has seen it.
+        for _ in 0..60 {
             t += 0.1;
             c.on_completion(t, 0, Outcome::Good, 0.005);
             c.tick(t, 4);
