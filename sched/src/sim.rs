@@ -51,6 +51,10 @@ pub struct SimScenario {
     /// depth policies). Empty: run the scenario as written.
     #[serde(default)]
     pub compare: Vec<String>,
+    /// A tenant whose tail latency is compared with a solo run of it (same policy, no other
+    /// tenants): `victim_p99_ratio` and `victim_p999_ratio`.
+    #[serde(default)]
+    pub victim: Option<String>,
 }
 
 fn d_seed() -> u64 {
@@ -186,6 +190,15 @@ pub struct SimResult {
     pub jain: Option<f64>,
     pub max_share_error: f64,
     pub mean_share_error: f64,
+    pub min_max_ratio: Option<f64>,
+    /// Share of (tenant, second) windows in which a tenant with a reservation got at least 99 %
+    /// of it; `None` without reservations.
+    pub reservation_conformance: Option<f64>,
+    /// The victim's p99 (p99.9) with everyone ÷ alone; set by [`run_compare`].
+    pub victim_p99_ratio: Option<f64>,
+    pub victim_p999_ratio: Option<f64>,
+    /// Aggregate IOPS ÷ the `fifo` run's, when `fifo` is compared.
+    pub work_conservation: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -261,10 +274,10 @@ struct TenantRun {
 
 /// Runs the scenario once per entry of `compare` (or once as written), in order.
 pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> {
+    let mut variants: Vec<(String, SimScenario)> = Vec::new();
     if s.compare.is_empty() {
-        return Ok(vec![("as-written".to_string(), run(s)?)]);
+        variants.push(("as-written".to_string(), s.clone()));
     }
-    let mut out = Vec::new();
     for (i, name) in s.compare.iter().enumerate() {
         let mut variant = s.clone();
         if name == "fifo" {
@@ -281,52 +294,132 @@ pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> 
                 l.depth = policy.clone();
             }
         }
-        out.push((name.clone(), run(&variant)?));
+        variants.push((name.clone(), variant));
+    }
+    let victim = match &s.victim {
+        Some(v) => Some(
+            s.tenants
+                .iter()
+                .position(|t| &t.name == v)
+                .ok_or_else(|| format!("victim: no tenant named '{v}'"))?,
+        ),
+        None => None,
+    };
+    let mut out = Vec::new();
+    for (name, variant) in variants {
+        let mut result = run(&variant)?;
+        if let Some(v) = victim {
+            let mut solo = variant.clone();
+            solo.tenants = vec![variant.tenants[v].clone()];
+            let alone = run(&solo)?;
+            let ratio = |with: f64, without: f64| (without > 0.0).then(|| with / without);
+            result.victim_p99_ratio =
+                ratio(result.tenants[v].lat_p99_us, alone.tenants[0].lat_p99_us);
+            result.victim_p999_ratio =
+                ratio(result.tenants[v].lat_p999_us, alone.tenants[0].lat_p999_us);
+        }
+        out.push((name, result));
+    }
+    if let Some(fifo) = out
+        .iter()
+        .find(|(n, _)| n == "fifo")
+        .map(|(_, r)| r.aggregate_iops)
+    {
+        for (_, r) in &mut out {
+            r.work_conservation = (fifo > 0.0).then(|| r.aggregate_iops / fifo);
+        }
     }
     Ok(out)
 }
 
-/// A text table of a comparison: per policy, the fairness figures and each tenant's share.
+/// A text table of a comparison: per policy the fairness measures, the window over time, and
+/// each tenant's throughput and latency.
 pub fn render(results: &[(String, SimResult)]) -> String {
     use std::fmt::Write as _;
+    let opt = |v: Option<f64>, pct: bool| match v {
+        Some(x) if pct => format!("{:.1}%", x * 100.0),
+        Some(x) => format!("{x:.3}"),
+        None => "-".to_string(),
+    };
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<12} {:>10} {:>7} {:>10} {:>10} {:>8} {:>11}",
-        "policy", "IOPS", "Jain", "max err", "mean err", "mean D", "congestion"
+        "{:<12} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
+        "policy",
+        "IOPS",
+        "Jain",
+        "min/max",
+        "max err",
+        "mean err",
+        "resv",
+        "v.p99",
+        "v.p999",
+        "work",
+        "cong"
     );
     for (name, r) in results {
-        let mean_d = |l: &LunResult| {
-            let v: Vec<f64> = l.window.iter().map(|w| f64::from(w.1)).collect();
-            v.iter().sum::<f64>() / v.len().max(1) as f64
-        };
-        let d = r.luns.iter().map(mean_d).collect::<Vec<_>>();
         let _ = writeln!(
             s,
-            "{:<12} {:>10.0} {:>7.4} {:>9.1}% {:>9.1}% {:>8} {:>11}",
+            "{:<12} {:>8.0} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
             name,
             r.aggregate_iops,
-            r.jain.unwrap_or(0.0),
-            r.max_share_error * 100.0,
-            r.mean_share_error * 100.0,
-            d.iter()
-                .map(|x| format!("{x:.1}"))
-                .collect::<Vec<_>>()
-                .join("/"),
+            opt(r.jain, false),
+            opt(r.min_max_ratio, false),
+            opt(Some(r.max_share_error), true),
+            opt(Some(r.mean_share_error), true),
+            opt(r.reservation_conformance, true),
+            opt(r.victim_p99_ratio, false),
+            opt(r.victim_p999_ratio, false),
+            opt(r.work_conservation, false),
             r.luns.iter().map(|l| l.congestion_signals).sum::<u64>()
         );
+    }
+    let _ = writeln!(
+        s,
+        "(Jain, min/max and share errors on weight-normalised IOPS; resv: 1 s windows at ≥ 99 % of the \
+         reservation; v.p99/v.p999: victim tail with everyone ÷ alone; work: IOPS ÷ fifo's; cong: \
+         QUEUE FULL/BUSY answers)"
+    );
+    let _ = writeln!(s, "\nwindow D per LUN, 1 s means:");
+    for (name, r) in results {
+        for l in &r.luns {
+            let mut means = Vec::new();
+            let mut sec = 0.0;
+            while sec < r.duration_s {
+                let v: Vec<f64> = l
+                    .window
+                    .iter()
+                    .filter(|(t, _)| *t >= sec && *t < sec + 1.0)
+                    .map(|x| f64::from(x.1))
+                    .collect();
+                if !v.is_empty() {
+                    means.push(format!("{:.0}", v.iter().sum::<f64>() / v.len() as f64));
+                }
+                sec += 1.0;
+            }
+            let _ = writeln!(s, "  {:<12} {:<8} {}", name, l.name, means.join(" "));
+        }
     }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<12} {:<12} {:>6} {:>9} {:>9} {:>10} {:>10} {:>10}",
-        "policy", "tenant", "weight", "IOPS", "MiB/s", "p50 us", "p99 us", "p99.9 us"
+        "{:<12} {:<12} {:>6} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "policy",
+        "tenant",
+        "weight",
+        "IOPS",
+        "MiB/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "DAVG us",
+        "KAVG us"
     );
     for (name, r) in results {
         for t in &r.tenants {
             let _ = writeln!(
                 s,
-                "{:<12} {:<12} {:>6} {:>9.0} {:>9.2} {:>10.0} {:>10.0} {:>10.0}",
+                "{:<12} {:<12} {:>6} {:>9.0} {:>9.2} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
                 name,
                 t.name,
                 t.weight,
@@ -334,7 +427,9 @@ pub fn render(results: &[(String, SimResult)]) -> String {
                 t.mib_per_s,
                 t.lat_p50_us,
                 t.lat_p99_us,
-                t.lat_p999_us
+                t.lat_p999_us,
+                t.device_lat_mean_us,
+                t.queue_lat_mean_us
             );
         }
     }
@@ -639,7 +734,25 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
     let weights: Vec<f64> = tenant_results.iter().map(|t| t.weight).collect();
     let normalised: Vec<f64> = iops.iter().zip(&weights).map(|(i, w)| i / w).collect();
     let (max_err, mean_err) = metrics::share_error_max_mean(&iops, &weights);
+    let mut windows = 0u64;
+    let mut met = 0u64;
+    for (spec, t) in s.tenants.iter().zip(&tenant_results) {
+        let r = spec.policy.reservation_iops;
+        if r > 0.0 {
+            for n in &t.per_second {
+                windows += 1;
+                if *n as f64 >= 0.99 * r {
+                    met += 1;
+                }
+            }
+        }
+    }
     Ok(SimResult {
+        min_max_ratio: metrics::min_max_ratio(&normalised),
+        reservation_conformance: (windows > 0).then(|| met as f64 / windows as f64),
+        victim_p99_ratio: None,
+        victim_p999_ratio: None,
+        work_conservation: None,
         seed: s.seed,
         duration_s: s.duration_s,
         aggregate_iops: iops.iter().sum(),

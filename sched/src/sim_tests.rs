@@ -49,6 +49,7 @@ fn scenario(luns: Vec<LunSpec>, tenants: Vec<TenantSpec>, duration_s: f64) -> Si
         tenants,
         events: vec![],
         compare: vec![],
+        victim: None,
     }
 }
 
