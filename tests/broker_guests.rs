@@ -169,6 +169,36 @@ fn two_guests_on_two_luns_verify_and_counters_match_fio() {
             .sum();
         assert_eq!(rejected, 0, "a Linux guest sends no malformed requests");
     }
+    // Per-second telemetry saw both tenants working, with a device latency, and nothing is left
+    // in flight once the guests are gone.
+    let telemetry = query(&control, "telemetry").expect("telemetry answers");
+    let samples = telemetry.as_array().expect("a list of samples");
+    assert!(samples.len() >= 5, "{telemetry}");
+    for tenant in ["vm-a", "vm-b"] {
+        let busy_seconds = samples
+            .iter()
+            .filter_map(|s| {
+                s["disks"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["tenant"] == tenant)
+                    .cloned()
+            })
+            .filter(|d| {
+                d["write_iops"].as_f64().unwrap_or(0.0) + d["read_iops"].as_f64().unwrap_or(0.0)
+                    > 100.0
+            })
+            .filter(|d| d["device_latency_us"].as_f64().is_some_and(|l| l > 0.0))
+            .count();
+        assert!(
+            busy_seconds >= 3,
+            "{tenant}: {busy_seconds} busy seconds in {telemetry}"
+        );
+    }
+    let last = query(&control, "stats").unwrap();
+    for d in last.as_array().unwrap() {
+        assert_eq!(d["counters"]["in_flight"], 0, "{last}");
+    }
     drop(broker);
 }
 

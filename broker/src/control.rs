@@ -1,7 +1,7 @@
 //! The control API: a unix socket answering one-line commands with one line of JSON.
 //!
-//! Commands: `stats` (per-disk counters), `topology` (disk → LUN → backing store). Documented
-//! in `docs/broker.md`. Later stages add per-second telemetry for tenants, LUNs and paths.
+//! Commands: `stats` (per-disk counters), `topology` (disk → LUN → backing store),
+//! `telemetry [N]` (the last N per-second samples). Documented in `docs/broker.md`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::counters::DiskCountersSnapshot;
 use crate::server::BrokerState;
+use crate::telemetry::TelemetryHandle;
 
 #[derive(Debug, Serialize)]
 pub struct DiskStats {
@@ -73,12 +74,18 @@ pub fn topology(state: &BrokerState) -> Vec<LunTopology> {
         .collect()
 }
 
-fn answer(state: &BrokerState, command: &str) -> String {
-    let result = match command.trim() {
-        "stats" => serde_json::to_string(&stats(state)),
-        "topology" => serde_json::to_string(&topology(state)),
-        other => Ok(serde_json::json!({
-            "error": format!("unknown command '{other}'; try 'stats' or 'topology'")
+fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> String {
+    let mut words = command.split_whitespace();
+    let result = match (words.next().unwrap_or(""), words.next()) {
+        ("stats", None) => serde_json::to_string(&stats(state)),
+        ("topology", None) => serde_json::to_string(&topology(state)),
+        ("telemetry", None) => serde_json::to_string(&telemetry.recent(None)),
+        ("telemetry", Some(n)) => match n.parse::<usize>() {
+            Ok(n) => serde_json::to_string(&telemetry.recent(Some(n))),
+            Err(_) => Ok(serde_json::json!({ "error": format!("telemetry takes a count of seconds, not '{n}'") }).to_string()),
+        },
+        (other, _) => Ok(serde_json::json!({
+            "error": format!("unknown command '{}'; try 'stats', 'topology' or 'telemetry [N]'", other)
         })
         .to_string()),
     };
@@ -92,7 +99,12 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    pub fn start(path: &Path, replace: bool, state: Arc<BrokerState>) -> std::io::Result<Self> {
+    pub fn start(
+        path: &Path,
+        replace: bool,
+        state: Arc<BrokerState>,
+        telemetry: TelemetryHandle,
+    ) -> std::io::Result<Self> {
         if path.exists() {
             if !replace {
                 return Err(std::io::Error::new(
@@ -113,9 +125,10 @@ impl ControlServer {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             let state = state.clone();
+                            let telemetry = telemetry.clone();
                             let _ = std::thread::Builder::new()
                                 .name("control-conn".into())
-                                .spawn(move || serve(stream, &state));
+                                .spawn(move || serve(stream, &state, &telemetry));
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20))
@@ -143,7 +156,7 @@ impl ControlServer {
     }
 }
 
-fn serve(stream: UnixStream, state: &BrokerState) {
+fn serve(stream: UnixStream, state: &BrokerState, telemetry: &TelemetryHandle) {
     let _ = stream.set_nonblocking(false);
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -152,7 +165,7 @@ fn serve(stream: UnixStream, state: &BrokerState) {
     for line in reader.lines() {
         let Ok(line) = line else { return };
         if writer
-            .write_all(format!("{}\n", answer(state, &line)).as_bytes())
+            .write_all(format!("{}\n", answer(state, telemetry, &line)).as_bytes())
             .is_err()
         {
             return;

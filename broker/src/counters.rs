@@ -31,6 +31,13 @@ pub struct DiskCounters {
     pub notifications: AtomicU64,
     /// Queue notifications (kicks) received from the guest.
     pub kicks: AtomicU64,
+    /// Requests submitted to the backing store and not yet answered (a gauge).
+    pub in_flight: AtomicU64,
+    /// Sum of submission-to-completion times of answered backing-store requests, ns, and how
+    /// many there were: the device latency (esxtop's DAVG) over any interval is the ratio of
+    /// the two deltas.
+    pub device_latency_ns: AtomicU64,
+    pub device_completions: AtomicU64,
 }
 
 /// A point-in-time copy of [`DiskCounters`], serialisable.
@@ -50,6 +57,9 @@ pub struct DiskCountersSnapshot {
     pub connections: u64,
     pub notifications: u64,
     pub kicks: u64,
+    pub in_flight: u64,
+    pub device_latency_ns: u64,
+    pub device_completions: u64,
 }
 
 impl DiskCounters {
@@ -97,6 +107,9 @@ impl DiskCounters {
             connections: l(&self.connections),
             notifications: l(&self.notifications),
             kicks: l(&self.kicks),
+            in_flight: l(&self.in_flight),
+            device_latency_ns: l(&self.device_latency_ns),
+            device_completions: l(&self.device_completions),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod device;
 pub mod lun;
 pub mod request;
 pub mod server;
+pub mod telemetry;
 pub mod worker;
 
 #[cfg(test)]

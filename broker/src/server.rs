@@ -28,6 +28,7 @@ use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::device::{BlkDevice, BlkDeviceSpec};
 use crate::lun::{LunError, LunStore};
 use crate::request::ID_BYTES;
+use crate::telemetry::TelemetryRecorder;
 use crate::worker::DiskContext;
 
 #[derive(Debug, Error)]
@@ -98,6 +99,7 @@ pub struct Broker {
     handle: BrokerHandle,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
+    telemetry: Option<TelemetryRecorder>,
 }
 
 impl Broker {
@@ -159,13 +161,17 @@ impl Broker {
             stop: stop.clone(),
             state: state.clone(),
         };
+        let telemetry = TelemetryRecorder::start(state.disks.clone(), Duration::from_secs(1))
+            .map_err(|e| BrokerError::Setup(format!("cannot start telemetry: {e}")))?;
         let control = match &config.control_socket {
-            Some(path) => Some(ControlServer::start(path, replace, state.clone()).map_err(
-                |e| BrokerError::Listen {
-                    path: path.clone(),
-                    message: e.to_string(),
-                },
-            )?),
+            Some(path) => Some(
+                ControlServer::start(path, replace, state.clone(), telemetry.handle()).map_err(
+                    |e| BrokerError::Listen {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    },
+                )?,
+            ),
             None => None,
         };
         let mut threads = Vec::new();
@@ -182,6 +188,7 @@ impl Broker {
             handle,
             threads,
             control,
+            telemetry: Some(telemetry),
         })
     }
 
@@ -197,6 +204,7 @@ impl Broker {
         if let Some(control) = self.control.take() {
             control.stop();
         }
+        drop(self.telemetry.take());
     }
 }
 

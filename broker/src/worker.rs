@@ -11,6 +11,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use io_uring::{IoUring, opcode, squeue, types};
 use virtio_queue::{Queue, QueueT};
@@ -75,6 +76,7 @@ struct Inflight {
     status: u8,
     op: Op,
     mem: GuestMemoryLoadGuard<GuestMem>,
+    submitted: Instant,
 }
 
 impl Inflight {
@@ -96,6 +98,7 @@ impl Inflight {
             status: VIRTIO_BLK_S_OK,
             op,
             mem,
+            submitted: Instant::now(),
         }
     }
 }
@@ -338,6 +341,10 @@ impl QueueWorker {
     }
 
     fn alloc(&mut self, inflight: Inflight) -> usize {
+        self.ctx
+            .counters
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(inflight);
@@ -507,6 +514,17 @@ impl QueueWorker {
             return Ok(false);
         };
         self.free.push(slot);
+        let counters = &self.ctx.counters;
+        counters
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let elapsed = u64::try_from(inflight.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counters
+            .device_latency_ns
+            .fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .device_completions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = inflight.status == VIRTIO_BLK_S_OK;
         let _ = inflight
             .mem

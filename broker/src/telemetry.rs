@@ -1,0 +1,221 @@
+//! Per-second telemetry: every second the broker turns each disk's counters into rates and
+//! keeps the last [`TELEMETRY_SECONDS`] samples, served by the control API (`telemetry`).
+//! Telemetry is data, not logs: serialisable structs, one per second.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::counters::DiskCountersSnapshot;
+use crate::server::DiskInfo;
+
+/// Samples kept: five minutes.
+pub const TELEMETRY_SECONDS: usize = 300;
+
+/// One disk (tenant) over one interval.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DiskSample {
+    pub tenant: String,
+    pub lun: String,
+    pub read_iops: f64,
+    pub write_iops: f64,
+    pub read_mib_s: f64,
+    pub write_mib_s: f64,
+    /// Requests at the backing store at the end of the interval.
+    pub in_flight: u64,
+    /// Mean submission-to-completion time at the backing store over the interval (DAVG), µs.
+    pub device_latency_us: Option<f64>,
+    pub rejected: u64,
+    pub io_errors: u64,
+    pub connected: bool,
+}
+
+/// All disks over one interval ending `t_s` seconds after the broker started.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TelemetrySample {
+    pub t_s: f64,
+    pub interval_s: f64,
+    pub disks: Vec<DiskSample>,
+}
+
+/// Rates between two counter snapshots taken `dt` seconds apart.
+pub fn disk_sample(
+    info: &DiskInfo,
+    before: &DiskCountersSnapshot,
+    after: &DiskCountersSnapshot,
+    dt: f64,
+) -> DiskSample {
+    let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+    let mib = 1048576.0;
+    let completions = after
+        .device_completions
+        .saturating_sub(before.device_completions);
+    let latency_ns = after
+        .device_latency_ns
+        .saturating_sub(before.device_latency_ns);
+    let rejected = |s: &DiskCountersSnapshot| s.rejected.values().sum::<u64>();
+    DiskSample {
+        tenant: info.tenant.clone(),
+        lun: info.lun.clone(),
+        read_iops: rate(after.reads, before.reads),
+        write_iops: rate(after.writes, before.writes),
+        read_mib_s: rate(after.read_bytes, before.read_bytes) / mib,
+        write_mib_s: rate(after.write_bytes, before.write_bytes) / mib,
+        in_flight: after.in_flight,
+        device_latency_us: (completions > 0)
+            .then(|| latency_ns as f64 / completions as f64 / 1000.0),
+        rejected: rejected(after).saturating_sub(rejected(before)),
+        io_errors: after.io_errors.saturating_sub(before.io_errors),
+        connected: info.connected.load(Ordering::SeqCst),
+    }
+}
+
+/// The ring of samples and the thread that fills it.
+pub struct TelemetryRecorder {
+    samples: Arc<Mutex<VecDeque<TelemetrySample>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TelemetryRecorder {
+    pub fn start(disks: Vec<DiskInfo>, period: Duration) -> std::io::Result<Self> {
+        let samples = Arc::new(Mutex::new(VecDeque::with_capacity(TELEMETRY_SECONDS)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (samples2, stop2) = (samples.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("telemetry".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let mut last_at = Instant::now();
+                let mut last: Vec<DiskCountersSnapshot> =
+                    disks.iter().map(|d| d.counters.snapshot()).collect();
+                let mut next = last_at + period;
+                while !stop2.load(Ordering::SeqCst) {
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                        continue;
+                    }
+                    next += period;
+                    let dt = now.duration_since(last_at).as_secs_f64();
+                    let current: Vec<DiskCountersSnapshot> =
+                        disks.iter().map(|d| d.counters.snapshot()).collect();
+                    let sample = TelemetrySample {
+                        t_s: now.duration_since(start).as_secs_f64(),
+                        interval_s: dt,
+                        disks: disks
+                            .iter()
+                            .zip(last.iter().zip(&current))
+                            .map(|(info, (b, a))| disk_sample(info, b, a, dt))
+                            .collect(),
+                    };
+                    let mut ring = samples2.lock().unwrap_or_else(|p| p.into_inner());
+                    if ring.len() == TELEMETRY_SECONDS {
+                        ring.pop_front();
+                    }
+                    ring.push_back(sample);
+                    drop(ring);
+                    last = current;
+                    last_at = now;
+                }
+            })?;
+        Ok(TelemetryRecorder {
+            samples,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The last `n` samples (all when `n` is `None`), oldest first.
+    pub fn recent(&self, n: Option<usize>) -> Vec<TelemetrySample> {
+        let ring = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = n.map_or(0, |n| ring.len().saturating_sub(n));
+        ring.iter().skip(skip).cloned().collect()
+    }
+
+    pub fn handle(&self) -> TelemetryHandle {
+        TelemetryHandle {
+            samples: self.samples.clone(),
+        }
+    }
+}
+
+impl Drop for TelemetryRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Read access to the samples, for the control API.
+#[derive(Clone)]
+pub struct TelemetryHandle {
+    samples: Arc<Mutex<VecDeque<TelemetrySample>>>,
+}
+
+impl TelemetryHandle {
+    pub fn recent(&self, n: Option<usize>) -> Vec<TelemetrySample> {
+        let ring = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = n.map_or(0, |n| ring.len().saturating_sub(n));
+        ring.iter().skip(skip).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::DiskCounters;
+
+    #[test]
+    fn rates_and_device_latency_from_counter_deltas() {
+        let counters = Arc::new(DiskCounters::default());
+        let info = DiskInfo {
+            socket: "/tmp/x.sock".into(),
+            tenant: "t".into(),
+            lun: "l".into(),
+            queues: 1,
+            counters: counters.clone(),
+            connected: Arc::new(AtomicBool::new(true)),
+        };
+        let before = counters.snapshot();
+        for _ in 0..100 {
+            counters.completed(crate::request::RequestKind::Read, 4096);
+        }
+        counters
+            .device_latency_ns
+            .fetch_add(100 * 250_000, Ordering::Relaxed);
+        counters
+            .device_completions
+            .fetch_add(100, Ordering::Relaxed);
+        let after = counters.snapshot();
+        let s = disk_sample(&info, &before, &after, 0.5);
+        assert_eq!(s.read_iops, 200.0);
+        assert!((s.read_mib_s - 200.0 * 4096.0 / 1048576.0).abs() < 1e-9);
+        assert_eq!(s.device_latency_us, Some(250.0));
+        assert_eq!(s.write_iops, 0.0);
+    }
+
+    #[test]
+    fn the_recorder_keeps_one_sample_per_period() {
+        let counters = Arc::new(DiskCounters::default());
+        let info = DiskInfo {
+            socket: "/tmp/x.sock".into(),
+            tenant: "t".into(),
+            lun: "l".into(),
+            queues: 1,
+            counters: counters.clone(),
+            connected: Arc::new(AtomicBool::new(false)),
+        };
+        let rec = TelemetryRecorder::start(vec![info], Duration::from_millis(100)).unwrap();
+        std::thread::sleep(Duration::from_millis(550));
+        let n = rec.recent(None).len();
+        assert!((4..=6).contains(&n), "{n} samples in 550 ms at 100 ms");
+        assert_eq!(rec.recent(Some(2)).len(), 2);
+    }
+}
