@@ -132,9 +132,7 @@ impl TelemetryRecorder {
 
     /// The last `n` samples (all when `n` is `None`), oldest first.
     pub fn recent(&self, n: Option<usize>) -> Vec<TelemetrySample> {
-        let ring = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let skip = n.map_or(0, |n| ring.len().saturating_sub(n));
-        ring.iter().skip(skip).cloned().collect()
+        self.handle().recent(n)
     }
 
     pub fn handle(&self) -> TelemetryHandle {
@@ -172,8 +170,7 @@ mod tests {
     use super::*;
     use crate::counters::DiskCounters;
 
-    #[test]
-    fn rates_and_device_latency_from_counter_deltas() {
+    fn disk() -> (DiskInfo, Arc<DiskCounters>) {
         let counters = Arc::new(DiskCounters::default());
         let info = DiskInfo {
             socket: "/tmp/x.sock".into(),
@@ -183,6 +180,12 @@ mod tests {
             counters: counters.clone(),
             connected: Arc::new(AtomicBool::new(true)),
         };
+        (info, counters)
+    }
+
+    #[test]
+    fn rates_and_device_latency_from_counter_deltas() {
+        let (info, counters) = disk();
         let before = counters.snapshot();
         for _ in 0..100 {
             counters.completed(crate::request::RequestKind::Read, 4096);
@@ -203,15 +206,7 @@ mod tests {
 
     #[test]
     fn the_recorder_keeps_one_sample_per_period() {
-        let counters = Arc::new(DiskCounters::default());
-        let info = DiskInfo {
-            socket: "/tmp/x.sock".into(),
-            tenant: "t".into(),
-            lun: "l".into(),
-            queues: 1,
-            counters: counters.clone(),
-            connected: Arc::new(AtomicBool::new(false)),
-        };
+        let (info, _counters) = disk();
         let rec = TelemetryRecorder::start(vec![info], Duration::from_millis(100)).unwrap();
         std::thread::sleep(Duration::from_millis(550));
         let n = rec.recent(None).len();

@@ -175,75 +175,6 @@ fn aimd_converges_to_the_knee_and_follows_a_capacity_drop() {
     assert!(within(20.0, 30.0, 9.0), "{w:?}");
 }
 
-#[test]
-#[ignore]
-fn explore_latency_control() {
-    for (alpha, period, beta) in [
-        (0.8, 0.1, 0.5),
-        (0.8, 0.1, 0.25),
-        (0.8, 0.1, 0.1),
-        (0.9, 0.1, 0.25),
-        (0.8, 0.2, 0.25),
-    ] {
-        for adaptive in [false, true] {
-            let p = crate::depth::LatencyParams {
-                alpha,
-                period_s: period,
-                beta,
-                ..Default::default()
-            };
-            let policy = if adaptive {
-                DepthPolicy::Adaptive(p)
-            } else {
-                DepthPolicy::Latency(p)
-            };
-            let mut s = scenario(
-                vec![lun(policy, SchedulerKind::Mclock)],
-                vec![closed("a", 1.0, 64), closed("b", 1.0, 64)],
-                30.0,
-            );
-            s.events.push(EventSpec {
-                at_s: 15.0,
-                lun: "lun0".into(),
-                capacity_pct: 50.0,
-            });
-            let r = run(&s).unwrap();
-            let w = &r.luns[0].window;
-            let stat = |from: f64, to: f64, knee: f64| {
-                let v: Vec<f64> = w
-                    .iter()
-                    .filter(|(t, _)| *t >= from && *t < to)
-                    .map(|x| f64::from(x.1))
-                    .collect();
-                let inside = v
-                    .iter()
-                    .filter(|d| (**d - knee).abs() <= 0.1 * knee)
-                    .count() as f64
-                    / v.len() as f64;
-                (
-                    v.iter().sum::<f64>() / v.len() as f64,
-                    v.iter().copied().fold(f64::MAX, f64::min),
-                    v.iter().copied().fold(0.0, f64::max),
-                    inside,
-                )
-            };
-            let first_in = w
-                .iter()
-                .find(|(_, d)| (f64::from(*d) - 16.0).abs() <= 1.6)
-                .map(|x| x.0);
-            eprintln!(
-                "{} a={alpha} p={period} b={beta}: target {:.0} first-in {:?} before {:?} after {:?} iops {:.0}",
-                if adaptive { "adaptive" } else { "latency " },
-                r.luns[0].latency_target_us.unwrap_or(0.0),
-                first_in,
-                stat(5.0, 15.0, 16.0),
-                stat(20.0, 30.0, 8.0),
-                r.aggregate_iops
-            );
-        }
-    }
-}
-
 fn phase_throughput(r: &SimResult, from: f64, to: f64) -> f64 {
     // Completions per second across tenants within [from, to) (per_second starts at warm-up).
     let warm = 2.0;
@@ -466,31 +397,4 @@ fn max_min_fair(capacity: f64, demands: &[f64]) -> Vec<f64> {
         open = rest;
     }
     alloc
-}
-
-#[test]
-#[ignore]
-fn explore_adaptive_after_drop() {
-    let mut s = scenario(
-        vec![lun(DepthPolicy::default(), SchedulerKind::Mclock)],
-        vec![closed("a", 1.0, 64), closed("b", 1.0, 64)],
-        30.0,
-    );
-    s.events.push(EventSpec {
-        at_s: 15.0,
-        lun: "lun0".into(),
-        capacity_pct: 50.0,
-    });
-    let r = run(&s).unwrap();
-    let w: Vec<String> = r.luns[0]
-        .window
-        .iter()
-        .filter(|x| x.0 < 7.0)
-        .map(|x| format!("{}", x.1))
-        .collect();
-    eprintln!("{}", w.join(" "));
-    eprintln!(
-        "halvings {} target {:?}",
-        r.luns[0].halvings, r.luns[0].latency_target_us
-    );
 }
