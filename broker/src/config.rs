@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
+use weir_sched::array::LunModel;
+use weir_sched::depth::DepthPolicy;
+use weir_sched::mclock::TenantPolicy;
+use weir_sched::sim::SchedulerKind;
 
 /// The largest queue count a disk may ask for (virtio-blk MQ).
 pub const MAX_QUEUES: u16 = 16;
@@ -44,6 +48,9 @@ pub struct BrokerConfig {
     /// Unix socket for the control API (telemetry, topology).
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// Ports of the emulated array (only LUNs with `backend = "emulated"` sit behind one).
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortConfig>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunConfig>,
     #[serde(default, rename = "disk")]
@@ -70,6 +77,52 @@ pub struct LunConfig {
     /// the backing store refuses it.
     #[serde(default = "default_true")]
     pub direct: bool,
+    /// `file`: the backing store's own speed. `emulated`: the backing store holds the data,
+    /// and a model of a congested array port and LUN (`port`, `model`) decides when each
+    /// request completes and answers QUEUE FULL/BUSY (docs/scheduling.md).
+    #[serde(default)]
+    pub backend: LunBackend,
+    /// The emulated array port this LUN sits behind (emulated only).
+    #[serde(default)]
+    pub port: Option<String>,
+    /// The emulated LUN's service model (emulated only; defaults describe a small congested
+    /// array LUN).
+    #[serde(default)]
+    pub model: Option<LunModel>,
+    /// The dispatch window policy. Default: `adaptive` on emulated LUNs; on file LUNs a fixed
+    /// window of 1024 (no throttling, scheduling still orders the tenants).
+    #[serde(default)]
+    pub depth: Option<DepthPolicy>,
+    /// `mclock` (tenants' weights, reservations and limits) or `fifo` (arrival order).
+    #[serde(default)]
+    pub scheduler: SchedulerKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LunBackend {
+    #[default]
+    File,
+    Emulated,
+}
+
+/// A port of the emulated array.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub name: String,
+    /// Requests the port holds before it answers QUEUE FULL.
+    pub queue_limit: u32,
+}
+
+impl LunConfig {
+    /// The window policy in force (see [`LunConfig::depth`]).
+    pub fn depth_policy(&self) -> DepthPolicy {
+        self.depth.clone().unwrap_or(match self.backend {
+            LunBackend::Emulated => DepthPolicy::default(),
+            LunBackend::File => DepthPolicy::Fixed { depth: 1024 },
+        })
+    }
 }
 
 /// A guest disk: one vhost-user-blk socket mapped to one LUN.
@@ -88,6 +141,33 @@ pub struct DiskConfig {
     pub queues: u16,
     #[serde(default = "default_queue_size")]
     pub queue_size: u16,
+    /// The tenant's share of its LUN (mClock weight).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Guaranteed IOPS (0: none).
+    #[serde(default)]
+    pub reservation_iops: f64,
+    /// IOPS cap (0: none).
+    #[serde(default)]
+    pub limit_iops: f64,
+    /// Bytes/s cap (0: none).
+    #[serde(default)]
+    pub limit_bytes_per_s: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl DiskConfig {
+    pub fn tenant_policy(&self) -> TenantPolicy {
+        TenantPolicy {
+            weight: self.weight,
+            reservation_iops: self.reservation_iops,
+            limit_iops: self.limit_iops,
+            limit_bytes_per_s: self.limit_bytes_per_s,
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -188,6 +268,33 @@ impl BrokerConfig {
                     format!("'{}' is defined twice; LUN names must be unique", lun.name),
                 ));
             }
+            match lun.backend {
+                LunBackend::Emulated => match &lun.port {
+                    None => {
+                        return Err(invalid(
+                            format!("lun[{i}].port"),
+                            "an emulated LUN needs the [[port]] it sits behind",
+                        ));
+                    }
+                    Some(p) if !self.ports.iter().any(|x| &x.name == p) => {
+                        return Err(invalid(format!("lun[{i}].port"), format!("no [[port]] named '{p}'")));
+                    }
+                    Some(_) => {}
+                },
+                LunBackend::File => {
+                    if lun.port.is_some() || lun.model.is_some() {
+                        return Err(invalid(
+                            format!("lun[{i}].backend"),
+                            "port and model apply to emulated LUNs only: set backend = \"emulated\"",
+                        ));
+                    }
+                }
+            }
+            if let Some(m) = &lun.model {
+                if m.servers == 0 {
+                    return Err(invalid(format!("lun[{i}].model.servers"), "must be at least 1"));
+                }
+            }
             if let Some(ByteSize(size)) = lun.size {
                 if size == 0 || size % 512 != 0 {
                     return Err(invalid(
@@ -223,6 +330,9 @@ impl BrokerConfig {
                 ));
             }
             *users.entry(disk.lun.as_str()).or_default() += 1;
+            if let Some(problem) = disk.tenant_policy().problem() {
+                return Err(invalid(format!("disk[{i}]"), problem));
+            }
             if disk.queues == 0 || disk.queues > MAX_QUEUES {
                 return Err(invalid(
                     format!("disk[{i}].queues"),

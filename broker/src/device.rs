@@ -165,6 +165,18 @@ impl BlkDevice {
         self.inner.spec.num_queues as u64 + 1 + q as u64
     }
 
+    /// The epoch token of queue `q`'s dispatcher inbox.
+    pub fn inbox_token(&self, q: usize) -> u64 {
+        2 * self.inner.spec.num_queues as u64 + 1 + q as u64
+    }
+
+    pub fn inbox_fd(&self, q: usize) -> Option<i32> {
+        self.inner
+            .workers
+            .get(q)
+            .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).inbox_fd())
+    }
+
     pub fn completion_fd(&self, q: usize) -> Option<i32> {
         self.inner
             .workers
@@ -367,7 +379,8 @@ impl VhostUserBackend for BlkDevice {
                 .kicks
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.service_queue(thread_id, vring, false)
-        } else if d > nq && d - nq - 1 == thread_id {
+        } else if d > nq && (d - nq - 1 == thread_id || d - nq - 1 == nq + thread_id) {
+            // io_uring completions or dispatcher/model events for this thread's queue.
             self.service_queue(thread_id, vring, true)
         } else {
             Ok(())

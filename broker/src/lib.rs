@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod device;
+pub mod dispatch;
 pub mod lun;
 pub mod request;
 pub mod server;

@@ -217,6 +217,11 @@ mod tests {
             read_only: false,
             shareable: false,
             direct: true,
+            backend: Default::default(),
+            port: None,
+            model: None,
+            depth: None,
+            scheduler: Default::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,8 +21,10 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use weir_sched::array::{EmulatedArray, LunModel};
 
-use crate::config::{BrokerConfig, DiskConfig, MAX_SERIAL_BYTES};
+use crate::config::{BrokerConfig, DiskConfig, LunBackend, LunConfig, MAX_SERIAL_BYTES};
+use crate::dispatch::{ArrayRuntime, BrokerClock, LunDispatcher, SchedulerThread};
 use crate::control::ControlServer;
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::device::{BlkDevice, BlkDeviceSpec};
@@ -100,6 +102,7 @@ pub struct Broker {
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
     telemetry: Option<TelemetryRecorder>,
+    scheduler: Option<SchedulerThread>,
 }
 
 impl Broker {
@@ -121,6 +124,42 @@ impl Broker {
                 }
             );
             luns.insert(lun.name.clone(), Arc::new(store));
+        }
+        // The scheduling side: one emulated array holding every emulated LUN, one dispatcher
+        // per LUN with the policies of the disks mapped to it, one clock thread.
+        let clock = BrokerClock::new();
+        let wake = Arc::new((Mutex::new(false), Condvar::new()));
+        let emulated: Vec<&LunConfig> =
+            config.luns.iter().filter(|l| l.backend == LunBackend::Emulated).collect();
+        let array = (!emulated.is_empty()).then(|| {
+            let limits: Vec<u32> = config.ports.iter().map(|p| p.queue_limit).collect();
+            let luns: Vec<(usize, LunModel)> = emulated
+                .iter()
+                .map(|l| {
+                    let port = config
+                        .ports
+                        .iter()
+                        .position(|p| Some(&p.name) == l.port.as_ref())
+                        .unwrap_or(0);
+                    (port, l.model.clone().unwrap_or_default())
+                })
+                .collect();
+            Arc::new(ArrayRuntime::new(EmulatedArray::new(&limits, &luns, 1), wake.clone()))
+        });
+        let mut dispatchers: HashMap<String, Arc<LunDispatcher>> = HashMap::new();
+        for lun in &config.luns {
+            let tenants: Vec<_> = config
+                .disks
+                .iter()
+                .filter(|d| d.lun == lun.name)
+                .map(|d| d.tenant_policy())
+                .collect();
+            let in_array = emulated
+                .iter()
+                .position(|l| l.name == lun.name)
+                .and_then(|i| array.clone().map(|a| (a, i)));
+            let d = LunDispatcher::new(&lun.name, tenants, lun.scheduler, lun.depth_policy(), in_array);
+            dispatchers.insert(lun.name.clone(), Arc::new(d));
         }
         let stop = Arc::new(StopSignal {
             requested: AtomicBool::new(false),
@@ -147,7 +186,13 @@ impl Broker {
             let lun = luns.get(&disk.lun).cloned().ok_or_else(|| {
                 BrokerError::Setup(format!("disk {}: LUN {} missing", index, disk.lun))
             })?;
-            let server = DiskServer::new(index, disk, lun, listener);
+            let dispatcher = dispatchers
+                .get(&disk.lun)
+                .cloned()
+                .ok_or_else(|| BrokerError::Setup(format!("disk {index}: no dispatcher for {}", disk.lun)))?;
+            // Tenant index: the disk's position among the disks of its LUN.
+            let tenant = config.disks[..index].iter().filter(|d| d.lun == disk.lun).count();
+            let server = DiskServer::new(index, disk, lun, listener, dispatcher, tenant, clock);
             disks.push(server.info.clone());
             servers.push(server);
         }
@@ -161,7 +206,16 @@ impl Broker {
             stop: stop.clone(),
             state: state.clone(),
         };
-        let telemetry = TelemetryRecorder::start(state.disks.clone(), Duration::from_secs(1))
+        let mut dispatcher_list: Vec<Arc<LunDispatcher>> = dispatchers.into_values().collect();
+        dispatcher_list.sort_by(|a, b| a.name.cmp(&b.name));
+        let scheduler = SchedulerThread::start(
+            clock,
+            dispatcher_list.clone(),
+            array.into_iter().collect(),
+            wake,
+        )
+        .map_err(|e| BrokerError::Setup(format!("cannot start the scheduler thread: {e}")))?;
+        let telemetry = TelemetryRecorder::start(state.disks.clone(), dispatcher_list, Duration::from_secs(1))
             .map_err(|e| BrokerError::Setup(format!("cannot start telemetry: {e}")))?;
         let control = match &config.control_socket {
             Some(path) => Some(
@@ -189,6 +243,7 @@ impl Broker {
             threads,
             control,
             telemetry: Some(telemetry),
+            scheduler: Some(scheduler),
         })
     }
 
@@ -205,6 +260,7 @@ impl Broker {
             control.stop();
         }
         drop(self.telemetry.take());
+        drop(self.scheduler.take());
     }
 }
 
@@ -217,7 +273,16 @@ struct DiskServer {
 }
 
 impl DiskServer {
-    fn new(index: usize, disk: &DiskConfig, lun: Arc<LunStore>, listener: Listener) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        index: usize,
+        disk: &DiskConfig,
+        lun: Arc<LunStore>,
+        listener: Listener,
+        dispatcher: Arc<LunDispatcher>,
+        tenant_index: usize,
+        clock: BrokerClock,
+    ) -> Self {
         let counters = Arc::new(DiskCounters::default());
         let spec = BlkDeviceSpec {
             num_queues: disk.queues,
@@ -238,6 +303,9 @@ impl DiskServer {
             serial,
             counters: counters.clone(),
             bad_requests: RateLimitedLog::new(Duration::from_secs(1), 10),
+            dispatcher,
+            tenant: tenant_index,
+            clock,
         });
         DiskServer {
             index,
@@ -291,6 +359,10 @@ impl DiskServer {
             handler
                 .register_listener(fd, EventSet::IN, device.completion_token(q))
                 .map_err(|e| format!("cannot register io_uring completions of queue {q}: {e}"))?;
+            let inbox = device.inbox_fd(q).ok_or("missing queue worker")?;
+            handler
+                .register_listener(inbox, EventSet::IN, device.inbox_token(q))
+                .map_err(|e| format!("cannot register the dispatcher inbox of queue {q}: {e}"))?;
         }
         daemon
             .start(&mut self.listener)

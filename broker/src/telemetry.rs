@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::counters::DiskCountersSnapshot;
+use crate::dispatch::LunDispatcher;
 use crate::server::DiskInfo;
 
 /// Samples kept: five minutes.
@@ -34,12 +35,29 @@ pub struct DiskSample {
     pub connected: bool,
 }
 
-/// All disks over one interval ending `t_s` seconds after the broker started.
+/// One LUN's dispatcher at the end of an interval.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LunSample {
+    pub lun: String,
+    /// The dispatch window D.
+    pub window: u64,
+    /// Requests dispatched and not yet finished.
+    pub in_flight: u64,
+    /// Requests waiting in the dispatcher (tenant queues and retries).
+    pub queued: u64,
+    /// QUEUE FULL/BUSY answers from the (emulated) array during the interval.
+    pub congestion: u64,
+    /// Window halvings so far.
+    pub halvings: u64,
+}
+
+/// All disks and LUNs over one interval ending `t_s` seconds after the broker started.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TelemetrySample {
     pub t_s: f64,
     pub interval_s: f64,
     pub disks: Vec<DiskSample>,
+    pub luns: Vec<LunSample>,
 }
 
 /// Rates between two counter snapshots taken `dt` seconds apart.
@@ -82,7 +100,7 @@ pub struct TelemetryRecorder {
 }
 
 impl TelemetryRecorder {
-    pub fn start(disks: Vec<DiskInfo>, period: Duration) -> std::io::Result<Self> {
+    pub fn start(disks: Vec<DiskInfo>, luns: Vec<Arc<LunDispatcher>>, period: Duration) -> std::io::Result<Self> {
         let samples = Arc::new(Mutex::new(VecDeque::with_capacity(TELEMETRY_SECONDS)));
         let stop = Arc::new(AtomicBool::new(false));
         let (samples2, stop2) = (samples.clone(), stop.clone());
@@ -91,6 +109,10 @@ impl TelemetryRecorder {
             .spawn(move || {
                 let start = Instant::now();
                 let mut last_at = Instant::now();
+                let mut last_congestion: Vec<u64> = luns
+                    .iter()
+                    .map(|l| l.counters.congestion.load(Ordering::Relaxed))
+                    .collect();
                 let mut last: Vec<DiskCountersSnapshot> =
                     disks.iter().map(|d| d.counters.snapshot()).collect();
                 let mut next = last_at + period;
@@ -111,6 +133,24 @@ impl TelemetryRecorder {
                             .iter()
                             .zip(last.iter().zip(&current))
                             .map(|(info, (b, a))| disk_sample(info, b, a, dt))
+                            .collect(),
+                        luns: luns
+                            .iter()
+                            .zip(last_congestion.iter_mut())
+                            .map(|(l, before)| {
+                                let c = &l.counters;
+                                let congestion = c.congestion.load(Ordering::Relaxed);
+                                let delta = congestion.saturating_sub(*before);
+                                *before = congestion;
+                                LunSample {
+                                    lun: l.name.clone(),
+                                    window: c.window.load(Ordering::Relaxed),
+                                    in_flight: c.in_flight.load(Ordering::Relaxed),
+                                    queued: c.queued.load(Ordering::Relaxed),
+                                    congestion: delta,
+                                    halvings: c.halvings.load(Ordering::Relaxed),
+                                }
+                            })
                             .collect(),
                     };
                     let mut ring = samples2.lock().unwrap_or_else(|p| p.into_inner());
@@ -207,7 +247,7 @@ mod tests {
     #[test]
     fn the_recorder_keeps_one_sample_per_period() {
         let (info, _counters) = disk();
-        let rec = TelemetryRecorder::start(vec![info], Duration::from_millis(100)).unwrap();
+        let rec = TelemetryRecorder::start(vec![info], Vec::new(), Duration::from_millis(100)).unwrap();
         std::thread::sleep(Duration::from_millis(550));
         let n = rec.recent(None).len();
         assert!((4..=6).contains(&n), "{n} samples in 550 ms at 100 ms");

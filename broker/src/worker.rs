@@ -22,6 +22,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::counters::{DiskCounters, RateLimitedLog};
+use crate::dispatch::{BrokerClock, Inbox, InboxEvent, LunDispatcher};
 use crate::lun::LunStore;
 use crate::request::{
     BlkRequest, DiskLimits, GuestRange, ID_BYTES, ParsedChain, RequestKind, SECTOR_SHIFT,
@@ -42,6 +43,12 @@ pub struct DiskContext {
     pub serial: [u8; ID_BYTES],
     pub counters: Arc<DiskCounters>,
     pub bad_requests: RateLimitedLog,
+    /// The LUN's dispatcher, shared with the other disks on the LUN; reads and writes go
+    /// through it.
+    pub dispatcher: Arc<LunDispatcher>,
+    /// This disk's tenant index in the dispatcher.
+    pub tenant: usize,
+    pub clock: BrokerClock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +84,17 @@ struct Inflight {
     op: Op,
     mem: GuestMemoryLoadGuard<GuestMem>,
     submitted: Instant,
+    /// Set for requests that go through the LUN dispatcher.
+    sched: Option<Scheduled>,
+}
+
+/// A dispatched request's progress.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scheduled {
+    /// `(epoch, first dispatch time)` once the dispatcher granted it.
+    granted: Option<(u64, f64)>,
+    io_done: bool,
+    model_done: bool,
 }
 
 impl Inflight {
@@ -99,6 +117,7 @@ impl Inflight {
             op,
             mem,
             submitted: Instant::now(),
+            sched: None,
         }
     }
 }
@@ -114,6 +133,9 @@ pub struct QueueWorker {
     slots: Vec<Option<Inflight>>,
     free: Vec<usize>,
     completion_event: EventFd,
+    inbox: Arc<Inbox>,
+    /// The guest is gone: finish what is in flight without waiting for the array model.
+    draining: bool,
 }
 
 impl QueueWorker {
@@ -124,18 +146,26 @@ impl QueueWorker {
         ring.submitter()
             .register_eventfd(completion_event.as_raw_fd())
             .map_err(WorkerError::Uring)?;
+        let inbox = Arc::new(Inbox::new().map_err(WorkerError::Uring)?);
         Ok(QueueWorker {
             ctx,
             ring,
             slots: Vec::new(),
             free: Vec::new(),
             completion_event,
+            inbox,
+            draining: false,
         })
     }
 
     /// Becomes readable when io_uring has completions to reap.
     pub fn completion_fd(&self) -> i32 {
         self.completion_event.as_raw_fd()
+    }
+
+    /// Becomes readable when the dispatcher granted a request or the array model finished one.
+    pub fn inbox_fd(&self) -> i32 {
+        self.inbox.fd()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -155,6 +185,8 @@ impl QueueWorker {
             let parsed = parse_chain(chain, &*guard, &self.ctx.limits);
             used |= self.dispatch(parsed, queue, &guard)?;
         }
+        self.ctx.dispatcher.pump(self.ctx.clock.now(), Some(&self.inbox));
+        used |= self.drain_inbox(queue)?;
         self.flush_submissions()?;
         Ok(used)
     }
@@ -224,7 +256,7 @@ impl QueueWorker {
                     );
                     return Ok(true);
                 }
-                let slot = self.alloc(Inflight::new(
+                let mut inflight = Inflight::new(
                     head,
                     status_addr,
                     kind,
@@ -240,8 +272,18 @@ impl QueueWorker {
                         iovecs: Vec::new(),
                     },
                     guard.clone(),
-                ));
-                self.submit_rw(slot)?;
+                );
+                inflight.sched = Some(Scheduled::default());
+                let slot = self.alloc(inflight);
+                // The dispatcher decides when; the grant comes back through the inbox.
+                self.ctx.dispatcher.enqueue(
+                    self.ctx.tenant,
+                    &self.inbox,
+                    slot,
+                    len,
+                    write,
+                    self.ctx.clock.now(),
+                );
                 Ok(false)
             }
             BlkRequest::Flush => {
@@ -437,7 +479,42 @@ impl QueueWorker {
                 used |= self.complete(user_data as usize, res, queue)?;
             }
         }
+        used |= self.drain_inbox(queue)?;
+        self.ctx.dispatcher.pump(self.ctx.clock.now(), Some(&self.inbox));
+        used |= self.drain_inbox(queue)?;
         self.flush_submissions()?;
+        Ok(used)
+    }
+
+    /// Acts on grants (do the I/O) and model completions (answer when the I/O is done too).
+    fn drain_inbox(&mut self, queue: &mut Queue) -> Result<bool, WorkerError> {
+        let mut used = false;
+        for event in self.inbox.take() {
+            match event {
+                InboxEvent::Granted {
+                    slot,
+                    epoch,
+                    dispatched_at,
+                } => {
+                    if let Some(Some(Inflight { sched: Some(s), .. })) = self.slots.get_mut(slot) {
+                        s.granted = Some((epoch, dispatched_at));
+                        self.submit_rw(slot)?;
+                    }
+                }
+                InboxEvent::ModelDone { slot } => {
+                    let ready = match self.slots.get_mut(slot) {
+                        Some(Some(Inflight { sched: Some(s), .. })) => {
+                            s.model_done = true;
+                            s.io_done
+                        }
+                        _ => false,
+                    };
+                    if ready {
+                        used |= self.finish(slot, queue);
+                    }
+                }
+            }
+        }
         Ok(used)
     }
 
@@ -510,31 +587,44 @@ impl QueueWorker {
             self.submit_rw(slot)?;
             return Ok(false);
         }
+        // A dispatched request on an emulated LUN is answered when the model is done too.
+        if let Some(Some(Inflight { sched: Some(s), .. })) = self.slots.get_mut(slot) {
+            s.io_done = true;
+            if self.ctx.dispatcher.emulated() && !s.model_done && !self.draining {
+                return Ok(false);
+            }
+        }
+        Ok(self.finish(slot, queue))
+    }
+
+    /// Answers the request in `slot` and frees the slot; tells the dispatcher when it went
+    /// through it.
+    fn finish(&mut self, slot: usize, queue: &mut Queue) -> bool {
         let Some(inflight) = self.slots.get_mut(slot).and_then(Option::take) else {
-            return Ok(false);
+            return false;
         };
         self.free.push(slot);
+        if let Some(Scheduled {
+            granted: Some((epoch, dispatched_at)),
+            ..
+        }) = inflight.sched
+        {
+            let now = self.ctx.clock.now();
+            self.ctx.dispatcher.on_complete(now, epoch, now - dispatched_at);
+        }
         let counters = &self.ctx.counters;
-        counters
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        counters.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let elapsed = u64::try_from(inflight.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        counters
-            .device_latency_ns
-            .fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
-        counters
-            .device_completions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters.device_latency_ns.fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
+        counters.device_completions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = inflight.status == VIRTIO_BLK_S_OK;
-        let _ = inflight
-            .mem
-            .write_obj(inflight.status, inflight.status_addr);
+        let _ = inflight.mem.write_obj(inflight.status, inflight.status_addr);
         let len = if ok { inflight.used_len_ok } else { 1 };
         if ok {
             self.ctx.counters.completed(inflight.kind, inflight.bytes);
         }
         self.add_used(queue, &inflight.mem, inflight.head, len);
-        Ok(true)
+        true
     }
 
     fn io_error(&self, head: u16, what: &str) {
@@ -561,7 +651,19 @@ impl QueueWorker {
     /// Waits for every in-flight request and answers it. Used when a guest disconnects or the
     /// broker shuts down: nothing acknowledged is lost, nothing submitted is abandoned.
     pub fn drain(&mut self, queue: &mut Queue) -> Result<bool, WorkerError> {
-        let mut used = false;
+        self.draining = true;
+        // Take back what the dispatcher still holds first: after that no new grant for this
+        // queue can appear, and every grant already made is in the inbox.
+        let cancelled = self.ctx.dispatcher.cancel_owner(&self.inbox);
+        let mut used = self.drain_inbox(queue)?;
+        // Requests the dispatcher still held: do them now, outside the schedule.
+        for slot in cancelled {
+            if let Some(Some(inflight)) = self.slots.get_mut(slot) {
+                inflight.sched = None;
+                self.submit_rw(slot)?;
+            }
+        }
+        self.flush_submissions()?;
         while self.in_flight() > 0 {
             self.ring.submit_and_wait(1).map_err(WorkerError::Submit)?;
             used |= self.reap(queue)?;

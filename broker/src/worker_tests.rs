@@ -14,6 +14,10 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap
 
 use crate::config::{ByteSize, LunConfig};
 use crate::counters::{DiskCounters, RateLimitedLog};
+use crate::dispatch::{BrokerClock, LunDispatcher};
+use weir_sched::depth::DepthPolicy;
+use weir_sched::mclock::TenantPolicy;
+use weir_sched::sim::SchedulerKind;
 use crate::lun::LunStore;
 use crate::request::*;
 use crate::worker::{DiskContext, GuestMem, QueueWorker};
@@ -42,6 +46,11 @@ fn disk(read_only: bool) -> Disk {
         read_only,
         shareable: false,
         direct: true,
+        backend: Default::default(),
+        port: None,
+        model: None,
+        depth: None,
+        scheduler: Default::default(),
     })
     .unwrap();
     let mut serial = [0u8; ID_BYTES];
@@ -61,6 +70,15 @@ fn disk(read_only: bool) -> Disk {
         serial,
         counters: Arc::new(DiskCounters::default()),
         bad_requests: RateLimitedLog::new(Duration::from_secs(1), 100),
+        dispatcher: Arc::new(LunDispatcher::new(
+            "lun0",
+            vec![TenantPolicy::default()],
+            SchedulerKind::Mclock,
+            DepthPolicy::Fixed { depth: 1024 },
+            None,
+        )),
+        tenant: 0,
+        clock: BrokerClock::new(),
     });
     Disk {
         _dir: dir,

@@ -235,6 +235,31 @@ impl<T> MClock<T> {
         self.pop(i, Phase::Weight)
     }
 
+    /// Removes and returns every queued request for which `pred` holds (their tenants' tags
+    /// are re-derived for the new heads).
+    pub fn drain_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
+        let (cost, vtime) = (self.cost, self.vtime);
+        let mut out = Vec::new();
+        for t in &mut self.tenants {
+            let before = t.queue.len();
+            let head_removed = t.queue.front().is_some_and(|q| pred(&q.item));
+            let mut kept = VecDeque::with_capacity(before);
+            for q in t.queue.drain(..) {
+                if pred(&q.item) {
+                    out.push(q.item);
+                } else {
+                    kept.push_back(q);
+                }
+            }
+            t.queue = kept;
+            self.queued -= before - t.queue.len();
+            if head_removed && !t.queue.is_empty() {
+                tag_head(t, &cost, vtime);
+            }
+        }
+        out
+    }
+
     /// The earliest time at which some queued request becomes eligible (`None` when nothing is
     /// queued). A timer for this time keeps a limited tenant moving when nothing else
     /// completes.
