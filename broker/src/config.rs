@@ -277,7 +277,10 @@ impl BrokerConfig {
                         ));
                     }
                     Some(p) if !self.ports.iter().any(|x| &x.name == p) => {
-                        return Err(invalid(format!("lun[{i}].port"), format!("no [[port]] named '{p}'")));
+                        return Err(invalid(
+                            format!("lun[{i}].port"),
+                            format!("no [[port]] named '{p}'"),
+                        ));
                     }
                     Some(_) => {}
                 },
@@ -292,7 +295,10 @@ impl BrokerConfig {
             }
             if let Some(m) = &lun.model {
                 if m.servers == 0 {
-                    return Err(invalid(format!("lun[{i}].model.servers"), "must be at least 1"));
+                    return Err(invalid(
+                        format!("lun[{i}].model.servers"),
+                        "must be at least 1",
+                    ));
                 }
             }
             if let Some(ByteSize(size)) = lun.size {

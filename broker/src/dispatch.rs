@@ -47,7 +47,9 @@ pub struct BrokerClock {
 
 impl BrokerClock {
     pub fn new() -> Self {
-        BrokerClock { start: Instant::now() }
+        BrokerClock {
+            start: Instant::now(),
+        }
     }
     pub fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
@@ -64,7 +66,11 @@ impl Default for BrokerClock {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum InboxEvent {
     /// Do the I/O of `slot` now.
-    Granted { slot: usize, epoch: u64, dispatched_at: f64 },
+    Granted {
+        slot: usize,
+        epoch: u64,
+        dispatched_at: f64,
+    },
     /// The array model finished serving `slot`.
     ModelDone { slot: usize },
 }
@@ -89,7 +95,10 @@ impl Inbox {
     }
 
     fn push(&self, e: InboxEvent, signal: bool) {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
         if signal {
             let _ = self.fd.write(1);
         }
@@ -138,7 +147,9 @@ pub struct DispatchCounters {
 
 impl std::fmt::Debug for LunDispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LunDispatcher").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("LunDispatcher")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -165,7 +176,9 @@ impl LunDispatcher {
         };
         let controller = QueueDepthController::new(depth);
         let counters = DispatchCounters::default();
-        counters.window.store(u64::from(controller.window()), Ordering::Relaxed);
+        counters
+            .window
+            .store(u64::from(controller.window()), Ordering::Relaxed);
         LunDispatcher {
             name: name.to_string(),
             array,
@@ -185,7 +198,15 @@ impl LunDispatcher {
     }
 
     /// Queues request `slot` of `owner` (tenant `tenant`).
-    pub fn enqueue(&self, tenant: usize, owner: &Arc<Inbox>, slot: usize, bytes: u64, write: bool, now: f64) {
+    pub fn enqueue(
+        &self,
+        tenant: usize,
+        owner: &Arc<Inbox>,
+        slot: usize,
+        bytes: u64,
+        write: bool,
+        now: f64,
+    ) {
         let ticket = Ticket {
             owner: owner.clone(),
             slot,
@@ -246,7 +267,8 @@ impl LunDispatcher {
                 }
                 Admission::QueueFull | Admission::Busy => {
                     self.counters.congestion.fetch_add(1, Ordering::Relaxed);
-                    st.controller.on_completion(now, epoch, Outcome::Congestion, 0.0);
+                    st.controller
+                        .on_completion(now, epoch, Outcome::Congestion, 0.0);
                     st.retry.push_front(ticket);
                     st.retry_at = now + RETRY_DELAY_S;
                     break;
@@ -260,7 +282,8 @@ impl LunDispatcher {
     pub fn on_complete(&self, now: f64, epoch: u64, latency_s: f64) {
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(1);
-        st.controller.on_completion(now, epoch, Outcome::Good, latency_s);
+        st.controller
+            .on_completion(now, epoch, Outcome::Good, latency_s);
         self.publish(&st);
     }
 
@@ -312,7 +335,10 @@ impl LunDispatcher {
             Queue::Mclock(m) if st.in_flight < st.controller.window() => m.next_eligible(),
             _ => None,
         };
-        [retry, tag].into_iter().flatten().min_by(|a, b| a.total_cmp(b))
+        [retry, tag]
+            .into_iter()
+            .flatten()
+            .min_by(|a, b| a.total_cmp(b))
     }
 
     fn publish(&self, st: &DispatchState) {
@@ -320,10 +346,16 @@ impl LunDispatcher {
             Queue::Mclock(m) => m.queued(),
             Queue::Fifo(q) => q.len(),
         } + st.retry.len();
-        self.counters.window.store(u64::from(st.controller.window()), Ordering::Relaxed);
-        self.counters.in_flight.store(u64::from(st.in_flight), Ordering::Relaxed);
+        self.counters
+            .window
+            .store(u64::from(st.controller.window()), Ordering::Relaxed);
+        self.counters
+            .in_flight
+            .store(u64::from(st.in_flight), Ordering::Relaxed);
         self.counters.queued.store(queued as u64, Ordering::Relaxed);
-        self.counters.halvings.store(st.controller.halvings(), Ordering::Relaxed);
+        self.counters
+            .halvings
+            .store(st.controller.halvings(), Ordering::Relaxed);
     }
 }
 
@@ -388,7 +420,10 @@ impl ArrayRuntime {
     }
 
     pub fn next_completion(&self) -> Option<f64> {
-        self.model.lock().unwrap_or_else(|p| p.into_inner()).next_completion()
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_completion()
     }
 }
 
@@ -408,44 +443,46 @@ impl SchedulerThread {
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (stop2, wake2) = (stop.clone(), wake.clone());
-        let thread = std::thread::Builder::new().name("scheduler".into()).spawn(move || {
-            let mut next_tick = 0.0;
-            while !stop2.load(Ordering::SeqCst) {
-                let now = clock.now();
-                for a in &arrays {
-                    a.fire_due(now);
-                }
-                if now >= next_tick {
-                    next_tick = now + TICK_S;
-                    for d in &dispatchers {
-                        d.tick(now);
+        let thread = std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || {
+                let mut next_tick = 0.0;
+                while !stop2.load(Ordering::SeqCst) {
+                    let now = clock.now();
+                    for a in &arrays {
+                        a.fire_due(now);
                     }
-                } else {
-                    for d in &dispatchers {
-                        if d.next_deadline().is_some_and(|t| t <= now) {
-                            d.pump(now, None);
+                    if now >= next_tick {
+                        next_tick = now + TICK_S;
+                        for d in &dispatchers {
+                            d.tick(now);
+                        }
+                    } else {
+                        for d in &dispatchers {
+                            if d.next_deadline().is_some_and(|t| t <= now) {
+                                d.pump(now, None);
+                            }
                         }
                     }
-                }
-                let deadline = arrays
-                    .iter()
-                    .filter_map(|a| a.next_completion())
-                    .chain(dispatchers.iter().filter_map(|d| d.next_deadline()))
-                    .fold(next_tick, f64::min);
-                let wait = (deadline - clock.now()).max(0.0);
-                if wait > 0.0 {
-                    let (lock, cv) = &*wake2;
-                    let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
-                    if !*woken {
-                        woken = cv
-                            .wait_timeout(woken, Duration::from_secs_f64(wait))
-                            .map(|(g, _)| g)
-                            .unwrap_or_else(|p| p.into_inner().0);
+                    let deadline = arrays
+                        .iter()
+                        .filter_map(|a| a.next_completion())
+                        .chain(dispatchers.iter().filter_map(|d| d.next_deadline()))
+                        .fold(next_tick, f64::min);
+                    let wait = (deadline - clock.now()).max(0.0);
+                    if wait > 0.0 {
+                        let (lock, cv) = &*wake2;
+                        let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        if !*woken {
+                            woken = cv
+                                .wait_timeout(woken, Duration::from_secs_f64(wait))
+                                .map(|(g, _)| g)
+                                .unwrap_or_else(|p| p.into_inner().0);
+                        }
+                        *woken = false;
                     }
-                    *woken = false;
                 }
-            }
-        })?;
+            })?;
         Ok(SchedulerThread {
             stop,
             wake,

@@ -24,10 +24,10 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use weir_sched::array::{EmulatedArray, LunModel};
 
 use crate::config::{BrokerConfig, DiskConfig, LunBackend, LunConfig, MAX_SERIAL_BYTES};
-use crate::dispatch::{ArrayRuntime, BrokerClock, LunDispatcher, SchedulerThread};
 use crate::control::ControlServer;
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::device::{BlkDevice, BlkDeviceSpec};
+use crate::dispatch::{ArrayRuntime, BrokerClock, LunDispatcher, SchedulerThread};
 use crate::lun::{LunError, LunStore};
 use crate::request::ID_BYTES;
 use crate::telemetry::TelemetryRecorder;
@@ -129,8 +129,11 @@ impl Broker {
         // per LUN with the policies of the disks mapped to it, one clock thread.
         let clock = BrokerClock::new();
         let wake = Arc::new((Mutex::new(false), Condvar::new()));
-        let emulated: Vec<&LunConfig> =
-            config.luns.iter().filter(|l| l.backend == LunBackend::Emulated).collect();
+        let emulated: Vec<&LunConfig> = config
+            .luns
+            .iter()
+            .filter(|l| l.backend == LunBackend::Emulated)
+            .collect();
         let array = (!emulated.is_empty()).then(|| {
             let limits: Vec<u32> = config.ports.iter().map(|p| p.queue_limit).collect();
             let luns: Vec<(usize, LunModel)> = emulated
@@ -144,7 +147,10 @@ impl Broker {
                     (port, l.model.clone().unwrap_or_default())
                 })
                 .collect();
-            Arc::new(ArrayRuntime::new(EmulatedArray::new(&limits, &luns, 1), wake.clone()))
+            Arc::new(ArrayRuntime::new(
+                EmulatedArray::new(&limits, &luns, 1),
+                wake.clone(),
+            ))
         });
         let mut dispatchers: HashMap<String, Arc<LunDispatcher>> = HashMap::new();
         for lun in &config.luns {
@@ -158,7 +164,13 @@ impl Broker {
                 .iter()
                 .position(|l| l.name == lun.name)
                 .and_then(|i| array.clone().map(|a| (a, i)));
-            let d = LunDispatcher::new(&lun.name, tenants, lun.scheduler, lun.depth_policy(), in_array);
+            let d = LunDispatcher::new(
+                &lun.name,
+                tenants,
+                lun.scheduler,
+                lun.depth_policy(),
+                in_array,
+            );
             dispatchers.insert(lun.name.clone(), Arc::new(d));
         }
         let stop = Arc::new(StopSignal {
@@ -186,12 +198,14 @@ impl Broker {
             let lun = luns.get(&disk.lun).cloned().ok_or_else(|| {
                 BrokerError::Setup(format!("disk {}: LUN {} missing", index, disk.lun))
             })?;
-            let dispatcher = dispatchers
-                .get(&disk.lun)
-                .cloned()
-                .ok_or_else(|| BrokerError::Setup(format!("disk {index}: no dispatcher for {}", disk.lun)))?;
+            let dispatcher = dispatchers.get(&disk.lun).cloned().ok_or_else(|| {
+                BrokerError::Setup(format!("disk {index}: no dispatcher for {}", disk.lun))
+            })?;
             // Tenant index: the disk's position among the disks of its LUN.
-            let tenant = config.disks[..index].iter().filter(|d| d.lun == disk.lun).count();
+            let tenant = config.disks[..index]
+                .iter()
+                .filter(|d| d.lun == disk.lun)
+                .count();
             let server = DiskServer::new(index, disk, lun, listener, dispatcher, tenant, clock);
             disks.push(server.info.clone());
             servers.push(server);
@@ -215,8 +229,9 @@ impl Broker {
             wake,
         )
         .map_err(|e| BrokerError::Setup(format!("cannot start the scheduler thread: {e}")))?;
-        let telemetry = TelemetryRecorder::start(state.disks.clone(), dispatcher_list, Duration::from_secs(1))
-            .map_err(|e| BrokerError::Setup(format!("cannot start telemetry: {e}")))?;
+        let telemetry =
+            TelemetryRecorder::start(state.disks.clone(), dispatcher_list, Duration::from_secs(1))
+                .map_err(|e| BrokerError::Setup(format!("cannot start telemetry: {e}")))?;
         let control = match &config.control_socket {
             Some(path) => Some(
                 ControlServer::start(path, replace, state.clone(), telemetry.handle()).map_err(

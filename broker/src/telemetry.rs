@@ -100,7 +100,11 @@ pub struct TelemetryRecorder {
 }
 
 impl TelemetryRecorder {
-    pub fn start(disks: Vec<DiskInfo>, luns: Vec<Arc<LunDispatcher>>, period: Duration) -> std::io::Result<Self> {
+    pub fn start(
+        disks: Vec<DiskInfo>,
+        luns: Vec<Arc<LunDispatcher>>,
+        period: Duration,
+    ) -> std::io::Result<Self> {
         let samples = Arc::new(Mutex::new(VecDeque::with_capacity(TELEMETRY_SECONDS)));
         let stop = Arc::new(AtomicBool::new(false));
         let (samples2, stop2) = (samples.clone(), stop.clone());
@@ -247,7 +251,8 @@ mod tests {
     #[test]
     fn the_recorder_keeps_one_sample_per_period() {
         let (info, _counters) = disk();
-        let rec = TelemetryRecorder::start(vec![info], Vec::new(), Duration::from_millis(100)).unwrap();
+        let rec =
+            TelemetryRecorder::start(vec![info], Vec::new(), Duration::from_millis(100)).unwrap();
         std::thread::sleep(Duration::from_millis(550));
         let n = rec.recent(None).len();
         assert!((4..=6).contains(&n), "{n} samples in 550 ms at 100 ms");

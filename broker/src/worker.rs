@@ -185,7 +185,9 @@ impl QueueWorker {
             let parsed = parse_chain(chain, &*guard, &self.ctx.limits);
             used |= self.dispatch(parsed, queue, &guard)?;
         }
-        self.ctx.dispatcher.pump(self.ctx.clock.now(), Some(&self.inbox));
+        self.ctx
+            .dispatcher
+            .pump(self.ctx.clock.now(), Some(&self.inbox));
         used |= self.drain_inbox(queue)?;
         self.flush_submissions()?;
         Ok(used)
@@ -480,7 +482,9 @@ impl QueueWorker {
             }
         }
         used |= self.drain_inbox(queue)?;
-        self.ctx.dispatcher.pump(self.ctx.clock.now(), Some(&self.inbox));
+        self.ctx
+            .dispatcher
+            .pump(self.ctx.clock.now(), Some(&self.inbox));
         used |= self.drain_inbox(queue)?;
         self.flush_submissions()?;
         Ok(used)
@@ -610,15 +614,25 @@ impl QueueWorker {
         }) = inflight.sched
         {
             let now = self.ctx.clock.now();
-            self.ctx.dispatcher.on_complete(now, epoch, now - dispatched_at);
+            self.ctx
+                .dispatcher
+                .on_complete(now, epoch, now - dispatched_at);
         }
         let counters = &self.ctx.counters;
-        counters.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let elapsed = u64::try_from(inflight.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        counters.device_latency_ns.fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
-        counters.device_completions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .device_latency_ns
+            .fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .device_completions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = inflight.status == VIRTIO_BLK_S_OK;
-        let _ = inflight.mem.write_obj(inflight.status, inflight.status_addr);
+        let _ = inflight
+            .mem
+            .write_obj(inflight.status, inflight.status_addr);
         let len = if ok { inflight.used_len_ok } else { 1 };
         if ok {
             self.ctx.counters.completed(inflight.kind, inflight.bytes);

@@ -15,12 +15,12 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap
 use crate::config::{ByteSize, LunConfig};
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::dispatch::{BrokerClock, LunDispatcher};
-use weir_sched::depth::DepthPolicy;
-use weir_sched::mclock::TenantPolicy;
-use weir_sched::sim::SchedulerKind;
 use crate::lun::LunStore;
 use crate::request::*;
 use crate::worker::{DiskContext, GuestMem, QueueWorker};
+use weir_sched::depth::DepthPolicy;
+use weir_sched::mclock::TenantPolicy;
+use weir_sched::sim::SchedulerKind;
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
