@@ -80,6 +80,8 @@ pub enum InboxEvent {
 pub struct Inbox {
     events: Mutex<Vec<InboxEvent>>,
     fd: EventFd,
+    /// The eventfd has been written since the last `take` (so `take` must reset it).
+    signalled: AtomicBool,
 }
 
 impl Inbox {
@@ -87,6 +89,7 @@ impl Inbox {
         Ok(Inbox {
             events: Mutex::new(Vec::new()),
             fd: EventFd::new(EFD_NONBLOCK)?,
+            signalled: AtomicBool::new(false),
         })
     }
 
@@ -106,7 +109,11 @@ impl Inbox {
 
     /// Everything delivered so far.
     pub fn take(&self) -> Vec<InboxEvent> {
-        let _ = self.fd.read();
+        // Reset the eventfd only when it was written: the common case (grants to the thread
+        // that asked for them) costs no system call.
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            let _ = self.fd.read();
+        }
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -500,5 +507,91 @@ impl Drop for SchedulerThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_sched::array::LunModel;
+
+    fn grants(inbox: &Inbox) -> Vec<usize> {
+        inbox
+            .take()
+            .into_iter()
+            .filter_map(|e| match e {
+                InboxEvent::Granted { slot, .. } => Some(slot),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_of_two_alternates_between_equal_tenants_and_signals_other_owners() {
+        let d = LunDispatcher::new(
+            "l",
+            vec![TenantPolicy::default(), TenantPolicy::default()],
+            SchedulerKind::Mclock,
+            DepthPolicy::Fixed { depth: 2 },
+            None,
+        );
+        let (a, b) = (
+            Arc::new(Inbox::new().unwrap()),
+            Arc::new(Inbox::new().unwrap()),
+        );
+        for slot in 0..4 {
+            d.enqueue(0, &a, slot, 4096, false, 0.0);
+            d.enqueue(1, &b, 10 + slot, 4096, false, 0.0);
+        }
+        d.pump(0.0, Some(&a));
+        assert_eq!((grants(&a), grants(&b)), (vec![0], vec![10]));
+        assert_eq!(d.counters.in_flight.load(Ordering::Relaxed), 2);
+        assert_eq!(d.counters.queued.load(Ordering::Relaxed), 6);
+        // b was signalled (its eventfd is readable), a was not (it asked).
+        assert!(!a.signalled.load(Ordering::Relaxed));
+        d.on_complete(0.001, 0, 0.001);
+        d.pump(0.001, None);
+        d.on_complete(0.002, 0, 0.001);
+        d.pump(0.002, None);
+        let (ga, gb) = (grants(&a).len(), grants(&b).len());
+        assert_eq!((ga, gb), (1, 1), "equal weights alternate");
+        // What a still had queued comes back to it; b's stay.
+        assert_eq!(d.cancel_owner(&a).len(), 4 - 1 - ga);
+        assert_eq!(d.counters.queued.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn an_emulated_lun_answers_queue_full_with_a_retry_and_the_model_finishes_requests() {
+        let wake = Arc::new((Mutex::new(false), Condvar::new()));
+        let model = LunModel {
+            servers: 1,
+            busy_threshold: 0,
+            ..LunModel::default()
+        };
+        let array = Arc::new(ArrayRuntime::new(
+            EmulatedArray::new(&[1], &[(0, model)], 1),
+            wake,
+        ));
+        let d = LunDispatcher::new(
+            "l",
+            vec![TenantPolicy::default()],
+            SchedulerKind::Fifo,
+            DepthPolicy::Fixed { depth: 4 },
+            Some((array.clone(), 0)),
+        );
+        let inbox = Arc::new(Inbox::new().unwrap());
+        d.enqueue(0, &inbox, 1, 4096, false, 0.0);
+        d.enqueue(0, &inbox, 2, 4096, false, 0.0);
+        d.pump(0.0, Some(&inbox));
+        // The port holds one request: the second is refused and waits for its retry.
+        assert_eq!(grants(&inbox), vec![1]);
+        assert_eq!(d.counters.congestion.load(Ordering::Relaxed), 1);
+        assert_eq!(d.next_deadline(), Some(RETRY_DELAY_S));
+        let done = array.next_completion().expect("the model serves slot 1");
+        array.fire_due(done);
+        assert_eq!(inbox.take(), vec![InboxEvent::ModelDone { slot: 1 }]);
+        d.on_complete(done, 0, done);
+        d.pump(done.max(RETRY_DELAY_S), None);
+        assert_eq!(grants(&inbox), vec![2]);
     }
 }
