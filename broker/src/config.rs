@@ -55,6 +55,9 @@ pub struct BrokerConfig {
     pub luns: Vec<LunConfig>,
     #[serde(default, rename = "disk")]
     pub disks: Vec<DiskConfig>,
+    /// Capacity changes of emulated LUNs, on the broker's clock.
+    #[serde(default, rename = "event")]
+    pub events: Vec<EventConfig>,
 }
 
 /// A LUN: one backing store (file or block device).
@@ -113,6 +116,21 @@ pub struct PortConfig {
     pub name: String,
     /// Requests the port holds before it answers QUEUE FULL.
     pub queue_limit: u32,
+    /// The broker's cap on the sum of the dispatch windows of the LUNs behind this port (an
+    /// array port's queue shared by its LUNs: EMC's `LUN QD = port queue / LUNs`).
+    #[serde(default)]
+    pub budget: Option<u32>,
+}
+
+/// A scheduled change of an emulated LUN's capacity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventConfig {
+    /// Seconds after the broker starts.
+    pub at_s: f64,
+    pub lun: String,
+    /// The LUN's capacity from then on, percent of its model (its service units).
+    pub capacity_pct: f64,
 }
 
 impl LunConfig {
@@ -369,6 +387,40 @@ impl BrokerConfig {
                 }
             }
         }
+        for (i, e) in self.events.iter().enumerate() {
+            match luns.get(e.lun.as_str()) {
+                None => {
+                    return Err(invalid(
+                        format!("event[{i}].lun"),
+                        format!("no LUN named '{}'", e.lun),
+                    ));
+                }
+                Some(l) if l.backend != LunBackend::Emulated => {
+                    return Err(invalid(
+                        format!("event[{i}].lun"),
+                        format!(
+                            "'{}' is not emulated: capacity events apply to backend = \"emulated\"",
+                            e.lun
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if e.at_s.is_nan() || e.at_s < 0.0 || e.capacity_pct.is_nan() || e.capacity_pct <= 0.0 {
+                return Err(invalid(
+                    format!("event[{i}]"),
+                    "at_s must be ≥ 0 and capacity_pct > 0",
+                ));
+            }
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.queue_limit == 0 || p.budget == Some(0) {
+                return Err(invalid(
+                    format!("port[{i}]"),
+                    "queue_limit and budget must be at least 1",
+                ));
+            }
+        }
         for (name, count) in users {
             if count > 1 && !luns[name].shareable {
                 return Err(invalid(
@@ -480,6 +532,19 @@ lun = "shared"
             "[[lun]]\nname='a'\npath='/x'\n[[lun]]\nname='a'\npath='/y'\n[[disk]]\nsocket='/s'\nlun='a'\n",
         );
         assert!(e.contains("lun[1].name") && e.contains("twice"), "{e}");
+        let e = err(
+            "[[lun]]\nname='a'\npath='/x'\nbackend='emulated'\n[[disk]]\nsocket='/s'\nlun='a'\n",
+        );
+        assert!(e.contains("lun[0].port") && e.contains("[[port]]"), "{e}");
+        let e = err(
+            "[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\n[[event]]\nat_s=1\nlun='a'\ncapacity_pct=50\n",
+        );
+        assert!(
+            e.contains("event[0].lun") && e.contains("not emulated"),
+            "{e}"
+        );
+        let e = err("[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\nweight=0\n");
+        assert!(e.contains("disk[0]") && e.contains("weight"), "{e}");
         let e = err("[[disk]]\nsocket='/s'\nlun='a'\nqueus=2\n");
         assert!(e.contains("unknown field") && e.contains("queus"), "{e}");
     }

@@ -38,6 +38,12 @@ pub struct DiskCounters {
     /// the two deltas.
     pub device_latency_ns: AtomicU64,
     pub device_completions: AtomicU64,
+    /// Sum of time spent waiting in the LUN dispatcher (KAVG) and of the whole time from the
+    /// guest's request to its answer (GAVG), ns, over the same completions.
+    pub queue_latency_ns: AtomicU64,
+    pub total_latency_ns: AtomicU64,
+    /// Requests waiting in the LUN dispatcher (a gauge).
+    pub queued: AtomicU64,
 }
 
 /// A point-in-time copy of [`DiskCounters`], serialisable.
@@ -60,6 +66,9 @@ pub struct DiskCountersSnapshot {
     pub in_flight: u64,
     pub device_latency_ns: u64,
     pub device_completions: u64,
+    pub queue_latency_ns: u64,
+    pub total_latency_ns: u64,
+    pub queued: u64,
 }
 
 impl DiskCounters {
@@ -110,6 +119,9 @@ impl DiskCounters {
             in_flight: l(&self.in_flight),
             device_latency_ns: l(&self.device_latency_ns),
             device_completions: l(&self.device_completions),
+            queue_latency_ns: l(&self.queue_latency_ns),
+            total_latency_ns: l(&self.total_latency_ns),
+            queued: l(&self.queued),
         }
     }
 }

@@ -142,6 +142,35 @@ struct DispatchState {
     retry_at: f64,
 }
 
+/// The windows of the LUNs behind one port, capped together.
+#[derive(Debug)]
+pub struct PortBudget {
+    pub budget: u32,
+    windows: Vec<AtomicU64>,
+}
+
+impl PortBudget {
+    pub fn new(budget: u32, luns: usize) -> Self {
+        PortBudget {
+            budget,
+            windows: (0..luns).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// LUN `index`'s window after the cap: its proportional part when the windows behind
+    /// the port add up to more than the budget (at least one).
+    fn effective(&self, index: usize, own: u32) -> u32 {
+        if let Some(w) = self.windows.get(index) {
+            w.store(u64::from(own), Ordering::Relaxed);
+        }
+        let total: u64 = self.windows.iter().map(|w| w.load(Ordering::Relaxed)).sum();
+        if total <= u64::from(self.budget) {
+            return own;
+        }
+        ((u64::from(own) * u64::from(self.budget) / total.max(1)) as u32).max(1)
+    }
+}
+
 /// Counters the telemetry reads.
 #[derive(Debug, Default)]
 pub struct DispatchCounters {
@@ -164,6 +193,7 @@ impl std::fmt::Debug for LunDispatcher {
 pub struct LunDispatcher {
     pub name: String,
     array: Option<(Arc<ArrayRuntime>, usize)>,
+    budget: Option<(Arc<PortBudget>, usize)>,
     state: Mutex<DispatchState>,
     pub counters: DispatchCounters,
 }
@@ -189,6 +219,7 @@ impl LunDispatcher {
         LunDispatcher {
             name: name.to_string(),
             array,
+            budget: None,
             state: Mutex::new(DispatchState {
                 queue,
                 controller,
@@ -197,6 +228,21 @@ impl LunDispatcher {
                 retry_at: 0.0,
             }),
             counters,
+        }
+    }
+
+    /// Puts this LUN under a port budget, as LUN `index` of the port.
+    pub fn with_budget(mut self, budget: Arc<PortBudget>, index: usize) -> Self {
+        self.budget = Some((budget, index));
+        self
+    }
+
+    /// The window in force: the controller's, capped by the port budget.
+    fn window(&self, st: &DispatchState) -> u32 {
+        let own = st.controller.window();
+        match &self.budget {
+            Some((b, i)) => b.effective(*i, own),
+            None => own,
         }
     }
 
@@ -237,7 +283,7 @@ impl LunDispatcher {
     pub fn pump(&self, now: f64, caller: Option<&Arc<Inbox>>) {
         let mut st = self.lock();
         loop {
-            if st.in_flight >= st.controller.window() {
+            if st.in_flight >= self.window(&st) {
                 break;
             }
             let from_retry = !st.retry.is_empty();
@@ -339,7 +385,7 @@ impl LunDispatcher {
         let st = self.lock();
         let retry = (!st.retry.is_empty()).then_some(st.retry_at);
         let tag = match &st.queue {
-            Queue::Mclock(m) if st.in_flight < st.controller.window() => m.next_eligible(),
+            Queue::Mclock(m) if st.in_flight < self.window(&st) => m.next_eligible(),
             _ => None,
         };
         [retry, tag]
@@ -368,6 +414,8 @@ impl LunDispatcher {
 
 /// The emulated array: the model, and who waits for which of its completions.
 pub struct ArrayRuntime {
+    /// QUEUE FULL answers per port.
+    pub queue_full: Vec<AtomicU64>,
     model: Mutex<EmulatedArray>,
     waiters: Mutex<HashMap<u64, (Arc<Inbox>, usize)>>,
     next_id: AtomicU64,
@@ -378,6 +426,7 @@ pub struct ArrayRuntime {
 impl ArrayRuntime {
     pub fn new(model: EmulatedArray, wake: Arc<(Mutex<bool>, Condvar)>) -> Self {
         ArrayRuntime {
+            queue_full: (0..model.ports()).map(|_| AtomicU64::new(0)).collect(),
             model: Mutex::new(model),
             waiters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -390,6 +439,11 @@ impl ArrayRuntime {
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let before = model.next_completion();
         let admission = model.submit(now, lun, id, t.bytes, t.write);
+        if admission == Admission::QueueFull {
+            if let Some(c) = model.lun_port(lun).and_then(|p| self.queue_full.get(p)) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if admission == Admission::Accepted {
             let after = model.next_completion();
             drop(model);
@@ -432,6 +486,39 @@ impl ArrayRuntime {
             .unwrap_or_else(|p| p.into_inner())
             .next_completion()
     }
+
+    /// Scales LUN `lun`'s service units to `percent` of its model.
+    pub fn set_capacity(&self, lun: usize, percent: f64) {
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_capacity(lun, percent);
+    }
+
+    /// LUN `lun`'s service units in effect.
+    pub fn servers(&self, lun: usize) -> u32 {
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .servers(lun)
+    }
+
+    /// Requests the port holds now.
+    pub fn port_outstanding(&self, port: usize) -> u32 {
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .port_outstanding(port)
+    }
+}
+
+/// A capacity change of an emulated LUN at a time on the broker's clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapacityEvent {
+    pub at_s: f64,
+    /// The LUN's index in the array model.
+    pub lun: usize,
+    pub capacity_pct: f64,
 }
 
 /// The clock-driven half of scheduling, for every LUN and array of a broker.
@@ -446,16 +533,30 @@ impl SchedulerThread {
         clock: BrokerClock,
         dispatchers: Vec<Arc<LunDispatcher>>,
         arrays: Vec<Arc<ArrayRuntime>>,
+        mut events: Vec<CapacityEvent>,
         wake: Arc<(Mutex<bool>, Condvar)>,
     ) -> std::io::Result<Self> {
+        events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
         let stop = Arc::new(AtomicBool::new(false));
         let (stop2, wake2) = (stop.clone(), wake.clone());
         let thread = std::thread::Builder::new()
             .name("scheduler".into())
             .spawn(move || {
                 let mut next_tick = 0.0;
+                let mut next_event = 0usize;
                 while !stop2.load(Ordering::SeqCst) {
                     let now = clock.now();
+                    while let Some(e) = events.get(next_event).filter(|e| e.at_s <= now) {
+                        if let Some(a) = arrays.first() {
+                            log::info!(
+                                "t = {now:.1} s: emulated LUN #{} capacity {} %",
+                                e.lun,
+                                e.capacity_pct
+                            );
+                            a.set_capacity(e.lun, e.capacity_pct);
+                        }
+                        next_event += 1;
+                    }
                     for a in &arrays {
                         a.fire_due(now);
                     }
@@ -475,6 +576,7 @@ impl SchedulerThread {
                         .iter()
                         .filter_map(|a| a.next_completion())
                         .chain(dispatchers.iter().filter_map(|d| d.next_deadline()))
+                        .chain(events.get(next_event).map(|e| e.at_s))
                         .fold(next_tick, f64::min);
                     let wait = (deadline - clock.now()).max(0.0);
                     if wait > 0.0 {
@@ -558,6 +660,42 @@ mod tests {
         // What a still had queued comes back to it; b's stay.
         assert_eq!(d.cancel_owner(&a).len(), 4 - 1 - ga);
         assert_eq!(d.counters.queued.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_port_budget_shares_its_queue_in_proportion() {
+        let b = PortBudget::new(32, 2);
+        assert_eq!(b.effective(0, 16), 16); // alone so far: 16 ≤ 32
+        assert_eq!(b.effective(1, 48), 24); // 16 + 48 = 64 > 32: 48 · 32 / 64
+        assert_eq!(b.effective(0, 16), 8);
+        assert_eq!(b.effective(1, 16), 16); // 16 + 16 fits again
+        assert_eq!(PortBudget::new(2, 3).effective(2, 1), 1, "never below one");
+    }
+
+    #[test]
+    fn the_scheduler_thread_applies_capacity_events_on_time() {
+        let wake = Arc::new((Mutex::new(false), Condvar::new()));
+        let array = Arc::new(ArrayRuntime::new(
+            EmulatedArray::new(&[32], &[(0, LunModel::default())], 1),
+            wake.clone(),
+        ));
+        let clock = BrokerClock::new();
+        let thread = SchedulerThread::start(
+            clock,
+            Vec::new(),
+            vec![array.clone()],
+            vec![CapacityEvent {
+                at_s: 0.1,
+                lun: 0,
+                capacity_pct: 50.0,
+            }],
+            wake,
+        )
+        .unwrap();
+        assert_eq!(array.servers(0), 16);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(array.servers(0), 8);
+        drop(thread);
     }
 
     #[test]

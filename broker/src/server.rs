@@ -27,9 +27,12 @@ use crate::config::{BrokerConfig, DiskConfig, LunBackend, LunConfig, MAX_SERIAL_
 use crate::control::ControlServer;
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::device::{BlkDevice, BlkDeviceSpec};
-use crate::dispatch::{ArrayRuntime, BrokerClock, LunDispatcher, SchedulerThread};
+use crate::dispatch::{
+    ArrayRuntime, BrokerClock, CapacityEvent, LunDispatcher, PortBudget, SchedulerThread,
+};
 use crate::lun::{LunError, LunStore};
 use crate::request::ID_BYTES;
+use crate::telemetry::PortTelemetry;
 use crate::telemetry::TelemetryRecorder;
 use crate::worker::DiskContext;
 
@@ -152,6 +155,23 @@ impl Broker {
                 wake.clone(),
             ))
         });
+        // Port budgets: the emulated LUNs behind each port with a budget share one.
+        let budgets: HashMap<String, (Arc<PortBudget>, Vec<String>)> = config
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let budget = p.budget?;
+                let members: Vec<String> = emulated
+                    .iter()
+                    .filter(|l| l.port.as_ref() == Some(&p.name))
+                    .map(|l| l.name.clone())
+                    .collect();
+                Some((
+                    p.name.clone(),
+                    (Arc::new(PortBudget::new(budget, members.len())), members),
+                ))
+            })
+            .collect();
         let mut dispatchers: HashMap<String, Arc<LunDispatcher>> = HashMap::new();
         for lun in &config.luns {
             let tenants: Vec<_> = config
@@ -164,13 +184,22 @@ impl Broker {
                 .iter()
                 .position(|l| l.name == lun.name)
                 .and_then(|i| array.clone().map(|a| (a, i)));
-            let d = LunDispatcher::new(
+            let mut d = LunDispatcher::new(
                 &lun.name,
                 tenants,
                 lun.scheduler,
                 lun.depth_policy(),
                 in_array,
             );
+            if let Some((port, budget)) = lun
+                .port
+                .as_ref()
+                .and_then(|p| budgets.get(p))
+                .map(|(b, members)| (members.iter().position(|m| *m == lun.name), b.clone()))
+                .and_then(|(i, b)| i.map(|i| (i, b)))
+            {
+                d = d.with_budget(budget, port);
+            }
             dispatchers.insert(lun.name.clone(), Arc::new(d));
         }
         let stop = Arc::new(StopSignal {
@@ -222,16 +251,47 @@ impl Broker {
         };
         let mut dispatcher_list: Vec<Arc<LunDispatcher>> = dispatchers.into_values().collect();
         dispatcher_list.sort_by(|a, b| a.name.cmp(&b.name));
+        let events: Vec<CapacityEvent> = config
+            .events
+            .iter()
+            .filter_map(|e| {
+                let lun = emulated.iter().position(|l| l.name == e.lun)?;
+                Some(CapacityEvent {
+                    at_s: e.at_s,
+                    lun,
+                    capacity_pct: e.capacity_pct,
+                })
+            })
+            .collect();
+        let ports: Vec<PortTelemetry> = match &array {
+            Some(a) => config
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PortTelemetry {
+                    name: p.name.clone(),
+                    index: i,
+                    queue_limit: p.queue_limit,
+                    array: a.clone(),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let scheduler = SchedulerThread::start(
             clock,
             dispatcher_list.clone(),
             array.into_iter().collect(),
+            events,
             wake,
         )
         .map_err(|e| BrokerError::Setup(format!("cannot start the scheduler thread: {e}")))?;
-        let telemetry =
-            TelemetryRecorder::start(state.disks.clone(), dispatcher_list, Duration::from_secs(1))
-                .map_err(|e| BrokerError::Setup(format!("cannot start telemetry: {e}")))?;
+        let telemetry = TelemetryRecorder::start(
+            state.disks.clone(),
+            dispatcher_list,
+            ports,
+            Duration::from_secs(1),
+        )
+        .map_err(|e| BrokerError::Setup(format!("cannot start telemetry: {e}")))?;
         let control = match &config.control_socket {
             Some(path) => Some(
                 ControlServer::start(path, replace, state.clone(), telemetry.handle()).map_err(

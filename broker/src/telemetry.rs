@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::counters::DiskCountersSnapshot;
-use crate::dispatch::LunDispatcher;
+use crate::dispatch::{ArrayRuntime, LunDispatcher};
 use crate::server::DiskInfo;
 
 /// Samples kept: five minutes.
@@ -28,8 +28,14 @@ pub struct DiskSample {
     pub write_mib_s: f64,
     /// Requests at the backing store at the end of the interval.
     pub in_flight: u64,
-    /// Mean submission-to-completion time at the backing store over the interval (DAVG), µs.
+    /// Requests waiting in the LUN dispatcher at the end of the interval.
+    pub queued: u64,
+    /// Mean time at the backing store (and array model) over the interval (DAVG), µs.
     pub device_latency_us: Option<f64>,
+    /// Mean time waiting in the LUN dispatcher (KAVG), µs.
+    pub queue_latency_us: Option<f64>,
+    /// Mean time from the guest's request to its answer (GAVG), µs.
+    pub total_latency_us: Option<f64>,
     pub rejected: u64,
     pub io_errors: u64,
     pub connected: bool,
@@ -51,13 +57,34 @@ pub struct LunSample {
     pub halvings: u64,
 }
 
-/// All disks and LUNs over one interval ending `t_s` seconds after the broker started.
+/// One emulated array port at the end of an interval.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PortSample {
+    pub port: String,
+    pub queue_limit: u32,
+    /// Requests the port holds.
+    pub outstanding: u32,
+    /// QUEUE FULL answers during the interval.
+    pub queue_full: u64,
+}
+
+/// Where a port's figures come from.
+#[derive(Clone)]
+pub struct PortTelemetry {
+    pub name: String,
+    pub index: usize,
+    pub queue_limit: u32,
+    pub array: Arc<ArrayRuntime>,
+}
+
+/// All disks, LUNs and ports over one interval ending `t_s` seconds after the broker started.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TelemetrySample {
     pub t_s: f64,
     pub interval_s: f64,
     pub disks: Vec<DiskSample>,
     pub luns: Vec<LunSample>,
+    pub ports: Vec<PortSample>,
 }
 
 /// Rates between two counter snapshots taken `dt` seconds apart.
@@ -76,6 +103,7 @@ pub fn disk_sample(
         .device_latency_ns
         .saturating_sub(before.device_latency_ns);
     let rejected = |s: &DiskCountersSnapshot| s.rejected.values().sum::<u64>();
+    let mean_us = |ns: u64| (completions > 0).then(|| ns as f64 / completions as f64 / 1000.0);
     DiskSample {
         tenant: info.tenant.clone(),
         lun: info.lun.clone(),
@@ -84,8 +112,18 @@ pub fn disk_sample(
         read_mib_s: rate(after.read_bytes, before.read_bytes) / mib,
         write_mib_s: rate(after.write_bytes, before.write_bytes) / mib,
         in_flight: after.in_flight,
-        device_latency_us: (completions > 0)
-            .then(|| latency_ns as f64 / completions as f64 / 1000.0),
+        queued: after.queued,
+        device_latency_us: mean_us(latency_ns),
+        queue_latency_us: mean_us(
+            after
+                .queue_latency_ns
+                .saturating_sub(before.queue_latency_ns),
+        ),
+        total_latency_us: mean_us(
+            after
+                .total_latency_ns
+                .saturating_sub(before.total_latency_ns),
+        ),
         rejected: rejected(after).saturating_sub(rejected(before)),
         io_errors: after.io_errors.saturating_sub(before.io_errors),
         connected: info.connected.load(Ordering::SeqCst),
@@ -103,6 +141,7 @@ impl TelemetryRecorder {
     pub fn start(
         disks: Vec<DiskInfo>,
         luns: Vec<Arc<LunDispatcher>>,
+        ports: Vec<PortTelemetry>,
         period: Duration,
     ) -> std::io::Result<Self> {
         let samples = Arc::new(Mutex::new(VecDeque::with_capacity(TELEMETRY_SECONDS)));
@@ -113,6 +152,15 @@ impl TelemetryRecorder {
             .spawn(move || {
                 let start = Instant::now();
                 let mut last_at = Instant::now();
+                let mut last_queue_full: Vec<u64> = ports
+                    .iter()
+                    .map(|p| {
+                        p.array
+                            .queue_full
+                            .get(p.index)
+                            .map_or(0, |c| c.load(Ordering::Relaxed))
+                    })
+                    .collect();
                 let mut last_congestion: Vec<u64> = luns
                     .iter()
                     .map(|l| l.counters.congestion.load(Ordering::Relaxed))
@@ -153,6 +201,25 @@ impl TelemetryRecorder {
                                     queued: c.queued.load(Ordering::Relaxed),
                                     congestion: delta,
                                     halvings: c.halvings.load(Ordering::Relaxed),
+                                }
+                            })
+                            .collect(),
+                        ports: ports
+                            .iter()
+                            .zip(last_queue_full.iter_mut())
+                            .map(|(p, before)| {
+                                let qf = p
+                                    .array
+                                    .queue_full
+                                    .get(p.index)
+                                    .map_or(0, |c| c.load(Ordering::Relaxed));
+                                let delta = qf.saturating_sub(*before);
+                                *before = qf;
+                                PortSample {
+                                    port: p.name.clone(),
+                                    queue_limit: p.queue_limit,
+                                    outstanding: p.array.port_outstanding(p.index),
+                                    queue_full: delta,
                                 }
                             })
                             .collect(),
@@ -251,8 +318,13 @@ mod tests {
     #[test]
     fn the_recorder_keeps_one_sample_per_period() {
         let (info, _counters) = disk();
-        let rec =
-            TelemetryRecorder::start(vec![info], Vec::new(), Duration::from_millis(100)).unwrap();
+        let rec = TelemetryRecorder::start(
+            vec![info],
+            Vec::new(),
+            Vec::new(),
+            Duration::from_millis(100),
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(550));
         let n = rec.recent(None).len();
         assert!((4..=6).contains(&n), "{n} samples in 550 ms at 100 ms");

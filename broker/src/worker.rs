@@ -84,6 +84,8 @@ struct Inflight {
     op: Op,
     mem: GuestMemoryLoadGuard<GuestMem>,
     submitted: Instant,
+    /// When the I/O was handed to the backing store (the grant, for dispatched requests).
+    started: Option<Instant>,
     /// Set for requests that go through the LUN dispatcher.
     sched: Option<Scheduled>,
 }
@@ -117,6 +119,7 @@ impl Inflight {
             op,
             mem,
             submitted: Instant::now(),
+            started: None,
             sched: None,
         }
     }
@@ -278,6 +281,10 @@ impl QueueWorker {
                 inflight.sched = Some(Scheduled::default());
                 let slot = self.alloc(inflight);
                 // The dispatcher decides when; the grant comes back through the inbox.
+                self.ctx
+                    .counters
+                    .queued
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.ctx.dispatcher.enqueue(
                     self.ctx.tenant,
                     &self.inbox,
@@ -384,7 +391,10 @@ impl QueueWorker {
         self.add_used(queue, guard, head, used_len);
     }
 
-    fn alloc(&mut self, inflight: Inflight) -> usize {
+    fn alloc(&mut self, mut inflight: Inflight) -> usize {
+        if inflight.sched.is_none() {
+            inflight.started = Some(inflight.submitted);
+        }
         self.ctx
             .counters
             .in_flight
@@ -421,6 +431,7 @@ impl QueueWorker {
             return Ok(());
         };
         let mem = inflight.mem.clone();
+        inflight.started.get_or_insert_with(Instant::now);
         let Op::Rw {
             write,
             offset,
@@ -502,6 +513,10 @@ impl QueueWorker {
                 } => {
                     if let Some(Some(Inflight { sched: Some(s), .. })) = self.slots.get_mut(slot) {
                         s.granted = Some((epoch, dispatched_at));
+                        self.ctx
+                            .counters
+                            .queued
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                         self.submit_rw(slot)?;
                     }
                 }
@@ -622,10 +637,18 @@ impl QueueWorker {
         counters
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let elapsed = u64::try_from(inflight.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let started = inflight.started.unwrap_or(inflight.submitted);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
         counters
             .device_latency_ns
-            .fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(ns(started.elapsed()), relaxed);
+        counters
+            .queue_latency_ns
+            .fetch_add(ns(started.duration_since(inflight.submitted)), relaxed);
+        counters
+            .total_latency_ns
+            .fetch_add(ns(inflight.submitted.elapsed()), relaxed);
         counters
             .device_completions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -674,6 +697,10 @@ impl QueueWorker {
         for slot in cancelled {
             if let Some(Some(inflight)) = self.slots.get_mut(slot) {
                 inflight.sched = None;
+                self.ctx
+                    .counters
+                    .queued
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 self.submit_rw(slot)?;
             }
         }

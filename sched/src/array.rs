@@ -196,6 +196,15 @@ impl EmulatedArray {
             .map_or(0, |l| l.busy_units + l.waiting.len() as u32)
     }
 
+    /// The port LUN `lun` sits behind.
+    pub fn lun_port(&self, lun: usize) -> Option<usize> {
+        self.luns.get(lun).map(|l| l.port)
+    }
+
+    pub fn ports(&self) -> usize {
+        self.port_limits.len()
+    }
+
     pub fn port_outstanding(&self, port: usize) -> u32 {
         self.port_outstanding.get(port).copied().unwrap_or(0)
     }
