@@ -1,5 +1,5 @@
-//! The broker's scheduling with real guests: a victim and an aggressor behind one congested
-//! (emulated) array port.
+//! The broker's scheduling with real guests: a victim and an aggressor on one congested
+//! (emulated) array LUN.
 
 mod common;
 
@@ -14,24 +14,24 @@ use weir_lab::qemu::{GuestDisk, LinuxGuestSpec};
 const VICTIM_JOB: &str = "[victim]\nioengine=psync\ndirect=1\nbs=4k\nrw=randread\nrate_iops=100\ntime_based=1\nruntime=14\n";
 const AGGRESSOR_JOB: &str = "[aggressor]\nioengine=io_uring\ndirect=1\nbs=4k\nrw=randread\niodepth=64\ntime_based=1\nruntime=18\n";
 
-/// Two emulated LUNs behind one port of 32: the aggressor's LUN queues deep (BUSY only past
-/// 64 waiting), so a deep window fills the port and the victim meets QUEUE FULL.
+/// One emulated LUN shared by both tenants (both only read, so sharing the store is safe),
+/// queueing deep inside the array (BUSY only past 64 waiting requests): with a deep window the
+/// victim's requests wait behind the aggressor's in the array's queue; with an adaptive window
+/// the array's queue stays short and mClock puts the victim's request first in the broker.
 fn config(dir: &Path, policy: &str) -> (String, PathBuf) {
     let control = dir.join("broker.ctl");
     let mut c = format!(
-        "control_socket = {:?}\n[[port]]\nname = \"p0\"\nqueue_limit = 32\n",
+        "control_socket = {:?}\n[[port]]\nname = \"p0\"\nqueue_limit = 128\n",
         control.display().to_string()
     );
-    for (lun, busy) in [("victim-lun", 1), ("aggressor-lun", 64)] {
+    c.push_str(&format!(
+        "[[lun]]\nname = \"shared\"\npath = {:?}\nsize = \"64MiB\"\nshareable = true\nbackend = \"emulated\"\n\
+         port = \"p0\"\nmodel = {{ servers = 16, busy_threshold = 64 }}\ndepth = {policy}\n",
+        dir.join("shared.img").display().to_string()
+    ));
+    for tenant in ["victim", "aggressor"] {
         c.push_str(&format!(
-            "[[lun]]\nname = \"{lun}\"\npath = {:?}\nsize = \"64MiB\"\nbackend = \"emulated\"\nport = \"p0\"\n\
-             model = {{ servers = 16, busy_threshold = {busy} }}\ndepth = {policy}\n",
-            dir.join(format!("{lun}.img")).display().to_string()
-        ));
-    }
-    for (tenant, lun) in [("victim", "victim-lun"), ("aggressor", "aggressor-lun")] {
-        c.push_str(&format!(
-            "[[disk]]\nsocket = {:?}\nlun = \"{lun}\"\ntenant = \"{tenant}\"\n",
+            "[[disk]]\nsocket = {:?}\nlun = \"shared\"\ntenant = \"{tenant}\"\n",
             dir.join(format!("{tenant}.sock")).display().to_string()
         ));
     }
@@ -42,7 +42,7 @@ fn victim_p99_us(
     policy: &str,
     image: &weir_guest_images::GuestImage,
     accel: &weir_lab::host::AccelChoice,
-) -> (f64, f64, u64) {
+) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, control) = config(dir.path(), policy);
     let broker = BrokerProcess::start(
@@ -77,19 +77,30 @@ fn victim_p99_us(
         .wait()
         .unwrap_or_else(|e| panic!("aggressor: {e}\n{}", broker.log()));
     let telemetry = query(&control, "telemetry").unwrap();
-    let congestion: u64 = telemetry
+    // Telemetry names the port and both LUNs every second, with the aggressor's window.
+    let last = telemetry
+        .as_array()
+        .and_then(|s| s.last())
+        .cloned()
+        .expect("samples");
+    assert_eq!(last["ports"][0]["port"], "p0", "{last}");
+    assert_eq!(last["ports"][0]["queue_limit"], 128, "{last}");
+    assert_eq!(last["luns"][0]["lun"], "shared", "{last}");
+    // The LUN's mean window over the seconds the aggressor was busy.
+    let windows: Vec<f64> = telemetry
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|s| s["luns"].as_array().cloned().unwrap_or_default())
-        .map(|l| l["congestion"].as_u64().unwrap_or(0))
-        .sum();
+        .filter(|s| s["disks"][1]["read_iops"].as_f64().unwrap_or(0.0) > 100.0)
+        .filter_map(|s| s["luns"][0]["window"].as_f64())
+        .collect();
+    let mean_window = windows.iter().sum::<f64>() / windows.len().max(1) as f64;
     let v = victim.report.job("victim").unwrap();
     let a = aggr.report.job("aggressor").unwrap();
     (
         v.read.clat_ns.percentile_ns(99.0).unwrap_or(0) as f64 / 1000.0,
         a.read.iops,
-        congestion,
+        mean_window,
     )
 }
 
@@ -98,20 +109,25 @@ fn adaptive_depth_protects_a_victim_that_a_deep_fixed_window_hurts() {
     let Some((image, accel)) = common::linux_guest_setup("broker_scheduling") else {
         return;
     };
-    let (fixed_p99, fixed_aggr, fixed_cong) =
+    let (fixed_p99, fixed_aggr, fixed_window) =
         victim_p99_us("{ policy = \"fixed\", depth = 64 }", &image, &accel);
-    let (adaptive_p99, adaptive_aggr, adaptive_cong) =
+    let (adaptive_p99, adaptive_aggr, adaptive_window) =
         victim_p99_us("{ policy = \"adaptive\" }", &image, &accel);
     eprintln!(
-        "victim fio p99: fixed:64 {fixed_p99:.0} us (aggressor {fixed_aggr:.0} IOPS, {fixed_cong} QUEUE FULL/BUSY); \
-         adaptive {adaptive_p99:.0} us (aggressor {adaptive_aggr:.0} IOPS, {adaptive_cong} QUEUE FULL/BUSY)"
+        "victim fio p99: fixed:64 {fixed_p99:.0} us (aggressor {fixed_aggr:.0} IOPS, window {fixed_window:.1}); \
+         adaptive {adaptive_p99:.0} us (aggressor {adaptive_aggr:.0} IOPS, mean window {adaptive_window:.1})"
     );
+    assert_eq!(fixed_window, 64.0);
     assert!(
-        fixed_cong > adaptive_cong,
-        "the deep window provokes more congestion"
+        adaptive_window < 32.0,
+        "adaptive found a shallower window: {adaptive_window}"
     );
     assert!(
         adaptive_p99 < fixed_p99,
         "victim p99 adaptive {adaptive_p99} vs fixed:64 {fixed_p99}"
+    );
+    assert!(
+        adaptive_aggr >= 0.9 * fixed_aggr,
+        "adaptive keeps the aggressor's throughput: {adaptive_aggr} vs {fixed_aggr}"
     );
 }

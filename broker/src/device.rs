@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -255,9 +256,21 @@ impl BlkDevice {
         {
             let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
             let mut state = vring.get_mut();
+            let ready = state.get_queue().ready();
+            if !ready {
+                let name = &self.inner.ctx.name;
+                let in_flight = worker.in_flight();
+                self.inner.ctx.bad_requests.warn(|| {
+                    format!("disk {name}: queue {q} event while the queue is stopped ({in_flight} in flight)")
+                });
+            }
             let result = (|| -> Result<(), WorkerError> {
                 if completions {
                     used |= worker.reap(state.get_queue_mut())?;
+                }
+                if !ready {
+                    // Stopped by the frontend: finish what is in flight, take nothing new.
+                    return Ok(());
                 }
                 loop {
                     let _ = state.disable_notification();

@@ -351,6 +351,22 @@ impl QueueDepthController {
         self.sweep = Sweep::Done;
     }
 
+    /// A stalled device: back off, but this is no evidence about where the array congests, so
+    /// the ceiling (the window that congested) is not moved down to here — once completions
+    /// resume, the recovery climbs straight back to where the window was.
+    fn halve_for_stall(&mut self) {
+        let (min, _) = self.bounds();
+        if self.ceiling == u32::MAX {
+            self.ceiling = self.window() + 1;
+        }
+        self.recovering = true;
+        self.w = (self.w / 2.0).floor().max(min);
+        self.epoch += 1;
+        self.bad = 0;
+        self.good = 0;
+        self.halvings += 1;
+    }
+
     fn halve(&mut self) {
         self.last_halving = self.now;
         self.recovering = true;
@@ -459,7 +475,7 @@ impl QueueDepthController {
 
         if completions == 0 {
             if outstanding > 0 && !matches!(self.policy, DepthPolicy::Fixed { .. }) {
-                self.halve();
+                self.halve_for_stall();
             }
             return;
         }
