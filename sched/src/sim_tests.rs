@@ -144,10 +144,10 @@ fn same_seed_same_result_different_seed_different() {
     assert_ne!(a, serde_json::to_string(&run(&s2).unwrap()).unwrap());
 }
 
-/// AIMD under a 50 % capacity drop at 15 s on an array with `busy_threshold` waiting slots:
-/// the 100 ms window samples and the run.
-fn aimd_run(busy_threshold: u32) -> SimResult {
-    let mut l = lun(DepthPolicy::aimd(), SchedulerKind::Mclock);
+/// Two QD64 tenants under `depth`, a 50 % capacity drop at 15 s, on an array with
+/// `busy_threshold` waiting slots.
+fn drop_run(depth: DepthPolicy, busy_threshold: u32) -> SimResult {
+    let mut l = lun(depth, SchedulerKind::Mclock);
     l.model.busy_threshold = busy_threshold;
     let mut s = scenario(
         vec![l],
@@ -176,7 +176,7 @@ fn aimd_converges_to_where_the_array_signals_and_follows_a_capacity_drop() {
     // refuse: servers + busy_threshold. An array that signals at its knee (no waiting slots)
     // puts AIMD at the knee: 16 within 5 s, 8 within 5 s of the drop, every 100 ms sample
     // within 10 %.
-    let at_knee = aimd_run(0);
+    let at_knee = drop_run(DepthPolicy::aimd(), 0);
     eprintln!(
         "aimd, BUSY at the knee: {:?}",
         at_knee.luns[0]
@@ -191,21 +191,7 @@ fn aimd_converges_to_where_the_array_signals_and_follows_a_capacity_drop() {
     for (from, to) in [(5.0, 15.0), (20.0, 30.0)] {
         let best = [6u32, 8, 12, 16, 24, 32]
             .iter()
-            .map(|d| {
-                let mut l = lun(DepthPolicy::Fixed { depth: *d }, SchedulerKind::Mclock);
-                l.model.busy_threshold = 0;
-                let mut s = scenario(
-                    vec![l],
-                    vec![closed("a", 1.0, 64), closed("b", 1.0, 64)],
-                    30.0,
-                );
-                s.events.push(EventSpec {
-                    at_s: 15.0,
-                    lun: "lun0".into(),
-                    capacity_pct: 50.0,
-                });
-                phase_throughput(&run(&s).unwrap(), from, to)
-            })
+            .map(|d| phase_throughput(&drop_run(DepthPolicy::Fixed { depth: *d }, 0), from, to))
             .fold(0.0, f64::max);
         let got = phase_throughput(&at_knee, from, to);
         eprintln!(
@@ -215,7 +201,7 @@ fn aimd_converges_to_where_the_array_signals_and_follows_a_capacity_drop() {
         assert!(got >= 0.95 * best, "{got} vs {best}");
     }
     // With one waiting slot (the default model) it settles one above the knee: 17, then 9.
-    let one_slot = aimd_run(1);
+    let one_slot = drop_run(DepthPolicy::aimd(), 1);
     assert!(windows_within(&one_slot, 5.0, 15.0, 17.0));
     assert!(windows_within(&one_slot, 20.0, 30.0, 9.0));
     assert!(one_slot.luns[0].halvings >= 2);
@@ -260,16 +246,8 @@ fn window_seconds(r: &SimResult) -> Vec<(f64, f64)> {
 
 #[test]
 fn adaptive_converges_to_the_knee_holds_it_and_follows_a_capacity_drop() {
-    let two = || vec![closed("a", 1.0, 64), closed("b", 1.0, 64)];
-    let with_drop = |depth: DepthPolicy| {
-        let mut s = scenario(vec![lun(depth, SchedulerKind::Mclock)], two(), 30.0);
-        s.events.push(EventSpec {
-            at_s: 15.0,
-            lun: "lun0".into(),
-            capacity_pct: 50.0,
-        });
-        run(&s).unwrap()
-    };
+    // The default model: one waiting slot.
+    let with_drop = |depth: DepthPolicy| drop_run(depth, 1);
     let adaptive = with_drop(DepthPolicy::default());
     let seconds = window_seconds(&adaptive);
     eprintln!(
