@@ -134,6 +134,23 @@ pub struct EventConfig {
 }
 
 impl LunConfig {
+    /// A file-backed LUN with every other setting at its default.
+    pub fn file(name: &str, path: &Path, size: Option<u64>, read_only: bool) -> Self {
+        LunConfig {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            size: size.map(ByteSize),
+            read_only,
+            shareable: false,
+            direct: true,
+            backend: LunBackend::File,
+            port: None,
+            model: None,
+            depth: None,
+            scheduler: SchedulerKind::default(),
+        }
+    }
+
     /// The window policy in force (see [`LunConfig::depth`]).
     pub fn depth_policy(&self) -> DepthPolicy {
         self.depth.clone().unwrap_or(match self.backend {
@@ -159,32 +176,15 @@ pub struct DiskConfig {
     pub queues: u16,
     #[serde(default = "default_queue_size")]
     pub queue_size: u16,
-    /// The tenant's share of its LUN (mClock weight).
-    #[serde(default = "default_weight")]
-    pub weight: f64,
-    /// Guaranteed IOPS (0: none).
-    #[serde(default)]
-    pub reservation_iops: f64,
-    /// IOPS cap (0: none).
-    #[serde(default)]
-    pub limit_iops: f64,
-    /// Bytes/s cap (0: none).
-    #[serde(default)]
-    pub limit_bytes_per_s: f64,
-}
-
-fn default_weight() -> f64 {
-    1.0
+    /// The tenant's `weight`, `reservation_iops`, `limit_iops` and `limit_bytes_per_s`, the
+    /// same fields (and defaults) as a `weir sim` tenant.
+    #[serde(flatten)]
+    pub policy: TenantPolicy,
 }
 
 impl DiskConfig {
     pub fn tenant_policy(&self) -> TenantPolicy {
-        TenantPolicy {
-            weight: self.weight,
-            reservation_iops: self.reservation_iops,
-            limit_iops: self.limit_iops,
-            limit_bytes_per_s: self.limit_bytes_per_s,
-        }
+        self.policy.clone()
     }
 }
 
@@ -545,6 +545,11 @@ lun = "shared"
         );
         let e = err("[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\nweight=0\n");
         assert!(e.contains("disk[0]") && e.contains("weight"), "{e}");
+        let e = err("[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\nwieght=2\n");
+        assert!(
+            e.contains("wieght"),
+            "a typo in a flattened tenant field is still refused: {e}"
+        );
         let e = err("[[disk]]\nsocket='/s'\nlun='a'\nqueus=2\n");
         assert!(e.contains("unknown field") && e.contains("queus"), "{e}");
     }

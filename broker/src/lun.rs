@@ -207,22 +207,9 @@ fn block_device_size(fd: RawFd) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ByteSize;
 
     fn cfg(path: &Path, size: Option<u64>) -> LunConfig {
-        LunConfig {
-            name: "l".into(),
-            path: path.to_path_buf(),
-            size: size.map(ByteSize),
-            read_only: false,
-            shareable: false,
-            direct: true,
-            backend: Default::default(),
-            port: None,
-            model: None,
-            depth: None,
-            scheduler: Default::default(),
-        }
+        LunConfig::file("l", path, size, false)
     }
 
     #[test]

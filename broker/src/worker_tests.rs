@@ -12,7 +12,7 @@ use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::config::{ByteSize, LunConfig};
+use crate::config::LunConfig;
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::dispatch::{BrokerClock, LunDispatcher};
 use crate::lun::LunStore;
@@ -39,20 +39,7 @@ fn disk(read_only: bool) -> Disk {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lun.img");
     std::fs::write(&path, vec![0u8; DISK_BYTES as usize]).unwrap();
-    let lun = LunStore::open(&LunConfig {
-        name: "lun0".into(),
-        path: path.clone(),
-        size: Some(ByteSize(DISK_BYTES)),
-        read_only,
-        shareable: false,
-        direct: true,
-        backend: Default::default(),
-        port: None,
-        model: None,
-        depth: None,
-        scheduler: Default::default(),
-    })
-    .unwrap();
+    let lun = LunStore::open(&LunConfig::file("lun0", &path, Some(DISK_BYTES), read_only)).unwrap();
     let mut serial = [0u8; ID_BYTES];
     serial[..9].copy_from_slice(b"weir-test");
     let ctx = Arc::new(DiskContext {
