@@ -11,7 +11,8 @@ use thiserror::Error;
 use weir_sched::array::LunModel;
 use weir_sched::depth::DepthPolicy;
 use weir_sched::mclock::TenantPolicy;
-use weir_sched::sim::SchedulerKind;
+use weir_sched::path::{MultipathPolicy, PathGroup};
+use weir_sched::sim::{EventAction, EventSpec, SchedulerKind};
 
 /// The largest queue count a disk may ask for (virtio-blk MQ).
 pub const MAX_QUEUES: u16 = 16;
@@ -55,9 +56,10 @@ pub struct BrokerConfig {
     pub luns: Vec<LunConfig>,
     #[serde(default, rename = "disk")]
     pub disks: Vec<DiskConfig>,
-    /// Capacity changes of emulated LUNs, on the broker's clock.
+    /// Capacity changes of emulated LUNs and port faults, on the broker's clock (the same
+    /// entries as `weir sim`'s).
     #[serde(default, rename = "event")]
-    pub events: Vec<EventConfig>,
+    pub events: Vec<EventSpec>,
 }
 
 /// A LUN: one backing store (file or block device).
@@ -85,9 +87,16 @@ pub struct LunConfig {
     /// request completes and answers QUEUE FULL/BUSY (docs/scheduling.md).
     #[serde(default)]
     pub backend: LunBackend,
-    /// The emulated array port this LUN sits behind (emulated only).
+    /// The emulated array port this LUN sits behind (emulated only), when it has one path.
     #[serde(default)]
     pub port: Option<String>,
+    /// Several paths to the LUN (multipath): each its own descriptor onto the backing store
+    /// (`device`, default the LUN's `path`) and, when emulated, its own array port.
+    #[serde(default)]
+    pub paths: Vec<LunPathConfig>,
+    /// Path selector, failback, checker, hold and timeout settings.
+    #[serde(default)]
+    pub multipath: MultipathPolicy,
     /// The emulated LUN's service model (emulated only; defaults describe a small congested
     /// array LUN).
     #[serde(default)]
@@ -109,6 +118,41 @@ pub enum LunBackend {
     Emulated,
 }
 
+/// One path to a LUN.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LunPathConfig {
+    /// Defaults to the port's name, else `path<N>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The emulated array port (emulated LUNs).
+    #[serde(default)]
+    pub port: Option<String>,
+    /// Another node for the same store (e.g. a second `/dev/sdX` of one multipath LUN);
+    /// default: the LUN's `path`.
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    #[serde(default)]
+    pub group: PathGroup,
+    /// Requests this path carries at most at once.
+    #[serde(default = "default_path_cap")]
+    pub max_in_flight: u32,
+}
+
+fn default_path_cap() -> u32 {
+    32
+}
+
+/// A LUN's path after defaults: what the broker opens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedPath {
+    pub name: String,
+    pub port: Option<String>,
+    pub device: PathBuf,
+    pub group: PathGroup,
+    pub max_in_flight: u32,
+}
+
 /// A port of the emulated array.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -120,17 +164,9 @@ pub struct PortConfig {
     /// array port's queue shared by its LUNs: EMC's `LUN QD = port queue / LUNs`).
     #[serde(default)]
     pub budget: Option<u32>,
-}
-
-/// A scheduled change of an emulated LUN's capacity.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct EventConfig {
-    /// Seconds after the broker starts.
-    pub at_s: f64,
-    pub lun: String,
-    /// The LUN's capacity from then on, percent of its model (its service units).
-    pub capacity_pct: f64,
+    /// Round-trip time the port's link adds to each request, µs.
+    #[serde(default)]
+    pub latency_us: f64,
 }
 
 impl LunConfig {
@@ -145,10 +181,40 @@ impl LunConfig {
             direct: true,
             backend: LunBackend::File,
             port: None,
+            paths: Vec::new(),
+            multipath: MultipathPolicy::default(),
             model: None,
             depth: None,
             scheduler: SchedulerKind::default(),
         }
+    }
+
+    /// The LUN's paths: its `paths` entries, or one path (its `port`, its `path`).
+    pub fn resolved_paths(&self) -> Vec<ResolvedPath> {
+        if self.paths.is_empty() {
+            return vec![ResolvedPath {
+                name: self.port.clone().unwrap_or_else(|| "path0".into()),
+                port: self.port.clone(),
+                device: self.path.clone(),
+                group: PathGroup::Optimized,
+                max_in_flight: u32::MAX,
+            }];
+        }
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(k, p)| ResolvedPath {
+                name: p
+                    .name
+                    .clone()
+                    .or_else(|| p.port.clone())
+                    .unwrap_or_else(|| format!("path{k}")),
+                port: p.port.clone(),
+                device: p.device.clone().unwrap_or_else(|| self.path.clone()),
+                group: p.group,
+                max_in_flight: p.max_in_flight,
+            })
+            .collect()
     }
 
     /// The window policy in force (see [`LunConfig::depth`]).
@@ -286,30 +352,69 @@ impl BrokerConfig {
                     format!("'{}' is defined twice; LUN names must be unique", lun.name),
                 ));
             }
+            if lun.port.is_some() && !lun.paths.is_empty() {
+                return Err(invalid(
+                    format!("lun[{i}].port"),
+                    "give either port or [[lun.paths]] entries (each with its port), not both",
+                ));
+            }
             match lun.backend {
-                LunBackend::Emulated => match &lun.port {
-                    None => {
+                LunBackend::Emulated => {
+                    if lun.paths.is_empty() && lun.port.is_none() {
                         return Err(invalid(
                             format!("lun[{i}].port"),
-                            "an emulated LUN needs the [[port]] it sits behind",
+                            "an emulated LUN needs the [[port]] it sits behind (or [[lun.paths]])",
                         ));
                     }
-                    Some(p) if !self.ports.iter().any(|x| &x.name == p) => {
-                        return Err(invalid(
-                            format!("lun[{i}].port"),
-                            format!("no [[port]] named '{p}'"),
-                        ));
+                    for (k, p) in lun.resolved_paths().iter().enumerate() {
+                        let field = if lun.paths.is_empty() {
+                            format!("lun[{i}].port")
+                        } else {
+                            format!("lun[{i}].paths[{k}].port")
+                        };
+                        match &p.port {
+                            None => {
+                                return Err(invalid(
+                                    field,
+                                    "each path of an emulated LUN goes through a [[port]]",
+                                ));
+                            }
+                            Some(name) if !self.ports.iter().any(|x| &x.name == name) => {
+                                return Err(invalid(field, format!("no [[port]] named '{name}'")));
+                            }
+                            Some(_) => {}
+                        }
                     }
-                    Some(_) => {}
-                },
+                }
                 LunBackend::File => {
-                    if lun.port.is_some() || lun.model.is_some() {
+                    if lun.port.is_some()
+                        || lun.model.is_some()
+                        || lun.paths.iter().any(|p| p.port.is_some())
+                    {
                         return Err(invalid(
                             format!("lun[{i}].backend"),
                             "port and model apply to emulated LUNs only: set backend = \"emulated\"",
                         ));
                     }
                 }
+            }
+            let mut names = HashSet::new();
+            for (k, p) in lun.resolved_paths().iter().enumerate() {
+                if !names.insert(p.name.clone()) {
+                    return Err(invalid(
+                        format!("lun[{i}].paths[{k}].name"),
+                        format!("'{}' names two paths of this LUN", p.name),
+                    ));
+                }
+                if p.max_in_flight == 0 {
+                    return Err(invalid(
+                        format!("lun[{i}].paths[{k}].max_in_flight"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+            if let Some(problem) = lun.multipath.problem() {
+                return Err(invalid(format!("lun[{i}]"), problem));
             }
             if let Some(m) = &lun.model {
                 if m.servers == 0 {
@@ -388,29 +493,35 @@ impl BrokerConfig {
             }
         }
         for (i, e) in self.events.iter().enumerate() {
-            match luns.get(e.lun.as_str()) {
-                None => {
-                    return Err(invalid(
-                        format!("event[{i}].lun"),
-                        format!("no LUN named '{}'", e.lun),
-                    ));
-                }
-                Some(l) if l.backend != LunBackend::Emulated => {
-                    return Err(invalid(
-                        format!("event[{i}].lun"),
-                        format!(
-                            "'{}' is not emulated: capacity events apply to backend = \"emulated\"",
-                            e.lun
-                        ),
-                    ));
-                }
-                Some(_) => {}
+            if !(e.at_s.is_finite() && e.at_s >= 0.0) {
+                return Err(invalid(format!("event[{i}].at_s"), "must be 0 or more"));
             }
-            if e.at_s.is_nan() || e.at_s < 0.0 || e.capacity_pct.is_nan() || e.capacity_pct <= 0.0 {
-                return Err(invalid(
-                    format!("event[{i}]"),
-                    "at_s must be ≥ 0 and capacity_pct > 0",
-                ));
+            match e.action().map_err(|m| invalid(format!("event[{i}]"), m))? {
+                EventAction::Capacity { lun, .. } => match luns.get(lun.as_str()) {
+                    None => {
+                        return Err(invalid(
+                            format!("event[{i}].lun"),
+                            format!("no LUN named '{lun}'"),
+                        ));
+                    }
+                    Some(l) if l.backend != LunBackend::Emulated => {
+                        return Err(invalid(
+                            format!("event[{i}].lun"),
+                            format!(
+                                "'{lun}' is not emulated: capacity events apply to backend = \"emulated\""
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                },
+                EventAction::Fault { port, .. } => {
+                    if !self.ports.iter().any(|p| p.name == port) {
+                        return Err(invalid(
+                            format!("event[{i}].port"),
+                            format!("no [[port]] named '{port}'"),
+                        ));
+                    }
+                }
             }
         }
         for (i, p) in self.ports.iter().enumerate() {
@@ -418,6 +529,12 @@ impl BrokerConfig {
                 return Err(invalid(
                     format!("port[{i}]"),
                     "queue_limit and budget must be at least 1",
+                ));
+            }
+            if !(p.latency_us.is_finite() && p.latency_us >= 0.0) {
+                return Err(invalid(
+                    format!("port[{i}].latency_us"),
+                    "must be 0 or more",
                 ));
             }
         }
@@ -562,5 +679,43 @@ lun = "shared"
         assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    const MULTIPATH: &str = "[[port]]\nname='a'\nqueue_limit=64\n[[port]]\nname='b'\nqueue_limit=64\nlatency_us=300\n\
+        [[lun]]\nname='l'\npath='/x'\nbackend='emulated'\nmultipath={ selector='round-robin:1000', hold_s=5 }\n\
+        [[lun.paths]]\nport='a'\n[[lun.paths]]\nport='b'\ngroup='non-optimized'\nmax_in_flight=8\n\
+        [[disk]]\nsocket='/s'\nlun='l'\n\
+        [[event]]\nat_s=3\nport='a'\nfault='slow'\nfactor=3\n";
+
+    #[test]
+    fn multipath_luns_and_port_faults_parse() {
+        let c = BrokerConfig::parse(MULTIPATH).unwrap();
+        let paths = c.luns[0].resolved_paths();
+        assert_eq!(paths.len(), 2);
+        assert_eq!((paths[0].name.as_str(), paths[0].max_in_flight), ("a", 32));
+        assert_eq!(paths[1].group, PathGroup::NonOptimized);
+        assert_eq!(paths[1].device, PathBuf::from("/x"));
+        assert_eq!(c.luns[0].multipath.hold_s, 5.0);
+        assert_eq!(c.ports[1].latency_us, 300.0);
+        // Without paths: one path, the LUN's own.
+        let one = LunConfig::file("f", Path::new("/y"), None, false).resolved_paths();
+        assert_eq!((one.len(), one[0].device.as_path()), (1, Path::new("/y")));
+    }
+
+    #[test]
+    fn multipath_errors_name_the_field() {
+        let e = err(&MULTIPATH.replace("[[lun.paths]]\nport='b'", "[[lun.paths]]\nport='c'"));
+        assert!(
+            e.contains("lun[0].paths[1].port") && e.contains("no [[port]] named 'c'"),
+            "{e}"
+        );
+        let e = err(&MULTIPATH.replace("selector='round-robin:1000'", "selector='fastest'"));
+        assert!(e.contains("not a path selector"), "{e}");
+        let e = err(&MULTIPATH.replace("fault='slow'\nfactor=3", "fault='slow'"));
+        assert!(e.contains("event[0]") && e.contains("needs factor"), "{e}");
+        let e = err(&MULTIPATH.replace("[[lun.paths]]\nport='b'", "[[lun.paths]]\nport='a'"));
+        assert!(e.contains("names two paths"), "{e}");
+        let e = err(&MULTIPATH.replace("backend='emulated'", "backend='emulated'\nport='a'"));
+        assert!(e.contains("not both"), "{e}");
     }
 }

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use weir_sched::array::PortFault;
+
 use crate::counters::DiskCountersSnapshot;
+use crate::dispatch::PathSnapshot;
 use crate::server::BrokerState;
 use crate::telemetry::TelemetryHandle;
 
@@ -35,6 +38,17 @@ pub struct LunTopology {
     pub direct_io: bool,
     pub direct_unavailable: Option<String>,
     pub disks: Vec<PathBuf>,
+    /// The path selector and each path's state and figures.
+    pub selector: String,
+    pub paths: Vec<PathTopology>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PathTopology {
+    #[serde(flatten)]
+    pub path: PathSnapshot,
+    /// The node this path opens.
+    pub device: Option<PathBuf>,
 }
 
 /// The `stats` answer.
@@ -57,7 +71,22 @@ pub fn topology(state: &BrokerState) -> Vec<LunTopology> {
     state
         .luns
         .iter()
-        .map(|l| LunTopology {
+        .map(|l| {
+            let d = state.dispatchers.iter().find(|d| d.name == l.name);
+            (l, d)
+        })
+        .map(|(l, d)| LunTopology {
+            selector: d.map_or(String::new(), |d| d.selector()),
+            paths: d
+                .map(|d| d.path_snapshots())
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, path)| PathTopology {
+                    path,
+                    device: l.path_device(i).map(|p| p.to_path_buf()),
+                })
+                .collect(),
             name: l.name.clone(),
             path: l.path.clone(),
             size_bytes: l.size_bytes,
@@ -74,9 +103,86 @@ pub fn topology(state: &BrokerState) -> Vec<LunTopology> {
         .collect()
 }
 
+/// Every LUN's path events so far.
+pub fn path_events(state: &BrokerState) -> serde_json::Value {
+    serde_json::Value::Object(
+        state
+            .dispatchers
+            .iter()
+            .map(|d| (d.name.clone(), serde_json::Value::Array(d.path_events())))
+            .collect(),
+    )
+}
+
+/// `fault TARGET FAULT`: TARGET is an emulated port's name or `LUN/PATH` for a path without
+/// one; FAULT is down, up, healthy, slow:K or flaky:P.
+pub fn inject_fault(state: &BrokerState, target: &str, fault: &str) -> Result<String, String> {
+    let parsed = match fault.split_once(':') {
+        None => match fault {
+            "down" => PortFault::Down,
+            "up" => PortFault::Up,
+            "healthy" => PortFault::Healthy,
+            _ => {
+                return Err(format!(
+                    "unknown fault '{fault}'; use down, up, healthy, slow:K or flaky:P"
+                ));
+            }
+        },
+        Some(("slow", k)) => PortFault::Slow {
+            factor: k
+                .parse()
+                .map_err(|_| format!("slow:K takes a factor, not '{k}'"))?,
+        },
+        Some(("flaky", p)) => PortFault::Flaky {
+            error_rate: p
+                .parse()
+                .map_err(|_| format!("flaky:P takes an error rate, not '{p}'"))?,
+        },
+        Some(_) => {
+            return Err(format!(
+                "unknown fault '{fault}'; use down, up, healthy, slow:K or flaky:P"
+            ));
+        }
+    };
+    if let Some(p) = parsed.problem() {
+        return Err(p);
+    }
+    if let Some(i) = state.port_names.iter().position(|p| p == target) {
+        let Some(array) = &state.array else {
+            return Err(format!("port '{target}' has no emulated LUN behind it"));
+        };
+        array.set_port_fault(state.clock.now(), i, parsed);
+        log::warn!("control: port '{target}' fault {fault}");
+        return Ok(format!("port '{target}': {fault}"));
+    }
+    let Some((lun, path)) = target.split_once('/') else {
+        return Err(format!(
+            "no port named '{target}'; name a port ({}) or LUN/PATH",
+            state.port_names.join(", ")
+        ));
+    };
+    let Some(d) = state.dispatchers.iter().find(|d| d.name == lun) else {
+        return Err(format!("no LUN named '{lun}'"));
+    };
+    d.set_file_fault(path, parsed)?;
+    Ok(format!("LUN '{lun}' path '{path}': {fault}"))
+}
+
 fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> String {
     let mut words = command.split_whitespace();
+    if command.trim_start().starts_with("fault") {
+        let _ = words.next();
+        let reply = match (words.next(), words.next(), words.next()) {
+            (Some(target), Some(fault), None) => inject_fault(state, target, fault),
+            _ => Err("usage: fault PORT|LUN/PATH down|up|healthy|slow:K|flaky:P".into()),
+        };
+        return match reply {
+            Ok(done) => serde_json::json!({ "ok": done }).to_string(),
+            Err(e) => serde_json::json!({ "error": e }).to_string(),
+        };
+    }
     let result = match (words.next().unwrap_or(""), words.next()) {
+        ("paths", None) => serde_json::to_string(&path_events(state)),
         ("stats", None) => serde_json::to_string(&stats(state)),
         ("topology", None) => serde_json::to_string(&topology(state)),
         ("telemetry", None) => serde_json::to_string(&telemetry.recent(None)),
@@ -85,7 +191,7 @@ fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> St
             Err(_) => Ok(serde_json::json!({ "error": format!("telemetry takes a count of seconds, not '{n}'") }).to_string()),
         },
         (other, _) => Ok(serde_json::json!({
-            "error": format!("unknown command '{}'; try 'stats', 'topology' or 'telemetry [N]'", other)
+            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'telemetry [N]' or 'fault TARGET FAULT'", other)
         })
         .to_string()),
     };

@@ -24,6 +24,9 @@ pub struct DiskCounters {
     pub io_errors: AtomicU64,
     /// Requests moved from the O_DIRECT descriptor to the buffered one (misaligned buffers).
     pub buffered_fallbacks: AtomicU64,
+    /// Requests sent again through another path after theirs failed them (never seen by the
+    /// guest).
+    pub path_retries: AtomicU64,
     pub rejected: [AtomicU64; REJECTION_CLASSES.len()],
     /// Guest connections accepted on this disk's socket.
     pub connections: AtomicU64,
@@ -59,6 +62,7 @@ pub struct DiskCountersSnapshot {
     pub get_ids: u64,
     pub io_errors: u64,
     pub buffered_fallbacks: u64,
+    pub path_retries: u64,
     pub rejected: std::collections::BTreeMap<String, u64>,
     pub connections: u64,
     pub notifications: u64,
@@ -108,6 +112,7 @@ impl DiskCounters {
             get_ids: l(&self.get_ids),
             io_errors: l(&self.io_errors),
             buffered_fallbacks: l(&self.buffered_fallbacks),
+            path_retries: l(&self.path_retries),
             rejected: REJECTION_CLASSES
                 .iter()
                 .zip(self.rejected.iter())

@@ -29,11 +29,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use weir_sched::array::{Admission, EmulatedArray};
+use weir_sched::array::{Admission, EmulatedArray, PortFault};
 use weir_sched::cost::CostModel;
 use weir_sched::depth::{DepthPolicy, Outcome, QueueDepthController};
 use weir_sched::mclock::{MClock, TenantPolicy};
+use weir_sched::path::{MultipathPolicy, PathGroup, PathSet, PathState, PathStats, Selection};
+use weir_sched::rng::SplitMix64;
 use weir_sched::sim::SchedulerKind;
+
+use crate::lun::LunStore;
 
 /// Delay before a request the array refused is offered again.
 pub const RETRY_DELAY_S: f64 = 0.001;
@@ -66,14 +70,22 @@ impl Default for BrokerClock {
 /// What a queue thread is told by the dispatcher and the array model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum InboxEvent {
-    /// Do the I/O of `slot` now.
+    /// Do the I/O of `slot` now, on path `path`.
     Granted {
         slot: usize,
         epoch: u64,
         dispatched_at: f64,
+        path: usize,
+        /// When this attempt left (service time runs from here).
+        attempt_at: f64,
+        /// When a path failed this request before, if one did.
+        failed_at: Option<f64>,
     },
-    /// The array model finished serving `slot`.
-    ModelDone { slot: usize },
+    /// The array model finished serving `slot`: well, or with a transport error (`ok` false:
+    /// the request must be re-issued on another path).
+    ModelDone { slot: usize, ok: bool },
+    /// No path for longer than the hold time: answer `slot` with an I/O error.
+    Failed { slot: usize },
 }
 
 /// A queue thread's mailbox.
@@ -123,6 +135,8 @@ struct Ticket {
     /// When the request was first offered to the array (latency runs from there, so time lost
     /// to BUSY retries counts).
     first_dispatch: Option<f64>,
+    /// When a path failed it, if one did.
+    failed_at: Option<f64>,
 }
 
 enum Queue {
@@ -136,6 +150,44 @@ struct DispatchState {
     in_flight: u32,
     retry: VecDeque<Ticket>,
     retry_at: f64,
+    /// Requests whose path failed under them: first in line, no delay.
+    reissue: VecDeque<Ticket>,
+    paths: PathSet,
+    /// Path events already logged.
+    events_logged: usize,
+    /// Faults injected on paths without an array model.
+    file_faults: Vec<FileFault>,
+    rng: SplitMix64,
+}
+
+/// A fault injected by hand on a path that has no emulated port: `down` fails its requests
+/// before they start, `error_rate` fails that share of them after their I/O (transport errors
+/// of a real HBA, as seen by the initiator).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FileFault {
+    pub down: bool,
+    pub error_rate: f64,
+}
+
+/// One path of a LUN, as the dispatcher routes to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathRoute {
+    pub name: String,
+    /// The emulated array port, by index and name.
+    pub port: Option<(usize, String)>,
+    pub group: PathGroup,
+    pub max_in_flight: u32,
+}
+
+/// A path's figures for telemetry and the control socket.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PathSnapshot {
+    pub name: String,
+    pub port: Option<String>,
+    pub group: PathGroup,
+    pub state: PathState,
+    #[serde(flatten)]
+    pub stats: PathStats,
 }
 
 /// The windows of the LUNs behind one port, capped together.
@@ -175,6 +227,12 @@ pub struct DispatchCounters {
     pub queued: AtomicU64,
     pub congestion: AtomicU64,
     pub halvings: AtomicU64,
+    /// Requests moved to another path after theirs failed.
+    pub reissued: AtomicU64,
+    /// Requests failed to the guest for want of a path.
+    pub no_path_failures: AtomicU64,
+    /// Longest fault → good answer via another path, µs.
+    pub max_failover_us: AtomicU64,
 }
 
 impl std::fmt::Debug for LunDispatcher {
@@ -190,6 +248,9 @@ pub struct LunDispatcher {
     pub name: String,
     array: Option<(Arc<ArrayRuntime>, usize)>,
     budget: Option<(Arc<PortBudget>, usize)>,
+    routes: Vec<PathRoute>,
+    /// The store the path checker probes (file paths).
+    store: Option<Arc<LunStore>>,
     state: Mutex<DispatchState>,
     pub counters: DispatchCounters,
 }
@@ -212,19 +273,65 @@ impl LunDispatcher {
         counters
             .window
             .store(u64::from(controller.window()), Ordering::Relaxed);
+        let routes = vec![PathRoute {
+            name: "path0".into(),
+            port: array.as_ref().map(|_| (0, "port0".into())),
+            group: PathGroup::Optimized,
+            max_in_flight: u32::MAX,
+        }];
+        let paths = PathSet::new(
+            &[(PathGroup::Optimized, u32::MAX)],
+            MultipathPolicy::default(),
+        );
         LunDispatcher {
             name: name.to_string(),
             array,
             budget: None,
+            routes,
+            store: None,
             state: Mutex::new(DispatchState {
                 queue,
                 controller,
                 in_flight: 0,
                 retry: VecDeque::new(),
                 retry_at: 0.0,
+                reissue: VecDeque::new(),
+                paths,
+                events_logged: 0,
+                file_faults: vec![FileFault::default()],
+                rng: SplitMix64::new(0x5eed),
             }),
             counters,
         }
+    }
+
+    /// Gives the LUN its paths (in place of the one default path) and the store the path
+    /// checker probes.
+    pub fn with_paths(
+        mut self,
+        routes: Vec<PathRoute>,
+        policy: MultipathPolicy,
+        store: Option<Arc<LunStore>>,
+    ) -> Self {
+        let groups: Vec<(PathGroup, u32)> =
+            routes.iter().map(|r| (r.group, r.max_in_flight)).collect();
+        {
+            let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+            st.paths = PathSet::new(&groups, policy);
+            st.file_faults = vec![FileFault::default(); routes.len()];
+        }
+        self.routes = routes;
+        self.store = store;
+        self
+    }
+
+    pub fn routes(&self) -> &[PathRoute] {
+        &self.routes
+    }
+
+    /// More than one path: an I/O error is a path's failure, and the request moves.
+    pub fn multipath(&self) -> bool {
+        self.routes.len() > 1
     }
 
     /// Puts this LUN under a port budget, as LUN `index` of the port.
@@ -262,6 +369,7 @@ impl LunDispatcher {
             bytes,
             write,
             first_dispatch: None,
+            failed_at: None,
         };
         let mut st = self.lock();
         match &mut st.queue {
@@ -278,41 +386,87 @@ impl LunDispatcher {
     /// caller reads its inbox right after.
     pub fn pump(&self, now: f64, caller: Option<&Arc<Inbox>>) {
         let mut st = self.lock();
+        let signal_for = |t: &Ticket| caller.is_none_or(|c| !Arc::ptr_eq(c, &t.owner));
         loop {
             if st.in_flight >= self.window(&st) {
                 break;
             }
-            let from_retry = !st.retry.is_empty();
-            let ticket = if from_retry {
-                if st.retry_at > now {
+            let path = match st.paths.select(now) {
+                Selection::Path(p) => p,
+                Selection::Wait => break,
+                Selection::NoPath => {
+                    if st.paths.hold_expired(now) {
+                        let failed = drain_all(&mut st);
+                        self.counters
+                            .no_path_failures
+                            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+                        for t in failed {
+                            let signal = signal_for(&t);
+                            t.owner.push(InboxEvent::Failed { slot: t.slot }, signal);
+                        }
+                    }
                     break;
                 }
-                st.retry.pop_front()
+            };
+            let source = if !st.reissue.is_empty() {
+                0
+            } else if !st.retry.is_empty() {
+                1
             } else {
-                match &mut st.queue {
+                2
+            };
+            let ticket = match source {
+                0 => st.reissue.pop_front(),
+                1 => {
+                    if st.retry_at > now {
+                        break;
+                    }
+                    st.retry.pop_front()
+                }
+                _ => match &mut st.queue {
                     Queue::Mclock(m) => m.dispatch(now).map(|(_, t, _)| t),
                     Queue::Fifo(q) => q.pop_front(),
-                }
+                },
             };
             let Some(mut ticket) = ticket else { break };
             let first = *ticket.first_dispatch.get_or_insert(now);
             let epoch = st.controller.epoch();
-            let admitted = match &self.array {
-                None => Admission::Accepted,
-                Some((array, lun)) => array.submit(now, *lun, &ticket),
+            let route = &self.routes[path];
+            let admitted = if st.file_faults.get(path).is_some_and(|f| f.down) {
+                Admission::PortDown
+            } else {
+                match (&self.array, &route.port) {
+                    (Some((array, lun)), Some((port, _))) => {
+                        array.submit(now, *lun, *port, &ticket, st.paths.policy().io_timeout_s)
+                    }
+                    _ => Admission::Accepted,
+                }
             };
             match admitted {
                 Admission::Accepted => {
                     st.in_flight += 1;
-                    let signal = caller.is_none_or(|c| !Arc::ptr_eq(c, &ticket.owner));
+                    st.paths.on_dispatch(path, now);
+                    let signal = signal_for(&ticket);
                     ticket.owner.push(
                         InboxEvent::Granted {
                             slot: ticket.slot,
                             epoch,
                             dispatched_at: first,
+                            path,
+                            attempt_at: now,
+                            failed_at: ticket.failed_at,
                         },
                         signal,
                     );
+                }
+                Admission::PortDown => {
+                    st.paths.on_dispatch(path, now);
+                    st.paths.on_failure(path, now, "port down");
+                    if ticket.failed_at.is_none() {
+                        ticket.failed_at = Some(now);
+                        self.counters.reissued.fetch_add(1, Ordering::Relaxed);
+                    }
+                    st.reissue.push_front(ticket);
                 }
                 Admission::QueueFull | Admission::Busy => {
                     self.counters.congestion.fetch_add(1, Ordering::Relaxed);
@@ -324,16 +478,197 @@ impl LunDispatcher {
                 }
             }
         }
+        self.log_path_events(&mut st);
         self.publish(&st);
     }
 
-    /// A granted request finished (its I/O and, when emulated, the model's service).
-    pub fn on_complete(&self, now: f64, epoch: u64, latency_s: f64) {
+    fn log_path_events(&self, st: &mut DispatchState) {
+        for e in st.paths.events_since(st.events_logged) {
+            let path = self.routes.get(e.path).map_or("?", |r| r.name.as_str());
+            let line = format!(
+                "t = {:.3} s: LUN '{}' path '{}' {}: {}",
+                e.at, self.name, path, e.what, e.why
+            );
+            if e.what == "restored" || e.what == "returning" {
+                log::info!("{line}");
+            } else {
+                log::warn!("{line}");
+            }
+        }
+        st.events_logged = st.paths.events().len();
+    }
+
+    /// A granted request finished well (its I/O and, when emulated, the model's service), on
+    /// `path`, after `service_s` on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_complete(
+        &self,
+        now: f64,
+        epoch: u64,
+        latency_s: f64,
+        path: usize,
+        service_s: f64,
+        bytes: u64,
+        failed_at: Option<f64>,
+    ) {
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(1);
+        st.paths.on_success(path, now, service_s, bytes);
         st.controller
             .on_completion(now, epoch, Outcome::Good, latency_s);
+        if let Some(f) = failed_at {
+            let us = ((now - f).max(0.0) * 1e6) as u64;
+            self.counters
+                .max_failover_us
+                .fetch_max(us, Ordering::Relaxed);
+        }
         self.publish(&st);
+    }
+
+    /// Whether a request that finished on `path` must count as failed although its I/O went
+    /// well: an injected flaky fault on a path without a model.
+    pub fn injected_error(&self, path: usize) -> bool {
+        let mut st = self.lock();
+        let rate = st.file_faults.get(path).map_or(0.0, |f| f.error_rate);
+        rate > 0.0 && st.rng.next_f64() < rate
+    }
+
+    /// A granted request failed on `path` (transport error, I/O error on a multipath LUN,
+    /// timeout): the path is failed and the request goes first to another path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reissue(
+        &self,
+        now: f64,
+        path: usize,
+        owner: &Arc<Inbox>,
+        slot: usize,
+        bytes: u64,
+        write: bool,
+        first_dispatch: f64,
+        failed_at: Option<f64>,
+        why: &str,
+    ) {
+        {
+            let mut st = self.lock();
+            st.in_flight = st.in_flight.saturating_sub(1);
+            st.paths.on_failure(path, now, why);
+            if failed_at.is_none() {
+                self.counters.reissued.fetch_add(1, Ordering::Relaxed);
+            }
+            st.reissue.push_front(Ticket {
+                owner: owner.clone(),
+                slot,
+                bytes,
+                write,
+                first_dispatch: Some(first_dispatch),
+                failed_at: Some(failed_at.unwrap_or(now)),
+            });
+        }
+        self.pump(now, None);
+    }
+
+    /// A granted request is given up without a verdict (its guest went away mid-failover).
+    pub fn abandon(&self, path: usize) {
+        let mut st = self.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        st.paths.on_abandon(path);
+        self.publish(&st);
+    }
+
+    /// Path checker: probes failed paths when due (emulated: the port answers; file: a real
+    /// 512-byte read through the path's own descriptor).
+    pub fn check_paths(&self, now: f64) {
+        let mut st = self.lock();
+        if now < st.paths.next_check() {
+            return;
+        }
+        let faults = st.file_faults.clone();
+        st.paths.check(now, |i| {
+            if faults.get(i).is_some_and(|f| f.down) {
+                return false;
+            }
+            match (
+                &self.array,
+                self.routes.get(i).and_then(|r| r.port.as_ref()),
+            ) {
+                (Some((array, _)), Some((port, _))) => array.probe(*port),
+                _ => self.store.as_ref().is_none_or(|s| s.probe(i)),
+            }
+        });
+        self.log_path_events(&mut st);
+    }
+
+    /// Injects a fault on a path without an emulated port (`path` by name).
+    pub fn set_file_fault(&self, path: &str, fault: PortFault) -> Result<(), String> {
+        let Some(i) = self.routes.iter().position(|r| r.name == path) else {
+            let names: Vec<&str> = self.routes.iter().map(|r| r.name.as_str()).collect();
+            return Err(format!(
+                "LUN '{}' has no path '{path}' (paths: {})",
+                self.name,
+                names.join(", ")
+            ));
+        };
+        if let Some((_, port)) = &self.routes[i].port {
+            return Err(format!(
+                "path '{path}' of LUN '{}' goes through emulated port '{port}': fault the port",
+                self.name
+            ));
+        }
+        let mut st = self.lock();
+        let f = &mut st.file_faults[i];
+        match fault {
+            PortFault::Down => f.down = true,
+            PortFault::Up => f.down = false,
+            PortFault::Flaky { error_rate } => f.error_rate = error_rate,
+            PortFault::Healthy => *f = FileFault::default(),
+            PortFault::Slow { .. } => {
+                return Err(
+                    "slow needs the array model: use an emulated LUN for latency faults".into(),
+                );
+            }
+        }
+        log::warn!(
+            "LUN '{}' path '{path}': injected fault {fault:?}",
+            self.name
+        );
+        Ok(())
+    }
+
+    /// Every path's state and figures.
+    pub fn path_snapshots(&self) -> Vec<PathSnapshot> {
+        let st = self.lock();
+        self.routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| PathSnapshot {
+                name: r.name.clone(),
+                port: r.port.as_ref().map(|p| p.1.clone()),
+                group: r.group,
+                state: st.paths.state(i),
+                stats: st.paths.stats(i).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The path events so far, with path names.
+    pub fn path_events(&self) -> Vec<serde_json::Value> {
+        let st = self.lock();
+        st.paths
+            .events()
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "at_s": e.at,
+                    "path": self.routes.get(e.path).map_or("?", |r| r.name.as_str()),
+                    "what": e.what,
+                    "why": e.why,
+                })
+            })
+            .collect()
+    }
+
+    pub fn selector(&self) -> String {
+        self.lock().paths.policy().selector.to_string()
     }
 
     /// Takes back every request of `owner` not yet granted (its guest went away). Returns
@@ -341,6 +676,13 @@ impl LunDispatcher {
     pub fn cancel_owner(&self, owner: &Arc<Inbox>) -> Vec<usize> {
         let mut st = self.lock();
         let mut slots = Vec::new();
+        st.reissue.retain(|t| {
+            let mine = Arc::ptr_eq(&t.owner, owner);
+            if mine {
+                slots.push(t.slot);
+            }
+            !mine
+        });
         st.retry.retain(|t| {
             let mine = Arc::ptr_eq(&t.owner, owner);
             if mine {
@@ -380,11 +722,12 @@ impl LunDispatcher {
     pub fn next_deadline(&self) -> Option<f64> {
         let st = self.lock();
         let retry = (!st.retry.is_empty()).then_some(st.retry_at);
+        let hold = st.paths.hold_deadline();
         let tag = match &st.queue {
             Queue::Mclock(m) if st.in_flight < self.window(&st) => m.next_eligible(),
             _ => None,
         };
-        [retry, tag]
+        [retry, tag, hold]
             .into_iter()
             .flatten()
             .min_by(|a, b| a.total_cmp(b))
@@ -394,7 +737,8 @@ impl LunDispatcher {
         let queued = match &st.queue {
             Queue::Mclock(m) => m.queued(),
             Queue::Fifo(q) => q.len(),
-        } + st.retry.len();
+        } + st.retry.len()
+            + st.reissue.len();
         self.counters
             .window
             .store(u64::from(st.controller.window()), Ordering::Relaxed);
@@ -408,15 +752,38 @@ impl LunDispatcher {
     }
 }
 
+/// Every request a dispatcher holds, taken out (to fail them).
+fn drain_all(st: &mut DispatchState) -> Vec<Ticket> {
+    let mut out: Vec<Ticket> = st.reissue.drain(..).chain(st.retry.drain(..)).collect();
+    match &mut st.queue {
+        Queue::Mclock(m) => out.extend(m.drain_where(|_| true)),
+        Queue::Fifo(q) => out.extend(q.drain(..)),
+    }
+    out
+}
+
 /// The emulated array: the model, and who waits for which of its completions.
 pub struct ArrayRuntime {
     /// QUEUE FULL answers per port.
     pub queue_full: Vec<AtomicU64>,
     model: Mutex<EmulatedArray>,
-    waiters: Mutex<HashMap<u64, (Arc<Inbox>, usize)>>,
+    waiters: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
     /// Wakes the clock thread when a completion earlier than it planned for is scheduled.
     wake: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl std::fmt::Debug for ArrayRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrayRuntime").finish_non_exhaustive()
+    }
+}
+
+/// Who waits for a model completion, and until when it may take.
+struct Waiter {
+    owner: Arc<Inbox>,
+    slot: usize,
+    deadline: f64,
 }
 
 impl ArrayRuntime {
@@ -430,13 +797,13 @@ impl ArrayRuntime {
         }
     }
 
-    fn submit(&self, now: f64, lun: usize, t: &Ticket) -> Admission {
+    fn submit(&self, now: f64, lun: usize, port: usize, t: &Ticket, timeout_s: f64) -> Admission {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let before = model.next_completion();
-        let admission = model.submit(now, lun, id, t.bytes, t.write);
+        let admission = model.submit(now, lun, port, id, t.bytes, t.write);
         if admission == Admission::QueueFull {
-            if let Some(c) = model.lun_port(lun).and_then(|p| self.queue_full.get(p)) {
+            if let Some(c) = self.queue_full.get(port) {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -448,7 +815,14 @@ impl ArrayRuntime {
             self.waiters
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(id, (t.owner.clone(), t.slot));
+                .insert(
+                    id,
+                    Waiter {
+                        owner: t.owner.clone(),
+                        slot: t.slot,
+                        deadline: now + timeout_s,
+                    },
+                );
             drop(model);
             if before.is_none_or(|b| after.is_some_and(|a| a < b)) {
                 let (lock, cv) = &*self.wake;
@@ -465,18 +839,62 @@ impl ArrayRuntime {
         {
             let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
             while let Some(c) = model.complete_next(now) {
-                done.push(c.id);
+                done.push((c.id, c.ok));
             }
         }
         if done.is_empty() {
             return;
         }
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for id in done {
-            if let Some((owner, slot)) = waiters.remove(&id) {
-                owner.push(InboxEvent::ModelDone { slot }, true);
+        for (id, ok) in done {
+            // No waiter: the request timed out and was already answered as failed.
+            if let Some(w) = waiters.remove(&id) {
+                w.owner
+                    .push(InboxEvent::ModelDone { slot: w.slot, ok }, true);
             }
         }
+    }
+
+    /// Fails every request the model has held past its path's I/O timeout (the initiator
+    /// gives up on it; the model's late answer is then ignored).
+    pub fn expire(&self, now: f64) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let late: Vec<u64> = waiters
+            .iter()
+            .filter(|(_, w)| now >= w.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(w) = waiters.remove(&id) {
+                w.owner.push(
+                    InboxEvent::ModelDone {
+                        slot: w.slot,
+                        ok: false,
+                    },
+                    true,
+                );
+            }
+        }
+    }
+
+    /// A probe through port `port`.
+    pub fn probe(&self, port: usize) -> bool {
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .probe(port)
+    }
+
+    /// Applies a fault to port `port` now.
+    pub fn set_port_fault(&self, now: f64, port: usize, fault: PortFault) {
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_port_fault(now, port, fault);
+        // Failed requests are due at once.
+        let (lock, cv) = &*self.wake;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_one();
     }
 
     pub fn next_completion(&self) -> Option<f64> {
@@ -511,13 +929,21 @@ impl ArrayRuntime {
     }
 }
 
-/// A capacity change of an emulated LUN at a time on the broker's clock.
+/// A change to the emulated array at a time on the broker's clock.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CapacityEvent {
+pub enum ArrayEventKind {
+    /// LUN (index in the model) capacity, percent of its model.
+    Capacity { lun: usize, pct: f64 },
+    /// A fault on a port (index in the model).
+    Fault { port: usize, fault: PortFault },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArrayEvent {
     pub at_s: f64,
-    /// The LUN's index in the array model.
-    pub lun: usize,
-    pub capacity_pct: f64,
+    pub kind: ArrayEventKind,
+    /// For the log.
+    pub label: String,
 }
 
 /// The clock-driven half of scheduling, for every LUN and array of a broker.
@@ -532,7 +958,7 @@ impl SchedulerThread {
         clock: BrokerClock,
         dispatchers: Vec<Arc<LunDispatcher>>,
         arrays: Vec<Arc<ArrayRuntime>>,
-        mut events: Vec<CapacityEvent>,
+        mut events: Vec<ArrayEvent>,
         wake: Arc<(Mutex<bool>, Condvar)>,
     ) -> std::io::Result<Self> {
         events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
@@ -547,12 +973,13 @@ impl SchedulerThread {
                     let now = clock.now();
                     while let Some(e) = events.get(next_event).filter(|e| e.at_s <= now) {
                         if let Some(a) = arrays.first() {
-                            log::info!(
-                                "t = {now:.1} s: emulated LUN #{} capacity {} %",
-                                e.lun,
-                                e.capacity_pct
-                            );
-                            a.set_capacity(e.lun, e.capacity_pct);
+                            log::warn!("t = {now:.1} s: scheduled event: {}", e.label);
+                            match e.kind {
+                                ArrayEventKind::Capacity { lun, pct } => a.set_capacity(lun, pct),
+                                ArrayEventKind::Fault { port, fault } => {
+                                    a.set_port_fault(now, port, fault)
+                                }
+                            }
                         }
                         next_event += 1;
                     }
@@ -561,7 +988,11 @@ impl SchedulerThread {
                     }
                     if now >= next_tick {
                         next_tick = now + TICK_S;
+                        for a in &arrays {
+                            a.expire(now);
+                        }
                         for d in &dispatchers {
+                            d.check_paths(now);
                             d.tick(now);
                         }
                     } else {
@@ -650,9 +1081,9 @@ mod tests {
         assert_eq!(d.counters.queued.load(Ordering::Relaxed), 6);
         // b was signalled (its eventfd is readable), a was not (it asked).
         assert!(a.fd.read().is_err(), "a's eventfd was not written");
-        d.on_complete(0.001, 0, 0.001);
+        d.on_complete(0.001, 0, 0.001, 0, 0.001, 4096, None);
         d.pump(0.001, None);
-        d.on_complete(0.002, 0, 0.001);
+        d.on_complete(0.002, 0, 0.001, 0, 0.001, 4096, None);
         d.pump(0.002, None);
         let (ga, gb) = (grants(&a).len(), grants(&b).len());
         assert_eq!((ga, gb), (1, 1), "equal weights alternate");
@@ -675,7 +1106,11 @@ mod tests {
     fn the_scheduler_thread_applies_capacity_events_on_time() {
         let wake = Arc::new((Mutex::new(false), Condvar::new()));
         let array = Arc::new(ArrayRuntime::new(
-            EmulatedArray::new(&[32], &[(0, LunModel::default())], 1),
+            EmulatedArray::new(
+                &EmulatedArray::port_limits(&[32]),
+                &[LunModel::default()],
+                1,
+            ),
             wake.clone(),
         ));
         let clock = BrokerClock::new();
@@ -683,10 +1118,10 @@ mod tests {
             clock,
             Vec::new(),
             vec![array.clone()],
-            vec![CapacityEvent {
+            vec![ArrayEvent {
                 at_s: 0.1,
-                lun: 0,
-                capacity_pct: 50.0,
+                kind: ArrayEventKind::Capacity { lun: 0, pct: 50.0 },
+                label: "test".into(),
             }],
             wake,
         )
@@ -713,7 +1148,7 @@ mod tests {
             ..LunModel::default()
         };
         let array = Arc::new(ArrayRuntime::new(
-            EmulatedArray::new(&[64], &[(0, model)], 3),
+            EmulatedArray::new(&EmulatedArray::port_limits(&[64]), &[model], 3),
             wake.clone(),
         ));
         let d = Arc::new(LunDispatcher::new(
@@ -752,12 +1187,14 @@ mod tests {
                                     slot,
                                     epoch,
                                     dispatched_at,
+                                    ..
                                 } => {
                                     state.get_mut(&slot).unwrap().0 = Some((epoch, dispatched_at));
                                 }
-                                InboxEvent::ModelDone { slot } => {
+                                InboxEvent::ModelDone { slot, .. } => {
                                     state.get_mut(&slot).unwrap().1 = true
                                 }
+                                InboxEvent::Failed { slot } => panic!("slot {slot} failed"),
                             }
                         }
                         let finished: Vec<usize> = state
@@ -768,7 +1205,7 @@ mod tests {
                         for slot in finished {
                             let (g, _) = state.remove(&slot).unwrap();
                             let (epoch, at) = g.unwrap();
-                            d.on_complete(clock.now(), epoch, clock.now() - at);
+                            d.on_complete(clock.now(), epoch, clock.now() - at, 0, 0.0, 4096, None);
                             done += 1;
                         }
                         std::thread::yield_now();
@@ -791,7 +1228,7 @@ mod tests {
             ..LunModel::default()
         };
         let array = Arc::new(ArrayRuntime::new(
-            EmulatedArray::new(&[1], &[(0, model)], 1),
+            EmulatedArray::new(&EmulatedArray::port_limits(&[1]), &[model], 1),
             wake,
         ));
         let d = LunDispatcher::new(
@@ -811,9 +1248,140 @@ mod tests {
         assert_eq!(d.next_deadline(), Some(RETRY_DELAY_S));
         let done = array.next_completion().expect("the model serves slot 1");
         array.fire_due(done);
-        assert_eq!(inbox.take(), vec![InboxEvent::ModelDone { slot: 1 }]);
-        d.on_complete(done, 0, done);
+        assert_eq!(
+            inbox.take(),
+            vec![InboxEvent::ModelDone { slot: 1, ok: true }]
+        );
+        d.on_complete(done, 0, done, 0, done, 4096, None);
         d.pump(done.max(RETRY_DELAY_S), None);
         assert_eq!(grants(&inbox), vec![2]);
+    }
+
+    fn two_port_lun(policy: MultipathPolicy) -> (Arc<ArrayRuntime>, LunDispatcher) {
+        let wake = Arc::new((Mutex::new(false), Condvar::new()));
+        // Service takes about a second: nothing finishes on its own during a test.
+        let model = LunModel {
+            servers: 8,
+            busy_threshold: 8,
+            read_base_us: 1e6,
+            write_base_us: 1e6,
+            ..LunModel::default()
+        };
+        let array = Arc::new(ArrayRuntime::new(
+            EmulatedArray::new(&EmulatedArray::port_limits(&[64, 64]), &[model], 1),
+            wake,
+        ));
+        let routes = ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| PathRoute {
+                name: n.to_string(),
+                port: Some((i, n.to_string())),
+                group: PathGroup::Optimized,
+                max_in_flight: 16,
+            })
+            .collect();
+        let d = LunDispatcher::new(
+            "l",
+            vec![TenantPolicy::default()],
+            SchedulerKind::Fifo,
+            DepthPolicy::Fixed { depth: 8 },
+            Some((array.clone(), 0)),
+        )
+        .with_paths(routes, policy, None);
+        (array, d)
+    }
+
+    fn granted_paths(inbox: &Inbox) -> Vec<(usize, usize)> {
+        inbox
+            .take()
+            .into_iter()
+            .filter_map(|e| match e {
+                InboxEvent::Granted { slot, path, .. } => Some((slot, path)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_port_going_down_fails_its_requests_and_they_move_to_the_other_path() {
+        let (array, d) = two_port_lun(MultipathPolicy {
+            selector: weir_sched::path::PathSelectorKind::RoundRobin { ios: 1 },
+            ..MultipathPolicy::default()
+        });
+        let inbox = Arc::new(Inbox::new().unwrap());
+        for slot in 0..4 {
+            d.enqueue(0, &inbox, slot, 4096, true, 0.0);
+        }
+        d.pump(0.0, Some(&inbox));
+        let grants = granted_paths(&inbox);
+        assert_eq!(grants, vec![(0, 0), (1, 1), (2, 0), (3, 1)]);
+        array.set_port_fault(0.001, 0, PortFault::Down);
+        array.fire_due(0.001);
+        let failed: Vec<usize> = inbox
+            .take()
+            .into_iter()
+            .filter_map(|e| match e {
+                InboxEvent::ModelDone { slot, ok: false } => Some(slot),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed, vec![0, 2], "port a requests fail");
+        for slot in failed {
+            d.reissue(
+                0.001,
+                0,
+                &inbox,
+                slot,
+                4096,
+                true,
+                0.0,
+                None,
+                "transport error",
+            );
+        }
+        assert_eq!(
+            granted_paths(&inbox),
+            vec![(0, 1), (2, 1)],
+            "both move to b"
+        );
+        assert_eq!(d.path_snapshots()[0].state, PathState::Failed);
+        assert_eq!(d.counters.reissued.load(Ordering::Relaxed), 2);
+        // New requests avoid the failed path.
+        d.enqueue(0, &inbox, 9, 4096, false, 0.002);
+        d.pump(0.002, Some(&inbox));
+        assert_eq!(granted_paths(&inbox), vec![(9, 1)]);
+    }
+
+    #[test]
+    fn with_every_path_down_requests_are_held_then_failed_at_the_bound() {
+        let (array, d) = two_port_lun(MultipathPolicy {
+            hold_s: 0.5,
+            ..MultipathPolicy::default()
+        });
+        array.set_port_fault(0.0, 0, PortFault::Down);
+        array.set_port_fault(0.0, 1, PortFault::Down);
+        let inbox = Arc::new(Inbox::new().unwrap());
+        d.enqueue(0, &inbox, 1, 4096, false, 0.0);
+        d.pump(0.0, Some(&inbox));
+        // Both paths refused (port down): failed, the request is held.
+        assert!(inbox.take().is_empty());
+        assert_eq!(d.counters.queued.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            d.next_deadline(),
+            Some(0.5),
+            "the clock thread wakes at the bound"
+        );
+        d.tick(0.49);
+        assert!(inbox.take().is_empty(), "still held before the bound");
+        d.tick(0.5);
+        assert_eq!(inbox.take(), vec![InboxEvent::Failed { slot: 1 }]);
+        assert_eq!(d.counters.no_path_failures.load(Ordering::Relaxed), 1);
+        // A port returns: the checker takes its path back at once (nothing else is usable).
+        array.set_port_fault(0.6, 1, PortFault::Up);
+        d.check_paths(10.0);
+        d.enqueue(0, &inbox, 2, 4096, false, 10.0);
+        d.pump(10.0, Some(&inbox));
+        assert_eq!(granted_paths(&inbox), vec![(2, 1)]);
     }
 }

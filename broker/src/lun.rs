@@ -61,6 +61,16 @@ pub struct LunStore {
     buffered: File,
     /// Why O_DIRECT is not in use, when it is not.
     pub direct_unavailable: Option<String>,
+    /// One pair of descriptors per path (multipath: each path its own way to the store).
+    paths: Vec<PathFds>,
+}
+
+/// A path's own descriptors onto the store.
+#[derive(Debug)]
+struct PathFds {
+    device: PathBuf,
+    direct: Option<File>,
+    buffered: File,
 }
 
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t); BLKDISCARD = _IO(0x12, 119); BLKZEROOUT = _IO(0x12, 127).
@@ -144,6 +154,29 @@ impl LunStore {
         } else {
             (None, Some("direct = false in the config".to_string()))
         };
+        let mut paths = Vec::new();
+        for p in cfg.resolved_paths() {
+            let open_path = |custom: i32| {
+                let mut o = OpenOptions::new();
+                o.read(true).write(!cfg.read_only).custom_flags(custom);
+                o.open(&p.device)
+            };
+            let buffered = open_path(0).map_err(|source| LunError::Open {
+                lun: name.clone(),
+                path: p.device.clone(),
+                source,
+            })?;
+            let direct = if direct.is_some() {
+                open_path(libc::O_DIRECT).ok()
+            } else {
+                None
+            };
+            paths.push(PathFds {
+                device: p.device.clone(),
+                direct,
+                buffered,
+            });
+        }
         Ok(LunStore {
             name,
             path,
@@ -153,7 +186,44 @@ impl LunStore {
             direct,
             buffered,
             direct_unavailable,
+            paths,
         })
+    }
+
+    /// The descriptor for data I/O through path `path`: direct when available and the
+    /// request is aligned for it.
+    pub fn path_data_fd(&self, path: usize, aligned: bool) -> (RawFd, bool) {
+        match self.paths.get(path) {
+            Some(p) => match &p.direct {
+                Some(f) if aligned => (f.as_raw_fd(), true),
+                _ => (p.buffered.as_raw_fd(), false),
+            },
+            None => self.data_fd(aligned),
+        }
+    }
+
+    /// The device path `path` opens.
+    pub fn path_device(&self, path: usize) -> Option<&Path> {
+        self.paths.get(path).map(|p| p.device.as_path())
+    }
+
+    /// The path checker's probe: one 512-byte read at offset 0 through path `path`'s own
+    /// descriptor (a TEST UNIT READY stand-in that really touches the store).
+    pub fn probe(&self, path: usize) -> bool {
+        let Some(p) = self.paths.get(path) else {
+            return false;
+        };
+        let mut buf = [0u8; 512];
+        // SAFETY: reads at most 512 bytes into `buf`, which outlives the call.
+        let n = unsafe {
+            libc::pread(
+                p.buffered.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        n >= 0
     }
 
     pub fn capacity_sectors(&self) -> u64 {

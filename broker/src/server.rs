@@ -21,14 +21,16 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use weir_sched::array::{EmulatedArray, LunModel};
+use weir_sched::array::{EmulatedArray, LunModel, PortModel};
+use weir_sched::sim::EventAction;
 
 use crate::config::{BrokerConfig, DiskConfig, LunBackend, LunConfig, MAX_SERIAL_BYTES};
 use crate::control::ControlServer;
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::device::{BlkDevice, BlkDeviceSpec};
 use crate::dispatch::{
-    ArrayRuntime, BrokerClock, CapacityEvent, LunDispatcher, PortBudget, SchedulerThread,
+    ArrayEvent, ArrayEventKind, ArrayRuntime, BrokerClock, LunDispatcher, PathRoute, PortBudget,
+    SchedulerThread,
 };
 use crate::lun::{LunError, LunStore};
 use crate::request::ID_BYTES;
@@ -67,6 +69,12 @@ pub struct DiskInfo {
 pub struct BrokerState {
     pub luns: Vec<Arc<LunStore>>,
     pub disks: Vec<DiskInfo>,
+    /// One per LUN, by name.
+    pub dispatchers: Vec<Arc<LunDispatcher>>,
+    /// The emulated array and its port names, when any LUN is emulated.
+    pub array: Option<Arc<ArrayRuntime>>,
+    pub port_names: Vec<String>,
+    pub clock: BrokerClock,
 }
 
 /// Stops a running broker.
@@ -138,20 +146,20 @@ impl Broker {
             .filter(|l| l.backend == LunBackend::Emulated)
             .collect();
         let array = (!emulated.is_empty()).then(|| {
-            let limits: Vec<u32> = config.ports.iter().map(|p| p.queue_limit).collect();
-            let luns: Vec<(usize, LunModel)> = emulated
+            let ports: Vec<PortModel> = config
+                .ports
                 .iter()
-                .map(|l| {
-                    let port = config
-                        .ports
-                        .iter()
-                        .position(|p| Some(&p.name) == l.port.as_ref())
-                        .unwrap_or(0);
-                    (port, l.model.clone().unwrap_or_default())
+                .map(|p| PortModel {
+                    queue_limit: p.queue_limit,
+                    latency_us: p.latency_us,
                 })
                 .collect();
+            let models: Vec<LunModel> = emulated
+                .iter()
+                .map(|l| l.model.clone().unwrap_or_default())
+                .collect();
             Arc::new(ArrayRuntime::new(
-                EmulatedArray::new(&limits, &luns, 1),
+                EmulatedArray::new(&ports, &models, 1),
                 wake.clone(),
             ))
         });
@@ -161,9 +169,12 @@ impl Broker {
             .iter()
             .filter_map(|p| {
                 let budget = p.budget?;
+                // A LUN counts against the budget of its first path's port.
                 let members: Vec<String> = emulated
                     .iter()
-                    .filter(|l| l.port.as_ref() == Some(&p.name))
+                    .filter(|l| {
+                        l.resolved_paths().first().and_then(|r| r.port.as_ref()) == Some(&p.name)
+                    })
                     .map(|l| l.name.clone())
                     .collect();
                 Some((
@@ -184,15 +195,30 @@ impl Broker {
                 .iter()
                 .position(|l| l.name == lun.name)
                 .and_then(|i| array.clone().map(|a| (a, i)));
+            let routes: Vec<PathRoute> = lun
+                .resolved_paths()
+                .into_iter()
+                .map(|p| PathRoute {
+                    port: in_array.as_ref().and_then(|_| {
+                        let name = p.port.clone()?;
+                        let i = config.ports.iter().position(|x| x.name == name)?;
+                        Some((i, name))
+                    }),
+                    name: p.name,
+                    group: p.group,
+                    max_in_flight: p.max_in_flight,
+                })
+                .collect();
             let mut d = LunDispatcher::new(
                 &lun.name,
                 tenants,
                 lun.scheduler,
                 lun.depth_policy(),
                 in_array,
-            );
-            if let Some((port, budget)) = lun
-                .port
+            )
+            .with_paths(routes, lun.multipath.clone(), luns.get(&lun.name).cloned());
+            let first_port = lun.resolved_paths().first().and_then(|p| p.port.clone());
+            if let Some((port, budget)) = first_port
                 .as_ref()
                 .and_then(|p| budgets.get(p))
                 .map(|(b, members)| (members.iter().position(|m| *m == lun.name), b.clone()))
@@ -241,25 +267,45 @@ impl Broker {
         }
         let mut lun_list: Vec<Arc<LunStore>> = luns.into_values().collect();
         lun_list.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut dispatcher_list: Vec<Arc<LunDispatcher>> = dispatchers.into_values().collect();
+        dispatcher_list.sort_by(|a, b| a.name.cmp(&b.name));
         let state = Arc::new(BrokerState {
             luns: lun_list,
             disks,
+            dispatchers: dispatcher_list.clone(),
+            array: array.clone(),
+            port_names: config.ports.iter().map(|p| p.name.clone()).collect(),
+            clock,
         });
         let handle = BrokerHandle {
             stop: stop.clone(),
             state: state.clone(),
         };
-        let mut dispatcher_list: Vec<Arc<LunDispatcher>> = dispatchers.into_values().collect();
-        dispatcher_list.sort_by(|a, b| a.name.cmp(&b.name));
-        let events: Vec<CapacityEvent> = config
+        let events: Vec<ArrayEvent> = config
             .events
             .iter()
             .filter_map(|e| {
-                let lun = emulated.iter().position(|l| l.name == e.lun)?;
-                Some(CapacityEvent {
+                let kind = match e.action().ok()? {
+                    EventAction::Capacity { lun, pct } => ArrayEventKind::Capacity {
+                        lun: emulated.iter().position(|l| l.name == lun)?,
+                        pct,
+                    },
+                    EventAction::Fault { port, fault } => ArrayEventKind::Fault {
+                        port: config.ports.iter().position(|p| p.name == port)?,
+                        fault,
+                    },
+                };
+                let label = match (&e.lun, &e.port) {
+                    (Some(l), _) => {
+                        format!("LUN '{l}' capacity {} %", e.capacity_pct.unwrap_or(0.0))
+                    }
+                    (_, Some(p)) => format!("port '{p}' {}", e.fault.as_deref().unwrap_or("?")),
+                    _ => String::new(),
+                };
+                Some(ArrayEvent {
                     at_s: e.at_s,
-                    lun,
-                    capacity_pct: e.capacity_pct,
+                    kind,
+                    label,
                 })
             })
             .collect();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::counters::DiskCountersSnapshot;
-use crate::dispatch::{ArrayRuntime, LunDispatcher};
+use crate::dispatch::{ArrayRuntime, LunDispatcher, PathSnapshot};
 use crate::server::DiskInfo;
 
 /// Samples kept: five minutes.
@@ -55,6 +55,25 @@ pub struct LunSample {
     pub congestion: u64,
     /// Window halvings so far.
     pub halvings: u64,
+    /// Requests moved to another path during the interval.
+    pub reissued: u64,
+}
+
+/// One path of a LUN over one interval.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PathSample {
+    pub lun: String,
+    pub path: String,
+    pub port: Option<String>,
+    /// `active`, `standby` or `failed` at the end of the interval.
+    pub state: String,
+    pub iops: f64,
+    pub mib_s: f64,
+    pub in_flight: u32,
+    /// EWMA of the path's service time, µs.
+    pub service_time_us: Option<f64>,
+    /// Requests that failed on this path during the interval (and moved to another).
+    pub errors: u64,
 }
 
 /// One emulated array port at the end of an interval.
@@ -85,6 +104,7 @@ pub struct TelemetrySample {
     pub disks: Vec<DiskSample>,
     pub luns: Vec<LunSample>,
     pub ports: Vec<PortSample>,
+    pub paths: Vec<PathSample>,
 }
 
 /// Rates between two counter snapshots taken `dt` seconds apart.
@@ -165,6 +185,12 @@ impl TelemetryRecorder {
                     .iter()
                     .map(|l| l.counters.congestion.load(Ordering::Relaxed))
                     .collect();
+                let mut last_reissued: Vec<u64> = luns
+                    .iter()
+                    .map(|l| l.counters.reissued.load(Ordering::Relaxed))
+                    .collect();
+                let mut last_paths: Vec<Vec<PathSnapshot>> =
+                    luns.iter().map(|l| l.path_snapshots()).collect();
                 let mut last: Vec<DiskCountersSnapshot> =
                     disks.iter().map(|d| d.counters.snapshot()).collect();
                 let mut next = last_at + period;
@@ -188,12 +214,15 @@ impl TelemetryRecorder {
                             .collect(),
                         luns: luns
                             .iter()
-                            .zip(last_congestion.iter_mut())
-                            .map(|(l, before)| {
+                            .zip(last_congestion.iter_mut().zip(last_reissued.iter_mut()))
+                            .map(|(l, (before, before_reissued))| {
                                 let c = &l.counters;
                                 let congestion = c.congestion.load(Ordering::Relaxed);
                                 let delta = congestion.saturating_sub(*before);
                                 *before = congestion;
+                                let reissued = c.reissued.load(Ordering::Relaxed);
+                                let reissued_delta = reissued.saturating_sub(*before_reissued);
+                                *before_reissued = reissued;
                                 LunSample {
                                     lun: l.name.clone(),
                                     window: c.window.load(Ordering::Relaxed),
@@ -201,7 +230,41 @@ impl TelemetryRecorder {
                                     queued: c.queued.load(Ordering::Relaxed),
                                     congestion: delta,
                                     halvings: c.halvings.load(Ordering::Relaxed),
+                                    reissued: reissued_delta,
                                 }
+                            })
+                            .collect(),
+                        paths: luns
+                            .iter()
+                            .zip(last_paths.iter_mut())
+                            .flat_map(|(l, before)| {
+                                let now_paths = l.path_snapshots();
+                                let out: Vec<PathSample> = now_paths
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, p)| {
+                                        let b = before.get(i).map(|b| &b.stats);
+                                        let d = |f: fn(&weir_sched::path::PathStats) -> u64| {
+                                            f(&p.stats).saturating_sub(b.map_or(0, f))
+                                        };
+                                        PathSample {
+                                            lun: l.name.clone(),
+                                            path: p.name.clone(),
+                                            port: p.port.clone(),
+                                            state: p.state.to_string(),
+                                            iops: d(|s| s.completed) as f64 / dt,
+                                            mib_s: d(|s| s.bytes) as f64 / dt / 1048576.0,
+                                            in_flight: p.stats.in_flight,
+                                            service_time_us: p
+                                                .stats
+                                                .ewma_service_s
+                                                .map(|v| v * 1e6),
+                                            errors: d(|s| s.errors),
+                                        }
+                                    })
+                                    .collect();
+                                *before = now_paths;
+                                out
                             })
                             .collect(),
                         ports: ports

@@ -91,12 +91,21 @@ struct Inflight {
 }
 
 /// A dispatched request's progress.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Scheduled {
     /// `(epoch, first dispatch time)` once the dispatcher granted it.
     granted: Option<(u64, f64)>,
+    /// The path of the current attempt and when it left.
+    path: usize,
+    attempt_at: f64,
+    /// When a path failed this request before, if one did.
+    failed_at: Option<f64>,
     io_done: bool,
     model_done: bool,
+    /// The model answered with a transport error (or the attempt timed out).
+    model_failed: bool,
+    /// The I/O itself failed (on a multipath LUN this fails the path, not the request).
+    io_failed: Option<String>,
 }
 
 impl Inflight {
@@ -430,6 +439,7 @@ impl QueueWorker {
         let Some(Some(inflight)) = self.slots.get_mut(slot) else {
             return Ok(());
         };
+        let path = inflight.sched.as_ref().map(|s| s.path);
         let mem = inflight.mem.clone();
         inflight.started.get_or_insert_with(Instant::now);
         let Op::Rw {
@@ -457,7 +467,10 @@ impl QueueWorker {
             (v.iov_base as usize) % SECTOR_SIZE as usize == 0
                 && v.iov_len % SECTOR_SIZE as usize == 0
         });
-        let (fd, is_direct) = lun.data_fd(aligned && *direct);
+        let (fd, is_direct) = match path {
+            Some(p) => lun.path_data_fd(p, aligned && *direct),
+            None => lun.data_fd(aligned && *direct),
+        };
         *direct = is_direct;
         let at = *offset + *done;
         let n = u32::try_from(iovecs.len()).unwrap_or(u32::MAX);
@@ -510,9 +523,15 @@ impl QueueWorker {
                     slot,
                     epoch,
                     dispatched_at,
+                    path,
+                    attempt_at,
+                    failed_at,
                 } => {
                     if let Some(Some(Inflight { sched: Some(s), .. })) = self.slots.get_mut(slot) {
                         s.granted = Some((epoch, dispatched_at));
+                        s.path = path;
+                        s.attempt_at = attempt_at;
+                        s.failed_at = failed_at;
                         self.ctx
                             .counters
                             .queued
@@ -520,15 +539,32 @@ impl QueueWorker {
                         self.submit_rw(slot)?;
                     }
                 }
-                InboxEvent::ModelDone { slot } => {
+                InboxEvent::ModelDone { slot, ok } => {
                     let ready = match self.slots.get_mut(slot) {
-                        Some(Some(Inflight { sched: Some(s), .. })) => {
+                        Some(Some(Inflight { sched: Some(s), .. })) if !s.model_done => {
                             s.model_done = true;
+                            s.model_failed = !ok;
                             s.io_done
                         }
                         _ => false,
                     };
                     if ready {
+                        used |= self.settle(slot, queue)?;
+                    }
+                }
+                InboxEvent::Failed { slot } => {
+                    if let Some(Some(inflight)) = self.slots.get_mut(slot) {
+                        inflight.status = VIRTIO_BLK_S_IOERR;
+                        let head = inflight.head;
+                        // Never granted (or given back): nothing to tell the dispatcher.
+                        if let Some(s) = &mut inflight.sched {
+                            s.granted = None;
+                        }
+                        self.ctx
+                            .counters
+                            .queued
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        self.io_error(head, "no path to the LUN for longer than the hold time");
                         used |= self.finish(slot, queue);
                     }
                 }
@@ -597,11 +633,27 @@ impl QueueWorker {
                 }
             }
         }
+        let multipath = self.ctx.dispatcher.multipath() && !self.draining;
         if let Some(e) = error {
-            if let Some(Some(inflight)) = self.slots.get_mut(slot) {
-                inflight.status = VIRTIO_BLK_S_IOERR;
+            match self.slots.get_mut(slot) {
+                // On a multipath LUN an I/O error is the path's: the request moves.
+                Some(Some(Inflight {
+                    sched:
+                        Some(
+                            s @ Scheduled {
+                                granted: Some(_), ..
+                            },
+                        ),
+                    ..
+                })) if multipath => {
+                    s.io_failed = Some(e);
+                }
+                Some(Some(inflight)) => {
+                    inflight.status = VIRTIO_BLK_S_IOERR;
+                    self.io_error(head, &e);
+                }
+                _ => {}
             }
-            self.io_error(head, &e);
         } else if retry {
             self.submit_rw(slot)?;
             return Ok(false);
@@ -613,7 +665,75 @@ impl QueueWorker {
                 return Ok(false);
             }
         }
-        Ok(self.finish(slot, queue))
+        self.settle(slot, queue)
+    }
+
+    /// The I/O (and the model) are done: answer the request, or — when its path failed it —
+    /// send it again through another path. The guest sees no error while a path lives.
+    fn settle(&mut self, slot: usize, queue: &mut Queue) -> Result<bool, WorkerError> {
+        let Some(Some(inflight)) = self.slots.get_mut(slot) else {
+            return Ok(false);
+        };
+        let Some(s) = &mut inflight.sched else {
+            return Ok(self.finish(slot, queue));
+        };
+        let Some((_, first_dispatch)) = s.granted else {
+            return Ok(self.finish(slot, queue));
+        };
+        let injected = || self.ctx.dispatcher.injected_error(s.path);
+        let why = if s.model_failed {
+            Some("transport error or I/O timeout".to_string())
+        } else if let Some(e) = s.io_failed.take() {
+            Some(format!("I/O error: {e}"))
+        } else if !self.draining && injected() {
+            Some("injected transport error".to_string())
+        } else {
+            None
+        };
+        let Some(why) = why else {
+            return Ok(self.finish(slot, queue));
+        };
+        if self.draining {
+            // The guest is gone: nobody to retry for.
+            self.ctx.dispatcher.abandon(s.path);
+            s.granted = None;
+            inflight.status = VIRTIO_BLK_S_IOERR;
+            return Ok(self.finish(slot, queue));
+        }
+        let (path, failed_at) = (s.path, s.failed_at);
+        *s = Scheduled {
+            failed_at: Some(failed_at.unwrap_or(self.ctx.clock.now())),
+            ..Scheduled::default()
+        };
+        inflight.status = VIRTIO_BLK_S_OK;
+        if let Op::Rw { done, direct, .. } = &mut inflight.op {
+            *done = 0;
+            *direct = true;
+        }
+        let (bytes, write) = (inflight.bytes, matches!(inflight.kind, RequestKind::Write));
+        self.ctx
+            .counters
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .counters
+            .path_retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.dispatcher.reissue(
+            self.ctx.clock.now(),
+            path,
+            &self.inbox,
+            slot,
+            bytes,
+            write,
+            first_dispatch,
+            failed_at,
+            &why,
+        );
+        // The grant may already be in the inbox (the dispatcher pumped).
+        let used = self.drain_inbox(queue)?;
+        self.flush_submissions()?;
+        Ok(used)
     }
 
     /// Answers the request in `slot` and frees the slot; tells the dispatcher when it went
@@ -625,13 +745,22 @@ impl QueueWorker {
         self.free.push(slot);
         if let Some(Scheduled {
             granted: Some((epoch, dispatched_at)),
+            path,
+            attempt_at,
+            failed_at,
             ..
         }) = inflight.sched
         {
             let now = self.ctx.clock.now();
-            self.ctx
-                .dispatcher
-                .on_complete(now, epoch, now - dispatched_at);
+            self.ctx.dispatcher.on_complete(
+                now,
+                epoch,
+                now - dispatched_at,
+                path,
+                now - attempt_at,
+                inflight.bytes,
+                failed_at,
+            );
         }
         let counters = &self.ctx.counters;
         counters

@@ -14,6 +14,7 @@ pub mod cost;
 pub mod depth;
 pub mod mclock;
 pub mod metrics;
+pub mod path;
 pub mod rng;
 pub mod sim;
 #[cfg(test)]

@@ -13,11 +13,14 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::array::{Admission, EmulatedArray, LunModel};
+use crate::array::{Admission, EmulatedArray, LunModel, PortFault, PortModel};
 use crate::cost::CostModel;
 use crate::depth::{DepthPolicy, Outcome, QueueDepthController};
 use crate::mclock::{MClock, TenantPolicy};
 use crate::metrics;
+use crate::path::{
+    MultipathPolicy, PathEvent, PathGroup, PathSelectorKind, PathSet, PathState, Selection,
+};
 use crate::rng::SplitMix64;
 
 /// How often controllers tick and windows are sampled (seconds).
@@ -47,8 +50,10 @@ pub struct SimScenario {
     #[serde(default, rename = "event")]
     pub events: Vec<EventSpec>,
     /// Policies to run side by side: depth policies in short form (`fixed:64`, `aimd`,
-    /// `latency`, `adaptive`) applied to every LUN, and `fifo` (no scheduling, the LUNs' own
-    /// depth policies). Empty: run the scenario as written.
+    /// `latency`, `adaptive`) applied to every LUN, `fifo` (no scheduling, the LUNs' own
+    /// depth policies), or path selectors (`first-available`, `round-robin[:N]`,
+    /// `least-queue-depth`, `service-time`) applied to every LUN's paths. Empty: run the
+    /// scenario as written.
     #[serde(default)]
     pub compare: Vec<String>,
     /// A tenant whose tail latency is compared with a solo run of it (same policy, no other
@@ -73,6 +78,9 @@ pub struct PortSpec {
     /// The broker's budget: the windows of the LUNs behind this port sum to at most this.
     #[serde(default)]
     pub budget: Option<u32>,
+    /// Round-trip time the port's link adds to each request, µs.
+    #[serde(default)]
+    pub latency_us: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -89,13 +97,63 @@ pub enum SchedulerKind {
 #[serde(deny_unknown_fields)]
 pub struct LunSpec {
     pub name: String,
-    pub port: String,
+    /// The one port the LUN is reached through; or give `paths`.
+    #[serde(default)]
+    pub port: Option<String>,
+    /// Several paths (multipath), each through a port.
+    #[serde(default)]
+    pub paths: Vec<PathSpec>,
+    #[serde(default)]
+    pub multipath: MultipathPolicy,
     #[serde(default)]
     pub model: LunModel,
     #[serde(default)]
     pub depth: DepthPolicy,
     #[serde(default)]
     pub scheduler: SchedulerKind,
+}
+
+/// One path of a LUN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSpec {
+    /// Defaults to the port's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: String,
+    #[serde(default)]
+    pub group: PathGroup,
+    /// Requests this path carries at most at once (an HBA's per-LUN queue depth).
+    #[serde(default = "d_path_cap")]
+    pub max_in_flight: u32,
+}
+
+fn d_path_cap() -> u32 {
+    32
+}
+
+impl PathSpec {
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.port)
+    }
+}
+
+impl LunSpec {
+    /// The LUN's paths: `path` entries, or the one `port`.
+    pub fn path_list(&self) -> Vec<PathSpec> {
+        if !self.paths.is_empty() {
+            return self.paths.clone();
+        }
+        self.port
+            .iter()
+            .map(|p| PathSpec {
+                name: None,
+                port: p.clone(),
+                group: PathGroup::Optimized,
+                max_in_flight: u32::MAX,
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,13 +198,121 @@ fn d_read_pct() -> f64 {
     100.0
 }
 
+/// Something that happens to the array at a time: a LUN's capacity changes (`lun`,
+/// `capacity_pct`) or a port is faulted (`port`, `fault` = down | up | slow | flaky | healthy,
+/// with `factor` for slow and `error_rate` for flaky).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventSpec {
     pub at_s: f64,
-    pub lun: String,
+    #[serde(default)]
+    pub lun: Option<String>,
     /// Capacity of the LUN from then on, percent of its model.
-    pub capacity_pct: f64,
+    #[serde(default)]
+    pub capacity_pct: Option<f64>,
+    #[serde(default)]
+    pub port: Option<String>,
+    #[serde(default)]
+    pub fault: Option<String>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+}
+
+/// What an event does, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventAction {
+    Capacity { lun: String, pct: f64 },
+    Fault { port: String, fault: PortFault },
+}
+
+impl EventSpec {
+    /// LUN `lun`'s capacity becomes `pct` % of its model at `at_s`.
+    pub fn capacity(at_s: f64, lun: &str, pct: f64) -> Self {
+        EventSpec {
+            at_s,
+            lun: Some(lun.into()),
+            capacity_pct: Some(pct),
+            port: None,
+            fault: None,
+            factor: None,
+            error_rate: None,
+        }
+    }
+
+    /// Port `port` gets `fault` (`down`, `up`, `healthy`; `slow` and `flaky` need their
+    /// parameter set afterwards) at `at_s`.
+    pub fn fault(at_s: f64, port: &str, fault: &str) -> Self {
+        EventSpec {
+            at_s,
+            lun: None,
+            capacity_pct: None,
+            port: Some(port.into()),
+            fault: Some(fault.into()),
+            factor: None,
+            error_rate: None,
+        }
+    }
+
+    /// The event's action, or what is wrong with it (without the `event[i]` prefix).
+    pub fn action(&self) -> Result<EventAction, String> {
+        match (&self.lun, &self.port) {
+            (Some(lun), None) => {
+                if self.fault.is_some() || self.factor.is_some() || self.error_rate.is_some() {
+                    return Err("fault, factor and error_rate go with port, not lun".into());
+                }
+                let pct = self
+                    .capacity_pct
+                    .ok_or("a lun event needs capacity_pct (percent of the model)")?;
+                if !(pct.is_finite() && pct > 0.0) {
+                    return Err("capacity_pct must be positive".into());
+                }
+                Ok(EventAction::Capacity {
+                    lun: lun.clone(),
+                    pct,
+                })
+            }
+            (None, Some(port)) => {
+                if self.capacity_pct.is_some() {
+                    return Err("capacity_pct goes with lun, not port".into());
+                }
+                let fault = match self.fault.as_deref() {
+                    Some("down") => PortFault::Down,
+                    Some("up") => PortFault::Up,
+                    Some("healthy") => PortFault::Healthy,
+                    Some("slow") => PortFault::Slow {
+                        factor: self
+                            .factor
+                            .ok_or("fault = \"slow\" needs factor (e.g. 3)")?,
+                    },
+                    Some("flaky") => PortFault::Flaky {
+                        error_rate: self
+                            .error_rate
+                            .ok_or("fault = \"flaky\" needs error_rate (e.g. 0.01)")?,
+                    },
+                    Some(other) => {
+                        return Err(format!(
+                            "fault '{other}' is not one of down, up, slow, flaky, healthy"
+                        ));
+                    }
+                    None => {
+                        return Err(
+                            "a port event needs fault (down, up, slow, flaky, healthy)".into()
+                        );
+                    }
+                };
+                if let Some(p) = fault.problem() {
+                    return Err(p);
+                }
+                Ok(EventAction::Fault {
+                    port: port.clone(),
+                    fault,
+                })
+            }
+            _ => Err("give either lun (with capacity_pct) or port (with fault)".into()),
+        }
+    }
 }
 
 /// One tenant's figures.
@@ -165,6 +331,24 @@ pub struct TenantResult {
     pub queue_lat_mean_us: f64,
     /// Completions in each whole second after warm-up.
     pub per_second: Vec<u64>,
+    /// Requests answered with an I/O error (no path for longer than the hold time).
+    pub errors: u64,
+    /// When the first and the last of them were answered, s.
+    pub first_error_s: Option<f64>,
+    pub last_error_s: Option<f64>,
+}
+
+/// One path's figures.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PathResult {
+    pub name: String,
+    pub port: String,
+    pub iops: f64,
+    pub errors: u64,
+    pub state_at_end: PathState,
+    pub ewma_service_us: Option<f64>,
+    /// Completions in each whole second after warm-up.
+    pub per_second: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -177,6 +361,24 @@ pub struct LunResult {
     pub halvings: u64,
     pub latency_target_us: Option<f64>,
     pub iops: f64,
+    pub selector: String,
+    pub paths: Vec<PathResult>,
+    pub path_events: Vec<NamedPathEvent>,
+    /// Requests re-issued on another path after their path failed under them.
+    pub reissued: u64,
+    /// Of those, answered well in the end.
+    pub reissued_ok: u64,
+    /// The longest time from a path failing a request to that request's good answer via
+    /// another path, s.
+    pub max_failover_s: Option<f64>,
+}
+
+/// A path event with the path's name.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NamedPathEvent {
+    pub path: String,
+    #[serde(flatten)]
+    pub event: PathEvent,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -203,13 +405,17 @@ pub struct SimResult {
 
 #[derive(Debug, Clone)]
 struct Request {
-    id: u64,
     tenant: usize,
     bytes: u64,
     write: bool,
     arrived: f64,
     dispatched: f64,
     epoch: u64,
+    /// This attempt: its path and when it left.
+    path: usize,
+    attempt_at: f64,
+    /// When a path failed it, if one did (for the failover time).
+    failed_at: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -243,8 +449,11 @@ enum LunQueue {
 }
 
 struct LunRun {
+    /// The port the port budget is counted on (the first path's).
     port: usize,
     queue: LunQueue,
+    /// Requests whose path failed under them: first in line, no delay.
+    reissue: VecDeque<Request>,
     retry: VecDeque<Request>,
     retry_at: f64,
     in_flight: u32,
@@ -258,6 +467,16 @@ struct LunRun {
     at_array: std::collections::HashMap<u64, Request>,
     /// When a retry event is pending for this LUN.
     retry_scheduled: Option<f64>,
+    paths: PathSet,
+    /// Array port of each path.
+    path_ports: Vec<usize>,
+    path_per_second: Vec<Vec<u64>>,
+    reissued: u64,
+    reissued_ok: u64,
+    max_failover_s: Option<f64>,
+    /// Requests failed for want of a path, to be answered by the main loop.
+    failed: Vec<Request>,
+    attempts: u64,
 }
 
 struct TenantRun {
@@ -270,6 +489,9 @@ struct TenantRun {
     measured: u64,
     bytes: u64,
     per_second: Vec<u64>,
+    errors: u64,
+    first_error_s: Option<f64>,
+    last_error_s: Option<f64>,
 }
 
 /// Runs the scenario once per entry of `compare` (or once as written), in order.
@@ -284,10 +506,17 @@ pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> 
             for l in &mut variant.luns {
                 l.scheduler = SchedulerKind::Fifo;
             }
+        } else if PathSelectorKind::is_selector_name(name) {
+            let selector = PathSelectorKind::from_short(name).ok_or_else(|| {
+                format!("compare[{i}]: '{name}' is not a path selector (round-robin:N needs N ≥ 1)")
+            })?;
+            for l in &mut variant.luns {
+                l.multipath.selector = selector;
+            }
         } else {
             let policy = DepthPolicy::from_short(name).ok_or_else(|| {
                 format!(
-                    "compare[{i}]: '{name}' is not a policy (use fifo, fixed:N, aimd, latency, latency:MS, adaptive)"
+                    "compare[{i}]: '{name}' is not a policy (use fifo, fixed:N, aimd, latency, latency:MS, adaptive, or a path selector: first-available, round-robin[:N], least-queue-depth, service-time)"
                 )
             })?;
             for l in &mut variant.luns {
@@ -344,7 +573,7 @@ pub fn render(results: &[(String, SimResult)]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<12} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
+        "{:<18} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
         "policy",
         "IOPS",
         "Jain",
@@ -360,7 +589,7 @@ pub fn render(results: &[(String, SimResult)]) -> String {
     for (name, r) in results {
         let _ = writeln!(
             s,
-            "{:<12} {:>8.0} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
+            "{:<18} {:>8.0} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
             name,
             r.aggregate_iops,
             opt(r.jain, false),
@@ -397,13 +626,13 @@ pub fn render(results: &[(String, SimResult)]) -> String {
                 }
                 sec += 1.0;
             }
-            let _ = writeln!(s, "  {:<12} {:<8} {}", name, l.name, means.join(" "));
+            let _ = writeln!(s, "  {:<18} {:<8} {}", name, l.name, means.join(" "));
         }
     }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<12} {:<12} {:>6} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<18} {:<12} {:>6} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "policy",
         "tenant",
         "weight",
@@ -419,7 +648,7 @@ pub fn render(results: &[(String, SimResult)]) -> String {
         for t in &r.tenants {
             let _ = writeln!(
                 s,
-                "{:<12} {:<12} {:>6} {:>9.0} {:>9.2} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+                "{:<18} {:<12} {:>6} {:>9.0} {:>9.2} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
                 name,
                 t.name,
                 t.weight,
@@ -433,6 +662,79 @@ pub fn render(results: &[(String, SimResult)]) -> String {
             );
         }
     }
+    if results
+        .iter()
+        .any(|(_, r)| r.luns.iter().any(|l| l.paths.len() > 1))
+    {
+        let _ = writeln!(
+            s,
+            "\n{:<18} {:<8} {:<10} {:>9} {:>7} {:>7} {:>10} {:>9} {:>9} {:>12}",
+            "policy",
+            "LUN",
+            "path",
+            "IOPS",
+            "share",
+            "errors",
+            "S us",
+            "state",
+            "reissued",
+            "failover ms"
+        );
+        for (name, r) in results {
+            for l in r.luns.iter().filter(|l| l.paths.len() > 1) {
+                let total: f64 = l.paths.iter().map(|p| p.iops).sum();
+                for (k, p) in l.paths.iter().enumerate() {
+                    let _ = writeln!(
+                        s,
+                        "{:<18} {:<8} {:<10} {:>9.0} {:>6.1}% {:>7} {:>10} {:>9} {:>9} {:>12}",
+                        name,
+                        l.name,
+                        p.name,
+                        p.iops,
+                        if total > 0.0 {
+                            p.iops / total * 100.0
+                        } else {
+                            0.0
+                        },
+                        p.errors,
+                        p.ewma_service_us.map_or("-".into(), |v| format!("{v:.0}")),
+                        p.state_at_end.to_string(),
+                        if k == 0 {
+                            l.reissued.to_string()
+                        } else {
+                            String::new()
+                        },
+                        match (k, l.max_failover_s) {
+                            (0, Some(f)) => format!("{:.1}", f * 1000.0),
+                            (0, None) => "-".into(),
+                            _ => String::new(),
+                        }
+                    );
+                }
+            }
+        }
+        let mut any = false;
+        for (name, r) in results {
+            for l in &r.luns {
+                for e in &l.path_events {
+                    if !any {
+                        let _ = writeln!(s, "\npath events:");
+                        any = true;
+                    }
+                    let _ = writeln!(
+                        s,
+                        "  {:<18} {:>8.3} s  {}/{}  {}: {}",
+                        name, e.event.at, l.name, e.path, e.event.what, e.event.why
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "(share: of the LUN's IOPS; S: EWMA service time; reissued: requests moved to another \
+             path after theirs failed; failover: longest fault → good answer via another path)"
+        );
+    }
     s
 }
 
@@ -444,9 +746,44 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
     if s.warmup_s < 0.0 || s.warmup_s >= s.duration_s {
         return Err("warmup_s must be at least 0 and less than duration_s".into());
     }
+    for (i, p) in s.ports.iter().enumerate() {
+        if !(p.latency_us.is_finite() && p.latency_us >= 0.0) {
+            return Err(format!("port[{i}].latency_us must be 0 or more"));
+        }
+    }
     for (i, l) in s.luns.iter().enumerate() {
-        if !s.ports.iter().any(|p| p.name == l.port) {
-            return Err(format!("lun[{i}].port: no port named '{}'", l.port));
+        match (&l.port, l.paths.is_empty()) {
+            (Some(_), false) => {
+                return Err(format!(
+                    "lun[{i}] ({}): give either port or [[lun.paths]] entries, not both",
+                    l.name
+                ));
+            }
+            (None, true) => {
+                return Err(format!(
+                    "lun[{i}] ({}): no port; give port = \"...\" or [[lun.paths]] entries",
+                    l.name
+                ));
+            }
+            _ => {}
+        }
+        for (k, p) in l.path_list().iter().enumerate() {
+            if !s.ports.iter().any(|x| x.name == p.port) {
+                let field = if l.paths.is_empty() {
+                    format!("lun[{i}].port")
+                } else {
+                    format!("lun[{i}].paths[{k}].port")
+                };
+                return Err(format!("{field}: no port named '{}'", p.port));
+            }
+            if p.max_in_flight == 0 {
+                return Err(format!(
+                    "lun[{i}].paths[{k}].max_in_flight must be at least 1"
+                ));
+            }
+        }
+        if let Some(p) = l.multipath.problem() {
+            return Err(format!("lun[{i}].{p}"));
         }
         if l.model.servers == 0 {
             return Err(format!("lun[{i}].model.servers must be at least 1"));
@@ -470,8 +807,14 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
         }
     }
     for (i, e) in s.events.iter().enumerate() {
-        if !s.luns.iter().any(|l| l.name == e.lun) {
-            return Err(format!("event[{i}].lun: no LUN named '{}'", e.lun));
+        match e.action().map_err(|m| format!("event[{i}]: {m}"))? {
+            EventAction::Capacity { lun, .. } if !s.luns.iter().any(|l| l.name == lun) => {
+                return Err(format!("event[{i}].lun: no LUN named '{lun}'"));
+            }
+            EventAction::Fault { port, .. } if !s.ports.iter().any(|p| p.name == port) => {
+                return Err(format!("event[{i}].port: no port named '{port}'"));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -483,13 +826,17 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
     let mut rng = SplitMix64::new(s.seed);
     let port_index = |name: &str| s.ports.iter().position(|p| p.name == name).unwrap_or(0);
     let lun_index = |name: &str| s.luns.iter().position(|l| l.name == name).unwrap_or(0);
-    let array_luns: Vec<(usize, LunModel)> = s
-        .luns
+    let port_models: Vec<PortModel> = s
+        .ports
         .iter()
-        .map(|l| (port_index(&l.port), l.model.clone()))
+        .map(|p| PortModel {
+            queue_limit: p.queue_limit,
+            latency_us: p.latency_us,
+        })
         .collect();
-    let limits: Vec<u32> = s.ports.iter().map(|p| p.queue_limit).collect();
-    let mut array = EmulatedArray::new(&limits, &array_luns, rng.next_u64());
+    let lun_models: Vec<LunModel> = s.luns.iter().map(|l| l.model.clone()).collect();
+    let mut array = EmulatedArray::new(&port_models, &lun_models, rng.next_u64());
+    let seconds = (s.duration_s - s.warmup_s).ceil() as usize;
 
     let mut luns: Vec<LunRun> = s
         .luns
@@ -512,9 +859,14 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 )),
                 SchedulerKind::Fifo => LunQueue::Fifo(VecDeque::new()),
             };
+            let paths = l.path_list();
+            let path_ports: Vec<usize> = paths.iter().map(|p| port_index(&p.port)).collect();
+            let groups: Vec<(PathGroup, u32)> =
+                paths.iter().map(|p| (p.group, p.max_in_flight)).collect();
             LunRun {
-                port: port_index(&l.port),
+                port: path_ports.first().copied().unwrap_or(0),
                 queue,
+                reissue: VecDeque::new(),
                 retry: VecDeque::new(),
                 retry_at: 0.0,
                 in_flight: 0,
@@ -525,6 +877,14 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 members,
                 at_array: std::collections::HashMap::new(),
                 retry_scheduled: None,
+                paths: PathSet::new(&groups, l.multipath.clone()),
+                path_per_second: vec![vec![0; seconds]; path_ports.len()],
+                path_ports,
+                reissued: 0,
+                reissued_ok: 0,
+                max_failover_s: None,
+                failed: Vec::new(),
+                attempts: 0,
             }
         })
         .collect();
@@ -543,7 +903,10 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 queue_sum: 0.0,
                 measured: 0,
                 bytes: 0,
-                per_second: vec![0; (s.duration_s - s.warmup_s).ceil() as usize],
+                per_second: vec![0; seconds],
+                errors: 0,
+                first_error_s: None,
+                last_error_s: None,
             }
         })
         .collect();
@@ -565,10 +928,13 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
         }
     }
     push(&mut heap, 0.0, Ev::Tick);
-    let mut events: Vec<&EventSpec> = s.events.iter().collect();
-    events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    let mut events: Vec<(f64, EventAction)> = s
+        .events
+        .iter()
+        .map(|e| e.action().map(|a| (e.at_s, a)))
+        .collect::<Result<_, _>>()?;
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut next_event = 0usize;
-    let mut next_id = 0u64;
     let mut now = 0.0;
 
     let mut iterations = 0u64;
@@ -578,6 +944,24 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
             return Err(format!(
                 "simulation made no progress after {MAX_STEPS} steps at t = {now} s (a bug)"
             ));
+        }
+        // Requests failed for want of a path are answered (with an error) here.
+        for l in &mut luns {
+            for req in std::mem::take(&mut l.failed) {
+                let t = &mut tenants[req.tenant];
+                t.errors += 1;
+                t.first_error_s.get_or_insert(now);
+                t.last_error_s = Some(now);
+                if let Workload::Closed { .. } = s.tenants[req.tenant].workload {
+                    // fio with continue_on_error would reissue at once; a short pause keeps a
+                    // failing closed loop from spinning at one instant.
+                    push(
+                        &mut heap,
+                        now + s.retry_delay_us / 1e6,
+                        Ev::Arrival(req.tenant),
+                    );
+                }
+            }
         }
         // The next thing to happen: a timed event, an array completion, or a tag becoming
         // eligible (limits and reservations).
@@ -601,9 +985,13 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
             break;
         }
         now = next.max(now);
-        while next_event < events.len() && events[next_event].at_s <= now {
-            let e = events[next_event];
-            array.set_capacity(lun_index(&e.lun), e.capacity_pct);
+        while next_event < events.len() && events[next_event].0 <= now {
+            match &events[next_event].1 {
+                EventAction::Capacity { lun, pct } => array.set_capacity(lun_index(lun), *pct),
+                EventAction::Fault { port, fault } => {
+                    array.set_port_fault(now, port_index(port), *fault)
+                }
+            }
             next_event += 1;
         }
 
@@ -612,14 +1000,41 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 continue;
             };
             let lun = c.lun;
-            let Some(req) = luns[lun].at_array.remove(&c.id) else {
+            // Gone: the request timed out on its path and was re-issued.
+            let Some(mut req) = luns[lun].at_array.remove(&c.id) else {
                 continue;
             };
             let l = &mut luns[lun];
             l.in_flight -= 1;
+            if !c.ok {
+                l.paths.on_failure(req.path, now, "transport error");
+                req.failed_at.get_or_insert(now);
+                l.reissued += 1;
+                l.reissue.push_back(req);
+                dispatch(&mut luns, lun, &mut array, now, s);
+                schedule_retries(&mut luns, &mut heap, &mut push, now);
+                continue;
+            }
+            l.paths
+                .on_success(req.path, now, now - req.attempt_at, req.bytes);
+            if let Some(failed_at) = req.failed_at {
+                l.reissued_ok += 1;
+                let f = now - failed_at;
+                l.max_failover_s = Some(l.max_failover_s.map_or(f, |m: f64| m.max(f)));
+            }
             l.completions += 1;
             l.controller
                 .on_completion(now, req.epoch, Outcome::Good, now - req.dispatched);
+            if now >= s.warmup_s {
+                let sec = (now - s.warmup_s) as usize;
+                if let Some(slot) = l
+                    .path_per_second
+                    .get_mut(req.path)
+                    .and_then(|v| v.get_mut(sec))
+                {
+                    *slot += 1;
+                }
+            }
             let t = &mut tenants[req.tenant];
             if now >= s.warmup_s {
                 t.latencies.push(now - req.arrived);
@@ -662,15 +1077,16 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                         push(&mut heap, now + gap, Ev::Arrival(i));
                     }
                     let req = Request {
-                        id: next_id,
                         tenant: i,
                         bytes,
                         write,
                         arrived: now,
                         dispatched: now,
                         epoch: 0,
+                        path: 0,
+                        attempt_at: now,
+                        failed_at: None,
                     };
-                    next_id += 1;
                     let lun = t.lun;
                     let local = t.local;
                     match &mut luns[lun].queue {
@@ -685,14 +1101,35 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 }
                 Ev::Tick => {
                     for lun in 0..luns.len() {
-                        let outstanding = luns[lun].in_flight;
-                        luns[lun].controller.tick(now, outstanding);
-                        let w = luns[lun].controller.window();
-                        let log = &mut luns[lun].window_log;
+                        let l = &mut luns[lun];
+                        let outstanding = l.in_flight;
+                        l.controller.tick(now, outstanding);
+                        let w = l.controller.window();
+                        let log = &mut l.window_log;
                         let sample_due = log.last().is_none_or(|(t, _)| now - t >= 0.1 - 1e-9);
                         if sample_due {
                             log.push(((now * 1000.0).round() / 1000.0, w));
                         }
+                        // Requests stuck on a path past the I/O timeout fail it and move.
+                        let timeout = l.paths.policy().io_timeout_s;
+                        let mut late: Vec<u64> = l
+                            .at_array
+                            .iter()
+                            .filter(|(_, r)| now - r.attempt_at >= timeout)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        late.sort_unstable();
+                        for id in late {
+                            if let Some(mut req) = l.at_array.remove(&id) {
+                                l.in_flight -= 1;
+                                l.paths.on_failure(req.path, now, "I/O timeout");
+                                req.failed_at.get_or_insert(now);
+                                l.reissued += 1;
+                                l.reissue.push_back(req);
+                            }
+                        }
+                        let ports = &l.path_ports;
+                        l.paths.check(now, |i| array.probe(ports[i]));
                         dispatch(&mut luns, lun, &mut array, now, s);
                     }
                     push(&mut heap, now + TICK_S, Ev::Tick);
@@ -727,6 +1164,9 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 device_lat_mean_us: t.device_sum / n * 1e6,
                 queue_lat_mean_us: t.queue_sum / n * 1e6,
                 per_second: t.per_second.clone(),
+                errors: t.errors,
+                first_error_s: t.first_error_s,
+                last_error_s: t.last_error_s,
             }
         })
         .collect();
@@ -764,14 +1204,49 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
             .luns
             .iter()
             .zip(&luns)
-            .map(|(spec, l)| LunResult {
-                name: spec.name.clone(),
-                policy: spec.depth.name(),
-                window: l.window_log.clone(),
-                congestion_signals: l.congestion,
-                halvings: l.controller.halvings(),
-                latency_target_us: l.controller.target_s().map(|t| t * 1e6),
-                iops: l.completions as f64 / s.duration_s,
+            .map(|(spec, l)| {
+                let specs = spec.path_list();
+                LunResult {
+                    name: spec.name.clone(),
+                    policy: spec.depth.name(),
+                    window: l.window_log.clone(),
+                    congestion_signals: l.congestion,
+                    halvings: l.controller.halvings(),
+                    latency_target_us: l.controller.target_s().map(|t| t * 1e6),
+                    iops: l.completions as f64 / s.duration_s,
+                    selector: spec.multipath.selector.to_string(),
+                    paths: specs
+                        .iter()
+                        .enumerate()
+                        .map(|(k, p)| {
+                            let st = l.paths.stats(k).cloned().unwrap_or_default();
+                            let per_second = l.path_per_second[k].clone();
+                            PathResult {
+                                name: p.display_name().to_string(),
+                                port: p.port.clone(),
+                                iops: per_second.iter().sum::<u64>() as f64 / measured_s,
+                                errors: st.errors,
+                                state_at_end: l.paths.state(k),
+                                ewma_service_us: st.ewma_service_s.map(|v| v * 1e6),
+                                per_second,
+                            }
+                        })
+                        .collect(),
+                    path_events: l
+                        .paths
+                        .events()
+                        .iter()
+                        .map(|e| NamedPathEvent {
+                            path: specs
+                                .get(e.path)
+                                .map_or("?".into(), |p| p.display_name().to_string()),
+                            event: e.clone(),
+                        })
+                        .collect(),
+                    reissued: l.reissued,
+                    reissued_ok: l.reissued_ok,
+                    max_failover_s: l.max_failover_s,
+                }
             })
             .collect(),
     })
@@ -818,30 +1293,66 @@ fn dispatch(luns: &mut [LunRun], lun: usize, array: &mut EmulatedArray, now: f64
         if l.in_flight >= window {
             return;
         }
-        let from_retry = !l.retry.is_empty();
-        let req = if from_retry {
-            if l.retry_at > now {
+        let path = match l.paths.select(now) {
+            Selection::Path(p) => p,
+            Selection::Wait => return,
+            Selection::NoPath => {
+                if l.paths.hold_expired(now) {
+                    fail_all_queued(l, now);
+                }
                 return;
             }
-            l.retry.pop_front()
+        };
+        let source = if !l.reissue.is_empty() {
+            0
+        } else if !l.retry.is_empty() {
+            1
         } else {
-            match &mut l.queue {
+            2
+        };
+        let req = match source {
+            0 => l.reissue.pop_front(),
+            1 => {
+                if l.retry_at > now {
+                    return;
+                }
+                l.retry.pop_front()
+            }
+            _ => match &mut l.queue {
                 LunQueue::Mclock(m) => m.dispatch(now).map(|(_, r, _)| r),
                 LunQueue::Fifo(q) => q.pop_front(),
-            }
+            },
         };
         let Some(mut req) = req else { return };
         // Device latency runs from the first attempt: time lost to BUSY/QUEUE FULL retries is
         // the LUN's, and it is what a latency controller must see when the array bounces
         // requests instead of queueing them.
-        if !from_retry {
+        if source == 2 {
             req.dispatched = now;
         }
         req.epoch = l.controller.epoch();
-        match array.submit(now, lun, req.id, req.bytes, req.write) {
+        req.path = path;
+        req.attempt_at = now;
+        // Array ids are per attempt, unique over the array: a re-issued request must not be
+        // confused with its first attempt, which the array may still be serving.
+        l.attempts += 1;
+        let attempt = ((lun as u64) << 40) | l.attempts;
+        match array.submit(now, lun, l.path_ports[path], attempt, req.bytes, req.write) {
             Admission::Accepted => {
                 l.in_flight += 1;
-                l.at_array.insert(req.id, req);
+                l.paths.on_dispatch(path, now);
+                l.at_array.insert(attempt, req);
+            }
+            Admission::PortDown => {
+                l.paths.on_dispatch(path, now);
+                l.paths.on_failure(path, now, "port down");
+                if source == 0 {
+                    l.reissue.push_front(req);
+                } else {
+                    req.failed_at.get_or_insert(now);
+                    l.reissued += 1;
+                    l.reissue.push_front(req);
+                }
             }
             Admission::QueueFull | Admission::Busy => {
                 l.congestion += 1;
@@ -853,4 +1364,14 @@ fn dispatch(luns: &mut [LunRun], lun: usize, array: &mut EmulatedArray, now: f64
             }
         }
     }
+}
+
+/// No path for longer than the hold time: every request the LUN holds fails.
+fn fail_all_queued(l: &mut LunRun, _now: f64) {
+    let mut out: Vec<Request> = l.reissue.drain(..).chain(l.retry.drain(..)).collect();
+    match &mut l.queue {
+        LunQueue::Mclock(m) => out.extend(m.drain_where(|_| true)),
+        LunQueue::Fifo(q) => out.extend(q.drain(..)),
+    }
+    l.failed.extend(out);
 }

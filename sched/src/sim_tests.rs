@@ -8,7 +8,9 @@ use crate::sim::*;
 fn lun(depth: DepthPolicy, scheduler: SchedulerKind) -> LunSpec {
     LunSpec {
         name: "lun0".into(),
-        port: "p0".into(),
+        port: Some("p0".into()),
+        paths: vec![],
+        multipath: Default::default(),
         model: LunModel::default(),
         depth,
         scheduler,
@@ -44,6 +46,7 @@ fn scenario(luns: Vec<LunSpec>, tenants: Vec<TenantSpec>, duration_s: f64) -> Si
             name: "p0".into(),
             queue_limit: 32,
             budget: None,
+            latency_us: 0.0,
         }],
         luns,
         tenants,
@@ -154,11 +157,7 @@ fn drop_run(depth: DepthPolicy, busy_threshold: u32) -> SimResult {
         vec![closed("a", 1.0, 64), closed("b", 1.0, 64)],
         30.0,
     );
-    s.events.push(EventSpec {
-        at_s: 15.0,
-        lun: "lun0".into(),
-        capacity_pct: 50.0,
-    });
+    s.events.push(EventSpec::capacity(15.0, "lun0", 50.0));
     run(&s).unwrap()
 }
 
@@ -348,11 +347,7 @@ fn reservations_hold_and_fall_back_to_max_min_fairness_when_capacity_cannot_cove
         tenants,
         22.0,
     );
-    s.events.push(EventSpec {
-        at_s: 12.0,
-        lun: "lun0".into(),
-        capacity_pct: 50.0,
-    });
+    s.events.push(EventSpec::capacity(12.0, "lun0", 50.0));
     let r = run(&s).unwrap();
     // per_second[i] covers [2 + i, 3 + i): before the cut, seconds 2..12 are i = 0..10.
     let reserved = [1200.0, 1000.0, 530.0];
@@ -421,4 +416,179 @@ fn max_min_fair(capacity: f64, demands: &[f64]) -> Vec<f64> {
         open = rest;
     }
     alloc
+}
+
+// ---- multipath ----
+
+fn shipped(name: &str) -> SimScenario {
+    let text = match name {
+        "imbalance" => include_str!("../../scenarios/sim-path-imbalance.toml"),
+        "failure" => include_str!("../../scenarios/sim-path-failure.toml"),
+        _ => unreachable!(),
+    };
+    toml::from_str(text).unwrap()
+}
+
+/// The same scenario with the LUN on one of its paths only.
+fn only_path(s: &SimScenario, k: usize) -> SimScenario {
+    let mut one = s.clone();
+    one.compare = vec!["first-available".into()];
+    let p = one.luns[0].paths[k].clone();
+    one.luns[0].paths = vec![p];
+    one
+}
+
+#[test]
+fn selectors_on_two_paths_one_three_times_slower() {
+    let s = shipped("imbalance");
+    let alone: Vec<f64> = (0..2)
+        .map(|k| run_compare(&only_path(&s, k)).unwrap()[0].1.aggregate_iops)
+        .collect();
+    let ideal: f64 = alone.iter().sum();
+    let results = run_compare(&s).unwrap();
+    println!("{}", render(&results));
+    println!(
+        "alone: fast {:.0} IOPS, slow {:.0} IOPS; ideal (sum) {:.0}",
+        alone[0], alone[1], ideal
+    );
+    println!("{:<18} {:>9} {:>9}", "selector", "IOPS", "of ideal");
+    let mut of_ideal = std::collections::HashMap::new();
+    for (name, r) in &results {
+        let f = r.aggregate_iops / ideal;
+        println!("{:<18} {:>9.0} {:>8.1}%", name, r.aggregate_iops, f * 100.0);
+        of_ideal.insert(name.as_str(), f);
+    }
+    assert!(of_ideal["service-time"] >= 0.90, "{of_ideal:?}");
+    assert!(of_ideal["least-queue-depth"] >= 0.90, "{of_ideal:?}");
+    assert!(of_ideal["round-robin"] < 0.90, "{of_ideal:?}");
+    assert!(of_ideal["first-available"] < 0.90, "{of_ideal:?}");
+    // The slow path really is about 3× slower per request.
+    let st = &results[3].1.luns[0].paths;
+    let ratio = st[1].ewma_service_us.unwrap() / st[0].ewma_service_us.unwrap();
+    assert!((2.5..3.5).contains(&ratio), "{ratio}");
+}
+
+#[test]
+fn a_path_fails_under_load_nothing_is_lost_and_it_fails_back_once() {
+    let s = shipped("failure");
+    let r = run(&s).unwrap();
+    println!("{}", render(&[("service-time".into(), r.clone())]));
+    let t = &r.tenants[0];
+    assert_eq!(t.errors, 0, "no error reaches the tenant");
+    let l = &r.luns[0];
+    assert!(
+        l.reissued > 0,
+        "requests were in flight on the path that failed"
+    );
+    assert_eq!(
+        l.reissued_ok, l.reissued,
+        "every one of them finished on the other path"
+    );
+    let failover = l.max_failover_s.unwrap();
+    assert!(failover < 1.0, "failover took {failover} s");
+    let kinds: Vec<(&str, &str)> = l
+        .path_events
+        .iter()
+        .map(|e| (e.path.as_str(), e.event.what))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("a", "failed"), ("a", "returning"), ("a", "restored")],
+        "one failure, one failback: no flapping"
+    );
+    let at = |k: usize| l.path_events[k].event.at;
+    assert!((at(0) - 10.0).abs() < 0.01, "{}", at(0));
+    // Port back at 20 s; the checker runs each second; 5 s stable.
+    assert!(at(1) >= 20.0 && at(1) <= 21.0 + 1e-9, "{}", at(1));
+    assert!((at(2) - at(1) - 5.0).abs() < 0.02, "{}", at(2));
+    // per_second[i] covers [2 + i, 3 + i): path a carries nothing from 11 s to its return,
+    // and takes its share again after.
+    let a = &l.paths[0].per_second;
+    assert!(a[9..=17].iter().all(|n| *n == 0), "{a:?}");
+    assert!(a[25..].iter().all(|n| *n > 1000), "{a:?}");
+    // The tenant kept going throughout: no second without completions.
+    assert!(t.per_second.iter().all(|n| *n > 1000), "{:?}", t.per_second);
+}
+
+#[test]
+fn all_paths_down_past_the_hold_fails_requests_at_the_bound_then_recovers() {
+    let mut s = shipped("failure");
+    s.luns[0].multipath.hold_s = 3.0;
+    s.events = vec![
+        EventSpec::fault(5.0, "a", "down"),
+        EventSpec::fault(5.0, "b", "down"),
+        EventSpec::fault(12.0, "b", "up"),
+    ];
+    s.duration_s = 20.0;
+    let r = run(&s).unwrap();
+    let t = &r.tenants[0];
+    let first = t.first_error_s.expect("requests failed");
+    let last = t.last_error_s.unwrap();
+    assert!((first - 8.0).abs() <= 1.0, "first IOERR at {first} s");
+    assert!(t.errors >= 48, "the held requests failed: {}", t.errors);
+    // b answers the checker at 12-13 s and, with no other path, is used at once.
+    let l = &r.luns[0];
+    let restored = l
+        .path_events
+        .iter()
+        .find(|e| e.event.what == "restored")
+        .expect("b came back")
+        .event
+        .at;
+    assert!((12.0..=13.0 + 1e-9).contains(&restored), "{restored}");
+    assert!(
+        last <= restored + 0.01,
+        "no error after the path returned: {last}"
+    );
+    // per_second[i] covers [2 + i, 3 + i): good I/O again from 14 s.
+    assert!(
+        t.per_second[12..].iter().all(|n| *n > 1000),
+        "{:?}",
+        t.per_second
+    );
+    assert!(
+        t.per_second[4..9].iter().all(|n| *n == 0),
+        "{:?}",
+        t.per_second
+    );
+}
+
+#[test]
+fn a_flaky_path_is_taken_out_and_requests_still_succeed() {
+    let mut s = shipped("failure");
+    let mut flaky = EventSpec::fault(5.0, "a", "flaky");
+    flaky.error_rate = Some(0.05);
+    s.events = vec![flaky];
+    s.duration_s = 15.0;
+    let r = run(&s).unwrap();
+    assert_eq!(r.tenants[0].errors, 0);
+    let l = &r.luns[0];
+    assert_eq!(l.reissued, l.reissued_ok);
+    // Each failback is followed by another failure while the link stays flaky, never an
+    // unbounded flap: at most one round per failback time.
+    let failures = l
+        .path_events
+        .iter()
+        .filter(|e| e.event.what == "failed")
+        .count();
+    assert!((1..=3).contains(&failures), "{:?}", l.path_events);
+}
+
+#[test]
+fn scenario_errors_name_the_field() {
+    let mut s = shipped("failure");
+    s.luns[0].port = Some("a".into());
+    assert!(validate(&s).unwrap_err().contains("not both"));
+    let mut s = shipped("failure");
+    s.luns[0].paths[1].port = "nope".into();
+    assert_eq!(
+        validate(&s).unwrap_err(),
+        "lun[0].paths[1].port: no port named 'nope'"
+    );
+    let mut s = shipped("failure");
+    s.events = vec![EventSpec::fault(1.0, "a", "slow")];
+    assert!(validate(&s).unwrap_err().contains("needs factor"));
+    let mut s = shipped("imbalance");
+    s.compare = vec!["round-robin:0".into()];
+    assert!(run_compare(&s).unwrap_err().contains("compare[0]"));
 }
