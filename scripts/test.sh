@@ -13,4 +13,7 @@ cargo build --release --bin weir
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The probe guest is its own crate (no_std, own linker script): format, lint and build it too.
+(cd guest-images/probe && cargo fmt -- --check && cargo clippy --release --quiet -- -D warnings \
+    && cargo build --release --quiet)
 cargo test --workspace --release -- --nocapture

@@ -17,6 +17,8 @@ use weir_lab::qemu::LinuxGuestSpec;
 use weir_lab::summary::{render, render_comparison, summarise};
 use weir_vmm::host::HostVirtualization;
 
+mod vm_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "weir",
@@ -41,6 +43,9 @@ enum Command {
     Guest(GuestArgs),
     /// Run the I/O broker: serve every configured guest disk as a vhost-user-blk socket.
     Broker(BrokerArgs),
+    /// Run one KVM guest in this process (Linux kernel or the probe guest), its disks served by
+    /// weir broker over vhost-user-blk through virtio-mmio.
+    Vm(vm_cmd::VmArgs),
     /// Simulate a scenario's broker part (LUNs, array, tenants, policies) on a virtual clock:
     /// seeded, deterministic, seconds instead of minutes.
     Sim {
@@ -158,6 +163,7 @@ fn main() {
         Command::Host => host(),
         Command::Guest(args) => guest(args),
         Command::Broker(args) => broker(args),
+        Command::Vm(args) => vm_cmd::run(args),
         Command::Bench { command } => bench(command),
         Command::Sim {
             scenario,

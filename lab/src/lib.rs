@@ -12,6 +12,7 @@ pub mod fio;
 pub mod fiojob;
 pub mod host;
 pub mod hostfio;
+pub mod probe;
 pub mod qemu;
 pub mod serial;
 pub mod summary;

@@ -9,4 +9,25 @@
 //! It also answers the question every other part asks first: what kind of KVM does this host
 //! have ([`host`]).
 
+pub mod boot;
+pub mod cpu;
 pub mod host;
+pub mod layout;
+pub mod machine;
+pub mod memory;
+pub mod mptable;
+
+/// What can go wrong building or running a guest; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{0}")]
+    Config(String),
+    #[error("KVM: {0}")]
+    Kvm(String),
+    #[error("guest memory: {0}")]
+    Memory(String),
+    #[error("kernel: {0}")]
+    Kernel(String),
+    #[error("disk: {0}")]
+    Device(String),
+}

@@ -1,0 +1,262 @@
+//! `weir vm`: one KVM guest in this process.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use weir_broker::config::{BrokerConfig, DiskConfig, LunConfig};
+use weir_broker::server::Broker;
+use weir_vmm::host::HostVirtualization;
+use weir_vmm::machine::{Machine, SerialOut, VmConfig};
+
+#[derive(clap::Args)]
+pub struct VmArgs {
+    /// Kernel: an ELF vmlinux (or the probe guest), or a bzImage.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (virtio-mmio disks are announced after it).
+    #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
+    pub cmdline: String,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Guest RAM: MiB, or with a unit (512M, 1G).
+    #[arg(long, default_value = "256M")]
+    pub mem: String,
+    /// A disk: `socket=PATH[,queues=N][,queue_size=N]` (a `weir broker` vhost-user-blk
+    /// socket), or `path=FILE[,queues=N]` (a private broker in this process). Repeatable.
+    #[arg(long = "disk")]
+    pub disks: Vec<String>,
+    /// `stdio` or a file for the guest's serial console.
+    #[arg(long, default_value = "stdio")]
+    pub serial: String,
+    /// Stop the guest after this many seconds (exit status 124).
+    #[arg(long)]
+    pub timeout: Option<f64>,
+}
+
+enum DiskArg {
+    Socket {
+        path: PathBuf,
+        queues: u16,
+        queue_size: u16,
+    },
+    File {
+        path: PathBuf,
+        queues: u16,
+        queue_size: u16,
+    },
+}
+
+fn parse_disk(s: &str, i: usize) -> Result<DiskArg> {
+    let mut socket = None;
+    let mut file = None;
+    let mut queues = 1u16;
+    let mut queue_size = 256u16;
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').with_context(|| {
+            format!("--disk #{i} '{s}': '{part}' is not key=value (use socket=PATH or path=FILE)")
+        })?;
+        match k {
+            "socket" => socket = Some(PathBuf::from(v)),
+            "path" => file = Some(PathBuf::from(v)),
+            "queues" => {
+                queues = v
+                    .parse()
+                    .ok()
+                    .filter(|q| (1..=16).contains(q))
+                    .with_context(|| format!("--disk #{i}: queues={v}: use 1 to 16"))?
+            }
+            "queue_size" => {
+                queue_size = v
+                    .parse()
+                    .ok()
+                    .filter(|q: &u16| q.is_power_of_two() && (2..=1024).contains(q))
+                    .with_context(|| {
+                        format!("--disk #{i}: queue_size={v}: use a power of two from 2 to 1024")
+                    })?
+            }
+            other => bail!("--disk #{i}: unknown key '{other}' (socket, path, queues, queue_size)"),
+        }
+    }
+    match (socket, file) {
+        (Some(path), None) => Ok(DiskArg::Socket {
+            path,
+            queues,
+            queue_size,
+        }),
+        (None, Some(path)) => Ok(DiskArg::File {
+            path,
+            queues,
+            queue_size,
+        }),
+        _ => bail!("--disk #{i} '{s}': give exactly one of socket=PATH or path=FILE"),
+    }
+}
+
+fn parse_mem(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&t[..i], t[i..].trim()),
+        None => (t, ""),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--mem {s}: not a size (use 256, 256M or 1G)"))?;
+    let mib = match unit {
+        "" | "M" | "MiB" | "m" => n,
+        "G" | "GiB" | "g" => n * 1024,
+        _ => bail!("--mem {s}: unknown unit '{unit}' (M or G)"),
+    };
+    Ok(mib)
+}
+
+/// The probe guest carries this marker; Linux kernels do not.
+fn is_probe(kernel: &Path) -> bool {
+    std::fs::read(kernel)
+        .map(|b| b.windows(16).any(|w| w == b"WEIR-PROBE-GUEST"))
+        .unwrap_or(false)
+}
+
+fn rss_kib() -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("VmRSS")
+                || l.starts_with("RssAnon")
+                || l.starts_with("RssFile")
+                || l.starts_with("RssShmem")
+        })
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let kib = v.split_whitespace().next()?.parse().ok()?;
+            Some((k.to_string(), kib))
+        })
+        .collect()
+}
+
+pub fn run(args: VmArgs) -> Result<()> {
+    let created = Instant::now();
+    let virt = HostVirtualization::detect();
+    let probe = is_probe(&args.kernel);
+    eprintln!("weir vm: host: {virt}");
+    if !probe && !virt.linux_boots_under_kvm() {
+        eprintln!(
+            "weir vm: this host's KVM cannot run a Linux kernel past its early boot (guest kernel \
+             mode is emulated instruction by instruction); starting it anyway, its early log \
+             shows the boot protocol. To run Linux with fio here use `weir guest` (QEMU TCG); to \
+             test `weir vm` use the probe guest (guest-images/probe)."
+        );
+    }
+    let mem_mib = parse_mem(&args.mem)?;
+    let disks: Vec<DiskArg> = args
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| parse_disk(d, i))
+        .collect::<Result<_>>()?;
+    let mut cmdline = args.cmdline.clone();
+    if probe && !cmdline.contains("probe.tsc_khz=") {
+        if let Some(khz) = weir_lab::host::host_tsc_khz() {
+            cmdline.push_str(&format!(" probe.tsc_khz={khz}"));
+        }
+    }
+    // Private brokers for path= disks: a socket in a directory only this process uses.
+    let private_dir = tempfile::Builder::new()
+        .prefix("weir-vm-")
+        .tempdir()
+        .context("temporary directory for the private broker")?;
+    let mut private_config = BrokerConfig {
+        control_socket: None,
+        ports: Vec::new(),
+        luns: Vec::new(),
+        disks: Vec::new(),
+        events: Vec::new(),
+    };
+    let mut sockets: Vec<(PathBuf, u16, u16)> = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        match d {
+            DiskArg::Socket {
+                path,
+                queues,
+                queue_size,
+            } => sockets.push((path.clone(), *queues, *queue_size)),
+            DiskArg::File {
+                path,
+                queues,
+                queue_size,
+            } => {
+                let socket = private_dir.path().join(format!("disk{i}.sock"));
+                private_config
+                    .luns
+                    .push(LunConfig::file(&format!("disk{i}"), path, None, false));
+                private_config.disks.push(DiskConfig {
+                    socket: socket.clone(),
+                    lun: format!("disk{i}"),
+                    tenant: Some(format!("disk{i}")),
+                    serial: None,
+                    queues: *queues,
+                    queue_size: *queue_size,
+                    policy: Default::default(),
+                });
+                sockets.push((socket, *queues, *queue_size));
+            }
+        }
+    }
+    let _private_broker = if private_config.disks.is_empty() {
+        None
+    } else {
+        private_config
+            .validate()
+            .context("--disk path=: private broker")?;
+        Some(Broker::start(&private_config, true).context("private broker for --disk path=")?)
+    };
+    let config = VmConfig {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline,
+        vcpus: args.vcpus,
+        mem_mib,
+        serial: if args.serial == "stdio" {
+            SerialOut::Stdio
+        } else {
+            SerialOut::File(PathBuf::from(&args.serial))
+        },
+        timeout: args.timeout.map(Duration::from_secs_f64),
+    };
+    let mut machine = Machine::new(config, created)?;
+    let mut announce = Vec::new();
+    for (i, (socket, queues, queue_size)) in sockets.iter().enumerate() {
+        announce.push(machine.add_vhost_user_blk(i as u32, socket, *queues, *queue_size)?);
+    }
+    let boot = machine.load(&announce.join(" "))?.clone();
+    eprintln!(
+        "weir vm: {} {} ({:?}{}), entry {:#x}, {} MiB, {} vCPU(s), {} disk(s)",
+        if probe { "probe guest" } else { "kernel" },
+        args.kernel.display(),
+        boot.format,
+        if boot.pvh { ", PVH note" } else { "" },
+        boot.entry,
+        mem_mib,
+        args.vcpus,
+        sockets.len()
+    );
+    let report = machine.run()?;
+    let rss = rss_kib();
+    let get = |k: &str| rss.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
+    eprintln!(
+        "weir vm: ended: {:?}; first serial byte {}; RSS {} KiB (guest RAM in it {} KiB, VMM {} KiB)",
+        report.end,
+        report
+            .first_serial_byte
+            .map_or("never".to_string(), |d| format!(
+                "{:.1} ms after start",
+                d.as_secs_f64() * 1000.0
+            )),
+        get("VmRSS"),
+        get("RssShmem"),
+        get("RssAnon") + get("RssFile")
+    );
+    std::process::exit(report.end.exit_code());
+}

@@ -1,0 +1,288 @@
+//! `weir vm` on this machine's KVM: the probe guest against `weir broker`, several at once,
+//! hostile requests, and a real Linux kernel's early boot echoing our boot protocol.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use weir_broker::control::query;
+use weir_lab::broker::BrokerProcess;
+use weir_lab::probe::{self, ProbeVm};
+use weir_lab::testenv;
+use weir_vmm::host::{HostVirtualization, KvmFlavour};
+
+fn weir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// The probe ELF, or `None` when the test must skip (no usable KVM).
+fn setup(test: &str) -> Option<PathBuf> {
+    let missing = match HostVirtualization::detect().flavour {
+        KvmFlavour::Unavailable { reason } => Some(reason),
+        _ => None,
+    };
+    if !testenv::can_run(test, missing) {
+        return None;
+    }
+    Some(probe::build().expect("the probe guest builds"))
+}
+
+/// A broker with `n` LUNs of `mib` MiB, one disk each (`d0.sock`, ...).
+fn broker(dir: &Path, n: usize, mib: u64) -> (BrokerProcess, PathBuf) {
+    let control = dir.join("broker.ctl");
+    let mut c = format!("control_socket = {:?}\n", control.display().to_string());
+    for i in 0..n {
+        c.push_str(&format!(
+            "[[lun]]\nname = \"l{i}\"\npath = {:?}\nsize = \"{mib}MiB\"\n",
+            dir.join(format!("l{i}.img")).display().to_string()
+        ));
+        c.push_str(&format!(
+            "[[disk]]\nsocket = {:?}\nlun = \"l{i}\"\ntenant = \"vm{i}\"\n",
+            dir.join(format!("d{i}.sock")).display().to_string()
+        ));
+    }
+    let b = BrokerProcess::start(&weir(), &c, Some(control.clone()), dir).expect("broker starts");
+    (b, control)
+}
+
+fn disk(dir: &Path, i: usize) -> String {
+    format!("socket={}", dir.join(format!("d{i}.sock")).display())
+}
+
+#[test]
+fn the_probe_writes_verifies_and_reads_through_the_broker_polling_and_with_interrupts() {
+    let Some(probe) = setup("weir_vm_probe") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, control) = broker(dir.path(), 1, 32);
+    let run = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[disk(dir.path(), 0)],
+        "probe.verify=1 probe.iodepth=32 probe.rw=randread probe.runtime_ms=1500",
+        dir.path(),
+        "poll",
+    )
+    .unwrap()
+    .wait(Duration::from_secs(60))
+    .unwrap_or_else(|e| panic!("{e}\nbroker:\n{}", b.log()));
+    eprintln!("{}", run.vmm_log);
+    assert_eq!(run.exit_code, Some(0), "{}", run.vmm_log);
+    let r = &run.report;
+    assert_eq!((r.errors, r.verify_errors), (0, 0));
+    let blocks = 32 << 20 >> 12;
+    assert_eq!(r.phase("write").unwrap().ios, blocks, "every block written");
+    assert_eq!(
+        r.phase("verify").unwrap().ios,
+        blocks,
+        "every block read back"
+    );
+    let rr = r.phase("randread").unwrap();
+    assert!(rr.ios > 1000 && rr.errors == 0, "{rr:?}");
+    assert_eq!((r.boot.as_str(), r.mode.as_str()), ("linux64", "poll"));
+    assert_eq!(r.device.capacity_sectors, 32 << 20 >> 9);
+    // The broker saw exactly the guest's I/O (no VMM in between to add or lose any).
+    let stats = query(&control, "stats").unwrap();
+    let c = &stats[0]["counters"];
+    assert_eq!(c["writes"].as_u64().unwrap(), blocks);
+    assert_eq!(c["reads"].as_u64().unwrap(), blocks + rr.ios, "{stats}");
+    assert!(run.vmm_log.contains("PowerOff"), "{}", run.vmm_log);
+
+    // Interrupt mode: completions wake the guest through the irqfd.
+    let run = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[disk(dir.path(), 0)],
+        "probe.verify=1 probe.iodepth=8 probe.mode=irq probe.size_mib=8",
+        dir.path(),
+        "irq",
+    )
+    .unwrap()
+    .wait(Duration::from_secs(60))
+    .unwrap();
+    assert_eq!(run.exit_code, Some(0), "{}", run.vmm_log);
+    assert_eq!(run.report.mode, "irq");
+    assert_eq!((run.report.errors, run.report.verify_errors), (0, 0));
+    assert!(
+        run.report.interrupts > 0,
+        "interrupts delivered: {}",
+        run.report.interrupts
+    );
+    eprintln!(
+        "irq mode: {} interrupts for {} requests",
+        run.report.interrupts,
+        run.report.phases.iter().map(|p| p.ios).sum::<u64>()
+    );
+    b.stop();
+}
+
+#[test]
+fn four_probe_guests_share_a_broker_and_one_killed_leaves_the_rest_running() {
+    let Some(probe) = setup("weir_vm_four") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, control) = broker(dir.path(), 4, 32);
+    let mut vms: Vec<ProbeVm> = (0..4)
+        .map(|i| {
+            ProbeVm::spawn(
+                &weir(),
+                &probe,
+                &[disk(dir.path(), i)],
+                "probe.verify=1 probe.iodepth=16 probe.rw=randrw probe.runtime_ms=4000 probe.rate_iops=4000",
+                dir.path(),
+                &format!("vm{i}"),
+            )
+            .unwrap()
+        })
+        .collect();
+    // Kill the third guest once it is doing I/O.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = query(&control, "stats").unwrap();
+        if stats[2]["counters"]["writes"].as_u64().unwrap_or(0) > 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vm2 never wrote: {stats}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut killed = vms.remove(2);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    for (k, vm) in vms.into_iter().enumerate() {
+        let run = vm
+            .wait(Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("guest {k}: {e}\nbroker:\n{}", b.log()));
+        assert_eq!(run.exit_code, Some(0), "{}", run.vmm_log);
+        assert_eq!((run.report.errors, run.report.verify_errors), (0, 0));
+        assert!(run.report.phase("randrw").unwrap().ios > 1000);
+    }
+    // The broker is still up and noticed the killed guest's disconnection.
+    let stats = query(&control, "stats").unwrap();
+    assert_eq!(stats.as_array().unwrap().len(), 4);
+    assert_eq!(stats[2]["connected"], false, "{stats}");
+    assert_eq!(stats[2]["counters"]["io_errors"], 0);
+    b.stop();
+}
+
+#[test]
+fn hostile_requests_get_their_status_and_normal_io_goes_on() {
+    let Some(probe) = setup("weir_vm_hostile") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, control) = broker(dir.path(), 1, 16);
+    let run = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[disk(dir.path(), 0)],
+        "probe.hostile=1 probe.verify=1 probe.iodepth=16",
+        dir.path(),
+        "hostile",
+    )
+    .unwrap()
+    .wait(Duration::from_secs(60))
+    .unwrap();
+    assert_eq!(run.exit_code, Some(0), "{}", run.vmm_log);
+    let r = &run.report;
+    let classes: Vec<&str> = r.hostile.iter().map(|h| h.class.as_str()).collect();
+    assert_eq!(
+        classes,
+        [
+            "unknown_type",
+            "out_of_range",
+            "bad_length",
+            "wrong_direction",
+            "short_header",
+            "outside_guest_memory",
+            "no_status_byte"
+        ]
+    );
+    for h in &r.hostile {
+        assert!(h.ok, "{h:?}");
+    }
+    assert_eq!((r.errors, r.verify_errors), (0, 0));
+    let stats = query(&control, "stats").unwrap();
+    let rejected = &stats[0]["counters"]["rejected"];
+    for class in classes {
+        assert_eq!(rejected[class], 1, "{class}: {rejected}");
+    }
+    assert_eq!(stats[0]["counters"]["io_errors"], 0);
+    b.stop();
+}
+
+#[test]
+fn a_debian_vmlinux_echoes_our_command_line_and_e820_map() {
+    let missing = match HostVirtualization::detect().flavour {
+        KvmFlavour::Unavailable { reason } => Some(reason),
+        _ => None,
+    };
+    if !testenv::can_run("weir_vm_vmlinux", missing) {
+        return;
+    }
+    let image = match weir_guest_images::ImageStore::from_env().locate() {
+        Ok(i) => i,
+        Err(e) => {
+            testenv::can_run("weir_vm_vmlinux", Some(e.to_string()));
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.log");
+    // A token only this run uses: the kernel must print our command line, not another.
+    let token = format!("{:x}", std::process::id() as u64 * 2654435761 % (1 << 32));
+    let cmdline =
+        format!("console=ttyS0 earlyprintk=serial,ttyS0,115200 noxsave weir.token={token}");
+    let mut child = std::process::Command::new(weir())
+        .args([
+            "vm",
+            "--mem",
+            "256M",
+            "--timeout",
+            "60",
+            "--cmdline",
+            &cmdline,
+        ])
+        .arg("--kernel")
+        .arg(&image.vmlinux)
+        .arg("--serial")
+        .arg(&serial)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let expected = [
+        "Linux version".to_string(),
+        format!("Command line: {cmdline}"),
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable".to_string(),
+        "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved".to_string(),
+        "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable".to_string(),
+    ];
+    let start = Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        text = std::fs::read_to_string(&serial).unwrap_or_default();
+        if expected.iter().all(|e| text.contains(e.as_str())) {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let vmm = String::from_utf8_lossy(&out.stderr);
+    for e in &expected {
+        assert!(
+            text.contains(e.as_str()),
+            "missing '{e}' after {took:?}\nserial:\n{text}\nweir vm:\n{vmm}"
+        );
+    }
+    eprintln!("the kernel echoed our boot protocol after {took:?}");
+    assert!(
+        vmm.contains("cannot run a Linux kernel past its early boot")
+            || HostVirtualization::detect().linux_boots_under_kvm(),
+        "weir vm says what this host can do: {vmm}"
+    );
+}
