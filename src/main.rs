@@ -82,6 +82,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// The probe guest under weir vm and under QEMU -accel kvm (same ELF via PVH, same broker
+    /// socket): IOPS and latency at QD1 and QD32, start → first serial byte, RSS.
+    Vm {
+        /// Milliseconds of random reads per run.
+        #[arg(long, default_value_t = 5000)]
+        runtime_ms: u64,
+        /// Where logs and results go [default: runs/bench-vm-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -220,6 +230,17 @@ fn broker(args: BrokerArgs) -> Result<()> {
 
 fn bench(command: BenchCommand) -> Result<()> {
     match command {
+        BenchCommand::Vm { runtime_ms, out } => {
+            println!("host: {}", HostVirtualization::detect());
+            let work_dir = fs::canonicalize(".")?.join(out.unwrap_or_else(|| run_dir("bench-vm")));
+            println!("benchmarking in {} ...", work_dir.display());
+            let (_, table) =
+                weir_lab::vm_bench::run_vm_bench(&std::env::current_exe()?, &work_dir, runtime_ms)
+                    .map_err(anyhow::Error::msg)?;
+            print!("{table}");
+            fs::write(work_dir.join("bench.txt"), &table)?;
+            println!("written to {}", work_dir.join("bench.txt").display());
+        }
         BenchCommand::Broker {
             disk_mib,
             job,

@@ -17,3 +17,4 @@ pub mod qemu;
 pub mod serial;
 pub mod summary;
 pub mod testenv;
+pub mod vm_bench;

@@ -105,7 +105,12 @@ pub struct Seg {
 
 impl Blk {
     /// Brings the device up (reset, features, one queue, DRIVER_OK).
-    pub fn init(base: u64, irq: u32, want_event_idx: bool) -> Result<Blk, &'static str> {
+    pub fn init(
+        base: u64,
+        irq: u32,
+        want_event_idx: bool,
+        want_queue: u16,
+    ) -> Result<Blk, &'static str> {
         if r32(base, MAGIC) != 0x7472_6976 {
             return Err("no virtio-mmio magic at the announced address");
         }
@@ -145,7 +150,10 @@ impl Blk {
         if max == 0 {
             return Err("queue 0 unavailable");
         }
-        let qsize = (max as usize).min(MAX_QUEUE) as u16;
+        // QEMU's virtio-mmio reports 1024 whatever the backend takes: ask for what was asked.
+        let qsize = (max as usize)
+            .min(MAX_QUEUE)
+            .min(usize::from(want_queue.max(16))) as u16;
         // Layout in QMEM: descriptors, then the available ring, then (4 KiB aligned) used.
         let mem = addr_of_mut!(QMEM) as u64;
         let desc = mem;

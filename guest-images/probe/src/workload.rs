@@ -7,7 +7,7 @@
 //!   `runtime_ms=N` or `count=N`, `rate_iops=N`: the main phase (reads are verified when the
 //!   region was written with `verify=1`);
 //! - `size_mib=N`: the region (default: the whole disk); `mode=poll|irq`; `event_idx=0|1`;
-//!   `hostile=1`: malformed requests first, each checked for its status, with normal I/O
+//!   `queue_size=256` (the ring size asked for, at most the device's), `hostile=1`: malformed requests first, each checked for its status, with normal I/O
 //!   around them; `tsc_khz=N`: the TSC rate (for latencies), `seed=N`.
 
 use core::ptr::addr_of_mut;
@@ -445,7 +445,8 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
         return false;
     };
     let irq_mode = o.get("mode") == Some("irq");
-    let mut blk = match Blk::init(dev.base, dev.irq, o.num("event_idx", 1) != 0) {
+    let want_queue = o.num("queue_size", 256).min(1024) as u16;
+    let mut blk = match Blk::init(dev.base, dev.irq, o.num("event_idx", 1) != 0, want_queue) {
         Ok(b) => b,
         Err(e) => {
             println!("<<<WEIR:PROBE-FATAL>>> virtio-blk at {:#x}: {e}", dev.base);
