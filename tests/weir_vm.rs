@@ -286,3 +286,85 @@ fn a_debian_vmlinux_echoes_our_command_line_and_e820_map() {
         "weir vm says what this host can do: {vmm}"
     );
 }
+
+#[test]
+fn a_disk_file_gets_a_private_broker_in_the_vm_process() {
+    let Some(probe) = setup("weir_vm_private_broker") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("private.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let run = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[format!("path={}", img.display())],
+        "probe.verify=1 probe.iodepth=8",
+        dir.path(),
+        "private",
+    )
+    .unwrap()
+    .wait(Duration::from_secs(60))
+    .unwrap();
+    assert_eq!(run.exit_code, Some(0), "{}", run.vmm_log);
+    assert_eq!((run.report.errors, run.report.verify_errors), (0, 0));
+    assert_eq!(run.report.device.capacity_sectors, 8 << 20 >> 9);
+    // The data really is in the file: its first sector starts with sector number 0, the second
+    // with 1 (the probe's pattern).
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(&data[512..520], &1u64.to_le_bytes());
+    assert!(data[8..512].iter().any(|b| *b != 0));
+}
+
+#[test]
+fn bad_arguments_name_the_option_and_the_fix() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(weir())
+            .arg("vm")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["--kernel", "/nonexistent/vmlinux"]);
+    assert!(e.contains("/nonexistent/vmlinux"), "{e}");
+    let e = run(&["--kernel", "/dev/null", "--disk", "sock=/x"]);
+    assert!(
+        e.contains("--disk #0") && e.contains("unknown key 'sock'"),
+        "{e}"
+    );
+    let e = run(&["--kernel", "/dev/null", "--mem", "64X"]);
+    assert!(e.contains("--mem 64X"), "{e}");
+    let e = run(&["--kernel", "/dev/null", "--disk", "socket=/x,queues=99"]);
+    assert!(e.contains("queues=99: use 1 to 16"), "{e}");
+}
+
+#[test]
+fn a_guest_failure_is_a_non_zero_exit_with_the_reason() {
+    let Some(probe) = setup("weir_vm_guest_failure") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial");
+    // No disk: the probe reports it and exits through the debug exit port.
+    let out = std::process::Command::new(weir())
+        .args(["vm", "--mem", "64M", "--cmdline", "probe.rw=randread"])
+        .arg("--kernel")
+        .arg(&probe)
+        .arg("--serial")
+        .arg(&serial)
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&serial).unwrap();
+    let vmm = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{vmm}");
+    assert!(vmm.contains("GuestError(2)"), "{vmm}");
+    assert!(
+        text.contains("<<<WEIR:PROBE-FATAL>>> no virtio_mmio.device="),
+        "{text}"
+    );
+}
