@@ -16,6 +16,8 @@ for p in linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev dw
          busybox-static fio cpio xz-utils kmod; do
   want "$p"
 done
+# weir run's report is checked in headless Chromium.
+want chromium
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -17,6 +17,7 @@ use weir_lab::qemu::LinuxGuestSpec;
 use weir_lab::summary::{render, render_comparison, summarise};
 use weir_vmm::host::HostVirtualization;
 
+mod run_cmd;
 mod vm_cmd;
 
 #[derive(Parser)]
@@ -46,6 +47,11 @@ enum Command {
     /// Run one KVM guest in this process (Linux kernel or the probe guest), its disks served by
     /// weir broker over vhost-user-blk through virtio-mmio.
     Vm(vm_cmd::VmArgs),
+    /// Run a scenario: the broker and guests with fio (or the probe) inside, once per policy,
+    /// into a results directory with results.json and report.html.
+    Run(run_cmd::RunArgs),
+    /// Re-render a results directory's report (report.html and the tables).
+    Report { dir: PathBuf },
     /// Simulate a scenario's broker part (LUNs, array, tenants, policies) on a virtual clock:
     /// seeded, deterministic, seconds instead of minutes.
     Sim {
@@ -174,6 +180,8 @@ fn main() {
         Command::Guest(args) => guest(args),
         Command::Broker(args) => broker(args),
         Command::Vm(args) => vm_cmd::run(args),
+        Command::Run(args) => run_cmd::run(args),
+        Command::Report { dir } => run_cmd::report(&dir),
         Command::Bench { command } => bench(command),
         Command::Sim {
             scenario,
@@ -284,8 +292,12 @@ fn bench(command: BenchCommand) -> Result<()> {
 fn sim(path: &std::path::Path, json: bool, seed: Option<u64>) -> Result<()> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("cannot read scenario {}", path.display()))?;
-    let mut scenario: weir_sched::sim::SimScenario =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?;
+    // A `weir run` scenario (with [[guest]] entries) simulates too.
+    let mut scenario: weir_sched::sim::SimScenario = if text.contains("[[guest]]") {
+        run_cmd::sim_scenario(path)?
+    } else {
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?
+    };
     if let Some(seed) = seed {
         scenario.seed = seed;
     }

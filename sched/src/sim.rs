@@ -105,6 +105,9 @@ pub struct LunSpec {
     pub paths: Vec<PathSpec>,
     #[serde(default)]
     pub multipath: MultipathPolicy,
+    /// The LUN's size for real runs (`weir run` backs it with a file); the simulation ignores it.
+    #[serde(default)]
+    pub size_mib: Option<u64>,
     #[serde(default)]
     pub model: LunModel,
     #[serde(default)]

@@ -11,6 +11,7 @@ fn lun(depth: DepthPolicy, scheduler: SchedulerKind) -> LunSpec {
         port: Some("p0".into()),
         paths: vec![],
         multipath: Default::default(),
+        size_mib: None,
         model: LunModel::default(),
         depth,
         scheduler,

@@ -21,9 +21,28 @@ const MAX_DATA: usize = 8 << 20;
 struct Data([u8; MAX_DATA]);
 static mut DATA: Data = Data([0; MAX_DATA]);
 
-/// Latency histogram: 1 µs buckets up to 65.5 ms.
+/// Latency histogram: 1 µs buckets below 32.768 ms, 32 µs buckets from there to ~1.08 s.
+const FINE: usize = 32768;
+const COARSE_US: u64 = 32;
 const BUCKETS: usize = 65536;
 static mut HIST: [u32; BUCKETS] = [0; BUCKETS];
+
+fn bucket(lat_us: u64) -> usize {
+    if (lat_us as usize) < FINE {
+        lat_us as usize
+    } else {
+        (FINE + ((lat_us - FINE as u64) / COARSE_US) as usize).min(BUCKETS - 1)
+    }
+}
+
+/// The upper edge of bucket `i`, µs.
+fn bucket_us(i: usize) -> u64 {
+    if i < FINE {
+        i as u64
+    } else {
+        FINE as u64 + (i - FINE) as u64 * COARSE_US + COARSE_US - 1
+    }
+}
 
 struct Rng(u64);
 impl Rng {
@@ -254,7 +273,7 @@ fn run_phase(blk: &mut Blk, job: &Job, p: &Phase, rng: &mut Rng) -> PhaseResult 
             };
             let slot = head / 3;
             let lat = us(rdtsc() - t, tsc_khz);
-            hist[(lat as usize).min(BUCKETS - 1)] += 1;
+            hist[bucket(lat)] += 1;
             r.lat_sum_us += lat;
             r.lat_max_us = r.lat_max_us.max(lat);
             r.ios += 1;
@@ -286,10 +305,10 @@ fn percentile(q: f64, total: u64) -> u64 {
     for (i, n) in hist.iter().enumerate() {
         seen += u64::from(*n);
         if seen >= want.max(1) {
-            return i as u64;
+            return bucket_us(i);
         }
     }
-    BUCKETS as u64
+    bucket_us(BUCKETS - 1)
 }
 
 fn print_phase(p: &Phase, r: &PhaseResult, job: &Job, first: bool) {

@@ -1,0 +1,442 @@
+//! The report of a `weir run`: tables for the terminal, and a self-contained `report.html`
+//! (inline SVG, no scripts, no network) with one panel per policy: tenant throughput over
+//! time, the LUN window and congestion signals over time, latency CDFs, path usage.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::results::{PolicyResult, Results};
+
+fn opt(v: Option<f64>, pct: bool) -> String {
+    match v {
+        Some(x) if pct => format!("{:.1}%", x * 100.0),
+        Some(x) => format!("{x:.3}"),
+        None => "-".into(),
+    }
+}
+
+fn label(p: &PolicyResult, repeats: bool) -> String {
+    if repeats {
+        format!("{}#{}", p.name, p.repeat)
+    } else {
+        p.name.clone()
+    }
+}
+
+/// Policies × metrics, then tenants × throughput and latency, then failures.
+pub fn terminal(r: &Results) -> String {
+    let repeats = r.policies.iter().any(|p| p.repeat > 0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "scenario {}{}",
+        r.scenario,
+        r.purpose
+            .as_deref()
+            .map(|p| format!(": {p}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "{:<20} {:>9} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "policy",
+        "IOPS",
+        "Jain",
+        "min/max",
+        "max err",
+        "mean err",
+        "resv",
+        "v.p99",
+        "v.p999",
+        "work"
+    );
+    for p in &r.policies {
+        let m = &p.metrics;
+        let _ = writeln!(
+            s,
+            "{:<20} {:>9.0} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+            label(p, repeats),
+            m.aggregate_iops,
+            opt(m.jain, false),
+            opt(m.min_max_ratio, false),
+            opt(Some(m.max_share_error), true),
+            opt(Some(m.mean_share_error), true),
+            opt(m.reservation_conformance, true),
+            opt(m.victim_p99_ratio, false),
+            opt(m.victim_p999_ratio, false),
+            opt(m.work_conservation, false),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "(Jain, min/max, share errors on weight-normalised IOPS from the guests' own reports; resv: \
+         1 s windows at >= 99 % of the reservation; v.p99/v.p999: victim tail with everyone / \
+         alone; work: IOPS / fifo's)\n"
+    );
+    let _ = writeln!(
+        s,
+        "{:<20} {:<12} {:>6} {:>9} {:>8} {:>9} {:>9} {:>9} {:>6}",
+        "policy", "tenant", "weight", "IOPS", "MB/s", "p50 us", "p99 us", "p99.9 us", "errors"
+    );
+    for p in &r.policies {
+        for t in &p.tenants {
+            let _ = writeln!(
+                s,
+                "{:<20} {:<12} {:>6} {:>9.0} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>6}{}",
+                label(p, repeats),
+                t.name,
+                t.weight,
+                t.iops,
+                t.mbps,
+                t.lat_us.p50,
+                t.lat_us.p99,
+                t.lat_us.p999,
+                t.errors,
+                if t.ok { "" } else { "  FAILED" }
+            );
+        }
+        if let Some(v) = &p.victim_solo {
+            let _ = writeln!(
+                s,
+                "{:<20} {:<12} {:>6} {:>9.0} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>6}  (alone)",
+                label(p, repeats),
+                v.name,
+                v.weight,
+                v.iops,
+                v.mbps,
+                v.lat_us.p50,
+                v.lat_us.p99,
+                v.lat_us.p999,
+                v.errors
+            );
+        }
+    }
+    for p in &r.policies {
+        for f in &p.failures {
+            let _ = writeln!(
+                s,
+                "FAILED under {}: {}: {}",
+                label(p, repeats),
+                f.guest,
+                f.error.lines().next().unwrap_or("")
+            );
+        }
+    }
+    let _ = writeln!(s, "host: {}; {} s", r.host.kvm, r.wall_s.round());
+    s
+}
+
+/// Telemetry lines: `(policy, repeat, sample)`.
+pub fn read_telemetry(path: &Path) -> Vec<(String, u32, serde_json::Value)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((
+                v["policy"].as_str()?.to_string(),
+                v["repeat"].as_u64()? as u32,
+                v["sample"].clone(),
+            ))
+        })
+        .collect()
+}
+
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A line chart in SVG. `log_x`: logarithmic x axis.
+pub fn line_chart(
+    title: &str,
+    xl: &str,
+    yl: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_x: bool,
+) -> String {
+    let (w, h, l, r, t, b) = (560.0, 260.0, 60.0, 130.0, 28.0, 40.0);
+    let fx = |x: f64| if log_x { x.max(1e-3).log10() } else { x };
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(x, y)| (fx(*x), *y)))
+        .collect();
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg class=\"chart\" data-title=\"{}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\
+         <text x=\"{}\" y=\"18\" font-size=\"13\" font-weight=\"bold\">{}</text>",
+        esc(title),
+        l,
+        esc(title)
+    );
+    if pts.is_empty() {
+        let _ = write!(
+            s,
+            "<text x=\"{l}\" y=\"{}\" font-size=\"12\" fill=\"#888\">no data</text></svg>",
+            h / 2.0
+        );
+        return s;
+    }
+    let (mut x0, mut x1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let y1 = pts.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.05 + 1e-9;
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+        x0 -= 0.0;
+    }
+    let px = |x: f64| l + (fx(x) - x0) / (x1 - x0) * (w - l - r);
+    let py = |y: f64| h - b - y / y1 * (h - t - b);
+    let _ = write!(
+        s,
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#333\"/><line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"#333\"/>",
+        h - b,
+        w - r,
+        h - b,
+        h - b
+    );
+    let unlog = |v: f64| if log_x { 10f64.powf(v) } else { v };
+    for k in 0..=4 {
+        let fxv = x0 + (x1 - x0) * k as f64 / 4.0;
+        let xv = unlog(fxv);
+        let xpos = l + (fxv - x0) / (x1 - x0) * (w - l - r);
+        let _ = write!(
+            s,
+            "<text x=\"{xpos:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
+            h - b + 14.0,
+            if xv >= 100.0 {
+                format!("{xv:.0}")
+            } else {
+                format!("{xv:.1}")
+            }
+        );
+        let yv = y1 * k as f64 / 4.0;
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{:.0}</text><line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#eee\"/>",
+            l - 4.0,
+            py(yv) + 3.0,
+            yv,
+            py(yv),
+            w - r,
+            py(yv)
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\
+         <text x=\"12\" y=\"{}\" font-size=\"11\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">{}</text>",
+        l + (w - l - r) / 2.0,
+        h - 6.0,
+        esc(xl),
+        t + (h - t - b) / 2.0,
+        t + (h - t - b) / 2.0,
+        esc(yl)
+    );
+    for (i, (name, p)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let coords: Vec<String> = p
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        let _ = write!(
+            s,
+            "<polyline class=\"series\" data-series=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{}\"/>\
+             <rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>",
+            esc(name),
+            coords.join(" "),
+            w - r + 8.0,
+            t + 14.0 * i as f64,
+            w - r + 22.0,
+            t + 9.0 + 14.0 * i as f64,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn samples<'a>(
+    tel: &'a [(String, u32, serde_json::Value)],
+    p: &PolicyResult,
+) -> Vec<&'a serde_json::Value> {
+    tel.iter()
+        .filter(|(n, r, _)| *n == p.name && *r == p.repeat)
+        .map(|(_, _, s)| s)
+        .collect()
+}
+
+/// Series `name → (t, value)` from telemetry: `array` is `disks`, `luns` or `paths`.
+fn series(
+    samples: &[&serde_json::Value],
+    array: &str,
+    name: impl Fn(&serde_json::Value) -> Option<String>,
+    value: impl Fn(&serde_json::Value) -> f64,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for s in samples {
+        let t = s["t_s"].as_f64().unwrap_or(0.0);
+        for e in s[array].as_array().into_iter().flatten() {
+            let Some(n) = name(e) else { continue };
+            let v = value(e);
+            match out.iter_mut().find(|(k, _)| *k == n) {
+                Some((_, pts)) => pts.push((t, v)),
+                None => out.push((n, vec![(t, v)])),
+            }
+        }
+    }
+    out
+}
+
+/// The whole report as one self-contained HTML page.
+pub fn html(r: &Results, tel: &[(String, u32, serde_json::Value)]) -> String {
+    let repeats = r.policies.iter().any(|p| p.repeat > 0);
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>weir run: {}</title><style>\
+         body{{font-family:sans-serif;margin:20px;color:#222}} table{{border-collapse:collapse;margin:8px 0}}\
+         td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#f4f4f4}}\
+         td:first-child,th:first-child{{text-align:left}} section{{margin:24px 0;border-top:2px solid #444}}\
+         .charts{{display:flex;flex-wrap:wrap;gap:12px}} pre{{background:#f8f8f8;padding:8px}}\
+         </style></head><body><h1>weir run: {}</h1><p>{}</p><p>host: {} — {} ({} CPUs), kernel {}; {:.0} s</p>",
+        esc(&r.scenario),
+        esc(&r.scenario),
+        esc(r.purpose.as_deref().unwrap_or("")),
+        esc(&r.host.kvm),
+        esc(&r.host.cpu),
+        r.host.cpus,
+        esc(&r.host.kernel),
+        r.wall_s
+    );
+    let _ = write!(h, "<h2>Summary</h2><pre>{}</pre>", esc(&terminal(r)));
+    for p in &r.policies {
+        let smp = samples(tel, p);
+        let _ = write!(
+            h,
+            "<section class=\"policy\" data-policy=\"{}\"><h2>{}</h2><div class=\"charts\">",
+            esc(&label(p, repeats)),
+            esc(&label(p, repeats))
+        );
+        let iops = series(
+            &smp,
+            "disks",
+            |d| d["tenant"].as_str().map(String::from),
+            |d| d["read_iops"].as_f64().unwrap_or(0.0) + d["write_iops"].as_f64().unwrap_or(0.0),
+        );
+        h.push_str(&line_chart(
+            "Tenant throughput",
+            "seconds",
+            "IOPS",
+            &iops,
+            false,
+        ));
+        let mut lun = series(
+            &smp,
+            "luns",
+            |l| l["lun"].as_str().map(|n| format!("{n} window D")),
+            |l| l["window"].as_f64().unwrap_or(0.0),
+        );
+        lun.extend(series(
+            &smp,
+            "luns",
+            |l| l["lun"].as_str().map(|n| format!("{n} QFULL/BUSY/s")),
+            |l| l["congestion"].as_f64().unwrap_or(0.0),
+        ));
+        h.push_str(&line_chart(
+            "LUN window and congestion signals",
+            "seconds",
+            "D / signals per s",
+            &lun,
+            false,
+        ));
+        let cdf: Vec<(String, Vec<(f64, f64)>)> = p
+            .tenants
+            .iter()
+            .filter(|t| t.ok && !t.cdf.is_empty())
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.cdf.iter().map(|(pct, us)| (*us, *pct)).collect(),
+                )
+            })
+            .collect();
+        h.push_str(&line_chart(
+            "Latency CDF",
+            "completion latency, us (log)",
+            "percentile",
+            &cdf,
+            true,
+        ));
+        let paths = series(
+            &smp,
+            "paths",
+            |x| Some(format!("{}/{}", x["lun"].as_str()?, x["path"].as_str()?)),
+            |x| x["iops"].as_f64().unwrap_or(0.0),
+        );
+        h.push_str(&line_chart(
+            "Path usage",
+            "seconds",
+            "IOPS per path",
+            &paths,
+            false,
+        ));
+        h.push_str("</div>");
+        let _ = write!(
+            h,
+            "<table><tr><th>tenant</th><th>weight</th><th>IOPS</th><th>MB/s</th><th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>errors</th></tr>"
+        );
+        for t in &p.tenants {
+            let _ = write!(
+                h,
+                "<tr><td>{}{}</td><td>{}</td><td>{:.0}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td></tr>",
+                esc(&t.name),
+                if t.ok { "" } else { " (failed)" },
+                t.weight,
+                t.iops,
+                t.mbps,
+                t.lat_us.p50,
+                t.lat_us.p99,
+                t.lat_us.p999,
+                t.errors
+            );
+        }
+        h.push_str("</table>");
+        for f in &p.failures {
+            let _ = write!(
+                h,
+                "<p><b>{}</b> failed: <code>{}</code></p>",
+                esc(&f.guest),
+                esc(&f.error)
+            );
+        }
+        h.push_str("</section>");
+    }
+    h.push_str("</body></html>");
+    h
+}
+
+/// `weir report DIR`: the report from a results directory, again.
+pub fn rerender(dir: &Path) -> Result<(String, std::path::PathBuf), String> {
+    let text = std::fs::read_to_string(dir.join("results.json"))
+        .map_err(|e| format!("{}: {e}", dir.join("results.json").display()))?;
+    let r: Results = serde_json::from_str(&text).map_err(|e| format!("results.json: {e}"))?;
+    if r.schema != crate::results::SCHEMA {
+        return Err(format!(
+            "results.json has schema {}, this weir reads {}",
+            r.schema,
+            crate::results::SCHEMA
+        ));
+    }
+    let tel = read_telemetry(&dir.join("telemetry.jsonl"));
+    let page = dir.join("report.html");
+    std::fs::write(&page, html(&r, &tel)).map_err(|e| e.to_string())?;
+    Ok((terminal(&r), page))
+}

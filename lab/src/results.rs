@@ -1,0 +1,143 @@
+//! `results.json`: what a `weir run` measured, in a documented, versioned schema
+//! (`docs/scenarios.md`), and the fairness metrics computed from it.
+
+use serde::{Deserialize, Serialize};
+use weir_sched::metrics;
+
+pub const SCHEMA: &str = "weir-run-results/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Results {
+    pub schema: String,
+    pub scenario: String,
+    pub purpose: Option<String>,
+    pub started_unix_s: u64,
+    pub wall_s: f64,
+    pub host: HostInfo,
+    pub policies: Vec<PolicyResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostInfo {
+    pub hardware_virtualization: bool,
+    pub kvm: String,
+    /// The engine each guest ran on, as `name: engine (accelerator)`.
+    pub engines: Vec<String>,
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyResult {
+    pub name: String,
+    /// 0 .. repeat - 1.
+    pub repeat: u32,
+    pub wall_s: f64,
+    pub tenants: Vec<TenantResult>,
+    pub metrics: Metrics,
+    /// Guests that did not deliver results, and why.
+    pub failures: Vec<GuestFailure>,
+    /// The victim alone under this policy, when the scenario names one.
+    pub victim_solo: Option<TenantResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestFailure {
+    pub guest: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TenantResult {
+    pub name: String,
+    pub engine: String,
+    pub lun: String,
+    pub weight: f64,
+    pub reservation_iops: f64,
+    pub limit_iops: f64,
+    /// From the guest's own report (fio JSON or the probe's): reads + writes per second.
+    pub iops: f64,
+    pub mbps: f64,
+    /// Completion latency, µs.
+    pub lat_us: Latency,
+    pub errors: u64,
+    pub ok: bool,
+    /// `(percentile, µs)` points of the latency distribution, ascending.
+    pub cdf: Vec<(f64, f64)>,
+    /// IOPS per second seen by the broker (telemetry), from the guest's first I/O.
+    pub per_second: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Metrics {
+    pub jain: Option<f64>,
+    pub min_max_ratio: Option<f64>,
+    pub max_share_error: f64,
+    pub mean_share_error: f64,
+    pub reservation_conformance: Option<f64>,
+    pub victim_p99_ratio: Option<f64>,
+    pub victim_p999_ratio: Option<f64>,
+    pub work_conservation: Option<f64>,
+    pub aggregate_iops: f64,
+}
+
+/// Metrics over the tenants that delivered results (weights normalise IOPS, as in `weir sim`).
+pub fn compute_metrics(tenants: &[TenantResult], warmup_s: usize) -> Metrics {
+    let ok: Vec<&TenantResult> = tenants.iter().filter(|t| t.ok).collect();
+    let iops: Vec<f64> = ok.iter().map(|t| t.iops).collect();
+    let weights: Vec<f64> = ok.iter().map(|t| t.weight).collect();
+    let normalised: Vec<f64> = iops.iter().zip(&weights).map(|(i, w)| i / w).collect();
+    let (max_err, mean_err) = metrics::share_error_max_mean(&iops, &weights);
+    let (mut windows, mut met) = (0u64, 0u64);
+    for t in ok.iter().filter(|t| t.reservation_iops > 0.0) {
+        for v in t.per_second.iter().skip(warmup_s) {
+            windows += 1;
+            if *v >= 0.99 * t.reservation_iops {
+                met += 1;
+            }
+        }
+    }
+    Metrics {
+        jain: metrics::jain(&normalised),
+        min_max_ratio: metrics::min_max_ratio(&normalised),
+        max_share_error: max_err,
+        mean_share_error: mean_err,
+        reservation_conformance: (windows > 0).then(|| met as f64 / windows as f64),
+        victim_p99_ratio: None,
+        victim_p999_ratio: None,
+        work_conservation: None,
+        aggregate_iops: iops.iter().sum(),
+    }
+}
+
+/// Fills the cross-policy metrics: victim ratios (with its solo run) and work conservation
+/// against `fifo` of the same repeat.
+pub fn finish(policies: &mut [PolicyResult], victim: Option<&str>) {
+    for p in policies.iter_mut() {
+        if let (Some(v), Some(solo)) = (victim, &p.victim_solo) {
+            if let Some(t) = p.tenants.iter().find(|t| t.name == v && t.ok) {
+                let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+                p.metrics.victim_p99_ratio = ratio(t.lat_us.p99, solo.lat_us.p99);
+                p.metrics.victim_p999_ratio = ratio(t.lat_us.p999, solo.lat_us.p999);
+            }
+        }
+    }
+    let fifo: Vec<(u32, f64)> = policies
+        .iter()
+        .filter(|p| p.name == "fifo")
+        .map(|p| (p.repeat, p.metrics.aggregate_iops))
+        .collect();
+    for p in policies.iter_mut() {
+        if let Some((_, f)) = fifo.iter().find(|(r, _)| *r == p.repeat) {
+            p.metrics.work_conservation = (*f > 0.0).then(|| p.metrics.aggregate_iops / f);
+        }
+    }
+}

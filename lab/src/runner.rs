@@ -1,0 +1,641 @@
+//! `weir run`: one scenario, once per policy (and repeat), each time a fresh broker and fresh
+//! guests; their results, the broker's telemetry, and the report.
+//!
+//! Everything it starts it stops: on success, on a guest's failure (recorded, the others go
+//! on), on timeouts and on Ctrl-C (SIGINT/SIGTERM). Sockets and LUN images are removed.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use weir_guest_images::GuestImage;
+
+use crate::broker::BrokerProcess;
+use crate::fio::FioReport;
+use crate::fiojob::with_target;
+use crate::host::{AccelChoice, HostFacts};
+use crate::probe::{ProbeReport, ProbeVm};
+use crate::qemu::{GuestDisk, LinuxGuestSpec};
+use crate::results::{self, GuestFailure, HostInfo, Latency, PolicyResult, Results, TenantResult};
+use crate::scenario::{Engine, Resolved, RunScenario, luns_for};
+
+/// Set by SIGINT/SIGTERM: stop what runs, tear down, report what was measured.
+static ABORT: AtomicBool = AtomicBool::new(false);
+/// Every guest process alive, so an abort can kill them.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+extern "C" fn on_signal(_: libc::c_int) {
+    ABORT.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+fn register(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+fn unregister(pid: u32) {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| *p != pid);
+}
+fn kill_all() {
+    for pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        // SAFETY: kill(2) on a pid we started and have not reaped.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+pub fn aborted() -> bool {
+    ABORT.load(Ordering::SeqCst)
+}
+
+/// What the run needs from the host.
+pub struct RunEnv {
+    pub weir: PathBuf,
+    pub image: Option<GuestImage>,
+    pub probe: Option<PathBuf>,
+    pub accel: AccelChoice,
+    pub facts: HostFacts,
+    pub hw_virt: bool,
+    pub tsc_khz: u64,
+    pub progress: bool,
+}
+
+/// How one guest ended.
+enum Outcome {
+    Fio(FioReport),
+    Probe(ProbeReport),
+    Failed(String),
+}
+
+struct GuestPlan {
+    name: String,
+    engine: Engine,
+    text: String,
+    start_s: f64,
+    duration_s: f64,
+    memory_mib: Option<u32>,
+    vcpus: u32,
+    kernel: Option<PathBuf>,
+}
+
+fn toml_table(v: impl serde::Serialize) -> Result<toml::Table, String> {
+    match toml::Value::try_from(v).map_err(|e| e.to_string())? {
+        toml::Value::Table(t) => Ok(t),
+        other => Err(format!("not a table: {other}")),
+    }
+}
+
+/// The broker configuration for `policy`, everything under `dir`.
+fn broker_config(
+    s: &RunScenario,
+    policy: &str,
+    dir: &Path,
+    guests: &[&GuestPlan],
+) -> Result<String, String> {
+    let mut root = toml::Table::new();
+    root.insert(
+        "control_socket".into(),
+        dir.join("broker.ctl").display().to_string().into(),
+    );
+    let ports: Vec<toml::Value> = s
+        .ports
+        .iter()
+        .map(|p| toml_table(p).map(toml::Value::Table))
+        .collect::<Result<_, _>>()?;
+    root.insert("port".into(), toml::Value::Array(ports));
+    let mut luns = Vec::new();
+    for l in luns_for(s, policy) {
+        let mut t = toml_table(&l)?;
+        let size = t
+            .remove("size_mib")
+            .and_then(|v| v.as_integer())
+            .unwrap_or(256);
+        t.insert(
+            "path".into(),
+            dir.join(format!("{}.img", l.name))
+                .display()
+                .to_string()
+                .into(),
+        );
+        t.insert("size".into(), format!("{size}MiB").into());
+        t.insert("backend".into(), "emulated".into());
+        t.insert("shareable".into(), true.into());
+        luns.push(toml::Value::Table(t));
+    }
+    root.insert("lun".into(), toml::Value::Array(luns));
+    let mut disks = Vec::new();
+    for g in guests {
+        let spec = s
+            .guests
+            .iter()
+            .find(|x| x.name == g.name)
+            .ok_or("guest vanished")?;
+        let d = &spec.disks[0];
+        let mut t = toml_table(&d.policy)?;
+        t.insert(
+            "socket".into(),
+            dir.join(format!("{}.sock", g.name))
+                .display()
+                .to_string()
+                .into(),
+        );
+        t.insert("lun".into(), d.lun.clone().into());
+        t.insert("tenant".into(), g.name.clone().into());
+        disks.push(toml::Value::Table(t));
+    }
+    root.insert("disk".into(), toml::Value::Array(disks));
+    if !s.events.is_empty() {
+        let events: Vec<toml::Value> = s
+            .events
+            .iter()
+            .map(|e| toml_table(e).map(toml::Value::Table))
+            .collect::<Result<_, _>>()?;
+        root.insert("event".into(), toml::Value::Array(events));
+    }
+    toml::to_string(&root).map_err(|e| e.to_string())
+}
+
+/// One guest, start to end.
+fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressBar) -> Outcome {
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < g.start_s {
+        if aborted() {
+            return Outcome::Failed("aborted before it started".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bar.set_message(format!("{}: starting ({:?})", g.name, g.engine));
+    let socket = dir.join(format!("{}.sock", g.name));
+    match g.engine {
+        Engine::WeirProbe => {
+            let Some(probe) = g.kernel.clone().or_else(|| env.probe.clone()) else {
+                return Outcome::Failed("the probe guest is not built".into());
+            };
+            let mut opts: Vec<String> = g
+                .text
+                .split_whitespace()
+                .map(|o| {
+                    if o.starts_with("probe.") {
+                        o.to_string()
+                    } else {
+                        format!("probe.{o}")
+                    }
+                })
+                .collect();
+            if !opts
+                .iter()
+                .any(|o| o.starts_with("probe.runtime_ms") || o.starts_with("probe.count"))
+            {
+                opts.push(format!(
+                    "probe.runtime_ms={}",
+                    (g.duration_s * 1000.0) as u64
+                ));
+            }
+            opts.push(format!("probe.seed={seed}"));
+            opts.push(format!("probe.tsc_khz={}", env.tsc_khz));
+            let vm = match ProbeVm::spawn(
+                &env.weir,
+                &probe,
+                &[format!("socket={}", socket.display())],
+                &opts.join(" "),
+                dir,
+                &g.name,
+            ) {
+                Ok(vm) => vm,
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            let pid = vm.child.id();
+            register(pid);
+            bar.set_message(format!("{}: running (weir vm, pid {pid})", g.name));
+            let r = vm.wait(Duration::from_secs_f64(g.duration_s + 60.0));
+            unregister(pid);
+            match r {
+                Ok(run) if run.exit_code == Some(0) => Outcome::Probe(run.report),
+                Ok(run) => Outcome::Failed(format!(
+                    "weir vm exited with {:?}; errors {} verify errors {}: {}",
+                    run.exit_code,
+                    run.report.errors,
+                    run.report.verify_errors,
+                    run.vmm_log.lines().last().unwrap_or("")
+                )),
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        }
+        Engine::Qemu | Engine::Weir | Engine::Auto => {
+            let Some(image) = &env.image else {
+                return Outcome::Failed("the Linux guest image is not built".into());
+            };
+            let job = format!(
+                "[global]\nruntime={}\ntime_based=1\nrandseed={seed}\n{}",
+                g.duration_s, g.text
+            );
+            let mut spec = LinuxGuestSpec::new(
+                &g.name,
+                image,
+                &with_target(&job, "/dev/vda"),
+                env.accel.clone(),
+                dir,
+            );
+            if let Some(k) = &g.kernel {
+                spec.kernel = k.clone();
+            }
+            if let Some(m) = g.memory_mib {
+                spec.memory_mib = m;
+            }
+            spec.vcpus = g.vcpus;
+            spec.fio_timeout = Duration::from_secs_f64(g.duration_s + 120.0);
+            spec.disks.push(GuestDisk::VhostUser {
+                socket: socket.clone(),
+                queues: 1,
+            });
+            let running = match spec.spawn() {
+                Ok(r) => r,
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            let pid = running.pid();
+            if let Some(p) = pid {
+                register(p);
+            }
+            bar.set_message(format!(
+                "{}: running (qemu, pid {})",
+                g.name,
+                pid.unwrap_or(0)
+            ));
+            let r = running.wait();
+            if let Some(p) = pid {
+                unregister(p);
+            }
+            match r {
+                Ok(run) => {
+                    if let Some(raw) = &run.transcript.fio_output {
+                        let _ = std::fs::write(dir.join(format!("{}.fio.json", g.name)), raw);
+                    }
+                    Outcome::Fio(run.report)
+                }
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        }
+    }
+}
+
+fn percentile_key(p: &str) -> Option<f64> {
+    p.parse().ok()
+}
+
+fn tenant_from(
+    g: &GuestPlan,
+    s: &RunScenario,
+    outcome: &Outcome,
+    telemetry: &[serde_json::Value],
+) -> TenantResult {
+    let spec = s.guests.iter().find(|x| x.name == g.name);
+    let disk = spec.and_then(|x| x.disks.first());
+    let mut t = TenantResult {
+        name: g.name.clone(),
+        engine: match g.engine {
+            Engine::WeirProbe => "weir-probe".into(),
+            _ => "qemu".into(),
+        },
+        lun: disk.map(|d| d.lun.clone()).unwrap_or_default(),
+        weight: disk.map_or(1.0, |d| d.policy.weight),
+        reservation_iops: disk.map_or(0.0, |d| d.policy.reservation_iops),
+        limit_iops: disk.map_or(0.0, |d| d.policy.limit_iops),
+        iops: 0.0,
+        mbps: 0.0,
+        lat_us: Latency::default(),
+        errors: 0,
+        ok: false,
+        cdf: Vec::new(),
+        per_second: Vec::new(),
+    };
+    match outcome {
+        Outcome::Fio(r) => {
+            t.ok = true;
+            for j in &r.jobs {
+                t.iops += j.read.iops + j.write.iops;
+                t.mbps += (j.read.bw_bytes + j.write.bw_bytes) as f64 / 1e6;
+                if j.error != 0 {
+                    t.errors += 1;
+                }
+            }
+            // Latency from the job that did the most I/O (its reads, or writes if none).
+            if let Some(j) = r
+                .jobs
+                .iter()
+                .max_by_key(|j| j.read.total_ios + j.write.total_ios)
+            {
+                let d = if j.read.total_ios >= j.write.total_ios {
+                    &j.read
+                } else {
+                    &j.write
+                };
+                let us = |p: f64| d.clat_ns.percentile_ns(p).unwrap_or(0) as f64 / 1000.0;
+                t.lat_us = Latency {
+                    p50: us(50.0),
+                    p99: us(99.0),
+                    p999: us(99.9),
+                };
+                let mut cdf: Vec<(f64, f64)> = d
+                    .clat_ns
+                    .percentile
+                    .iter()
+                    .filter_map(|(k, v)| Some((percentile_key(k)?, *v as f64 / 1000.0)))
+                    .collect();
+                cdf.sort_by(|a, b| a.0.total_cmp(&b.0));
+                t.cdf = cdf;
+            }
+        }
+        Outcome::Probe(r) => {
+            t.ok = true;
+            if let Some(p) = r.phases.last() {
+                t.iops = p.iops;
+                t.mbps = p.mib_s * 1.048576;
+                t.lat_us = Latency {
+                    p50: p.lat_us.p50 as f64,
+                    p99: p.lat_us.p99 as f64,
+                    p999: p.lat_us.p999 as f64,
+                };
+                t.cdf = vec![
+                    (50.0, p.lat_us.p50 as f64),
+                    (99.0, p.lat_us.p99 as f64),
+                    (99.9, p.lat_us.p999 as f64),
+                    (100.0, p.lat_us.max as f64),
+                ];
+            }
+            t.errors = r.errors + r.verify_errors;
+        }
+        Outcome::Failed(_) => {}
+    }
+    let series: Vec<f64> = telemetry
+        .iter()
+        .filter_map(|s| {
+            s["disks"]
+                .as_array()?
+                .iter()
+                .find(|d| d["tenant"] == g.name.as_str())
+                .map(|d| {
+                    d["read_iops"].as_f64().unwrap_or(0.0) + d["write_iops"].as_f64().unwrap_or(0.0)
+                })
+        })
+        .collect();
+    let first = series.iter().position(|v| *v > 0.0).unwrap_or(series.len());
+    let last = series
+        .iter()
+        .rposition(|v| *v > 0.0)
+        .map_or(first, |l| l + 1);
+    t.per_second = series[first..last.max(first)].to_vec();
+    t
+}
+
+struct PolicyRun {
+    tenants: Vec<TenantResult>,
+    failures: Vec<GuestFailure>,
+    telemetry: Vec<serde_json::Value>,
+    wall_s: f64,
+}
+
+fn run_policy(
+    r: &Resolved,
+    env: &RunEnv,
+    policy: &str,
+    repeat: u32,
+    dir: &Path,
+    only: Option<&str>,
+    mp: &MultiProgress,
+) -> Result<PolicyRun, String> {
+    let s = &r.scenario;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let plans: Vec<GuestPlan> = s
+        .guests
+        .iter()
+        .zip(&r.guests)
+        .filter(|(g, _)| only.is_none_or(|o| o == g.name))
+        .map(|(g, (engine, text))| GuestPlan {
+            name: g.name.clone(),
+            engine: *engine,
+            text: text.clone(),
+            start_s: if only.is_some() { 0.0 } else { g.start_s },
+            duration_s: g.duration_s.unwrap_or(s.duration_s),
+            memory_mib: g.memory_mib,
+            vcpus: g.vcpus,
+            kernel: g.kernel.clone(),
+        })
+        .collect();
+    let refs: Vec<&GuestPlan> = plans.iter().collect();
+    let config = broker_config(s, policy, dir, &refs)?;
+    let started = Instant::now();
+    let mut broker = BrokerProcess::start(&env.weir, &config, Some(dir.join("broker.ctl")), dir)
+        .map_err(|e| format!("broker for {policy}: {e}"))?;
+    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+        .map_err(|e| e.to_string())?;
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let bar = mp.add(ProgressBar::new(
+                    ((g.start_s + g.duration_s) * 10.0) as u64 + 1,
+                ));
+                bar.set_style(style.clone());
+                bar.set_message(format!("{}: waiting", g.name));
+                let ticker_bar = bar.clone();
+                let total = g.start_s + g.duration_s;
+                let seed = s.seed.wrapping_add(i as u64 * 7919 + u64::from(repeat));
+                scope.spawn(move || {
+                    let done = Arc::new(AtomicBool::new(false));
+                    let d2 = done.clone();
+                    let t0 = Instant::now();
+                    let ticker = std::thread::spawn(move || {
+                        while !d2.load(Ordering::SeqCst) {
+                            let e = t0.elapsed().as_secs_f64().min(total);
+                            ticker_bar.set_position((e * 10.0) as u64);
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    });
+                    let o = run_guest(g, env, dir, seed, &bar);
+                    done.store(true, Ordering::SeqCst);
+                    let _ = ticker.join();
+                    match &o {
+                        Outcome::Failed(e) => bar.abandon_with_message(format!(
+                            "{}: FAILED: {}",
+                            g.name,
+                            e.lines().next().unwrap_or("")
+                        )),
+                        _ => bar.finish_with_message(format!("{}: done", g.name)),
+                    }
+                    o
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Outcome::Failed("guest thread panicked".into()))
+            })
+            .collect()
+    });
+    let telemetry: Vec<serde_json::Value> =
+        weir_broker::control::query(&dir.join("broker.ctl"), "telemetry")
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+    broker.stop();
+    let _ = std::fs::write(dir.join("broker.log"), broker.log());
+    // Nothing left behind: sockets, the control socket, the LUN images.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if matches!(
+                p.extension().and_then(|x| x.to_str()),
+                Some("sock" | "ctl" | "img")
+            ) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    let mut failures = Vec::new();
+    let mut tenants = Vec::new();
+    for (g, o) in plans.iter().zip(&outcomes) {
+        if let Outcome::Failed(e) = o {
+            failures.push(GuestFailure {
+                guest: g.name.clone(),
+                error: e.clone(),
+            });
+        }
+        tenants.push(tenant_from(g, s, o, &telemetry));
+    }
+    Ok(PolicyRun {
+        tenants,
+        failures,
+        telemetry,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs every policy (× repeat) of the scenario into `out`; writes `scenario.toml`,
+/// `telemetry.jsonl`, `results.json`, `report.html`.
+pub fn run(r: &Resolved, scenario_text: &str, env: &RunEnv, out: &Path) -> Result<Results, String> {
+    install_signal_handlers();
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out.join("scenario.toml"), scenario_text).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mp = if env.progress {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    };
+    let mut telemetry_lines = String::new();
+    let mut policies = Vec::new();
+    let s = &r.scenario;
+    for repeat in 0..s.repeat {
+        for policy in &r.policies {
+            if aborted() {
+                break;
+            }
+            let label = if s.repeat > 1 {
+                format!("{policy}#{repeat}")
+            } else {
+                policy.clone()
+            };
+            let _ = mp.println(format!("== {label} =="));
+            let dir = out.join(label.replace(':', "-"));
+            let run = run_policy(r, env, policy, repeat, &dir, None, &mp)?;
+            for sample in &run.telemetry {
+                let line =
+                    serde_json::json!({ "policy": policy, "repeat": repeat, "sample": sample });
+                let _ = writeln!(telemetry_lines, "{line}");
+            }
+            let victim_solo = match (&s.victim, repeat) {
+                (Some(v), 0) if !aborted() => {
+                    let _ = mp.println(format!("== {label}: {v} alone =="));
+                    let solo = run_policy(
+                        r,
+                        env,
+                        policy,
+                        repeat,
+                        &dir.join("victim-solo"),
+                        Some(v),
+                        &mp,
+                    )?;
+                    solo.tenants.into_iter().find(|t| t.ok)
+                }
+                _ => None,
+            };
+            let warmup = s.warmup_s.round() as usize;
+            let metrics = results::compute_metrics(&run.tenants, warmup);
+            policies.push(PolicyResult {
+                name: policy.clone(),
+                repeat,
+                wall_s: run.wall_s,
+                tenants: run.tenants,
+                metrics,
+                failures: run.failures,
+                victim_solo,
+            });
+        }
+    }
+    results::finish(&mut policies, s.victim.as_deref());
+    let results = Results {
+        schema: results::SCHEMA.into(),
+        scenario: r.name.clone(),
+        purpose: s.purpose.clone(),
+        started_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(started.elapsed().as_secs()),
+        wall_s: started.elapsed().as_secs_f64(),
+        host: HostInfo {
+            hardware_virtualization: env.hw_virt,
+            kvm: env.facts.kvm.clone(),
+            engines: s
+                .guests
+                .iter()
+                .zip(&r.guests)
+                .map(|(g, (e, _))| match e {
+                    Engine::WeirProbe => format!("{}: weir-probe (weir vm, KVM)", g.name),
+                    _ => format!("{}: qemu ({})", g.name, env.accel),
+                })
+                .collect(),
+            kernel: env.facts.kernel.clone(),
+            cpu: env.facts.cpu.clone(),
+            cpus: env.facts.cpus,
+        },
+        policies,
+    };
+    std::fs::write(out.join("telemetry.jsonl"), telemetry_lines).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("results.json"), json).map_err(|e| e.to_string())?;
+    let telemetry = crate::report::read_telemetry(&out.join("telemetry.jsonl"));
+    std::fs::write(
+        out.join("report.html"),
+        crate::report::html(&results, &telemetry),
+    )
+    .map_err(|e| e.to_string())?;
+    if aborted() {
+        kill_all();
+        return Err(format!(
+            "interrupted; what was measured is in {}",
+            out.display()
+        ));
+    }
+    Ok(results)
+}
+
+pub fn default_out(name: &str) -> PathBuf {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from(format!("runs/{name}-{t}"))
+}
