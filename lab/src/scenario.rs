@@ -133,7 +133,15 @@ pub struct Resolved {
 pub fn load(path: &Path) -> Result<RunScenario, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("scenario {}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        let hint = if text.contains("[[tenant]]") {
+            "\n(this looks like a `weir sim` scenario: its [[tenant]]s are synthetic; `weir run` \
+             needs [[guest]] entries, see docs/scenarios.md)"
+        } else {
+            ""
+        };
+        format!("scenario {}: {e}{hint}", path.display())
+    })
 }
 
 /// Checks every field and resolves engines and workloads; `base` is the scenario's directory,
