@@ -34,6 +34,10 @@ pub struct VmArgs {
     /// Stop the guest after this many seconds (exit status 124).
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// Boot protocol: `auto` (PVH when the kernel carries the PVH note, else the 64-bit Linux
+    /// boot protocol), `pvh`, or `linux64`.
+    #[arg(long, default_value = "auto")]
+    pub boot: String,
 }
 
 enum DiskArg {
@@ -150,6 +154,12 @@ pub fn run(args: VmArgs) -> Result<()> {
         );
     }
     let mem_mib = parse_mem(&args.mem)?;
+    let boot = match args.boot.as_str() {
+        "auto" => weir_vmm::boot::BootChoice::Auto,
+        "pvh" => weir_vmm::boot::BootChoice::Pvh,
+        "linux64" => weir_vmm::boot::BootChoice::Linux64,
+        other => bail!("--boot {other}: use auto, pvh or linux64"),
+    };
     let disks: Vec<DiskArg> = args
         .disks
         .iter()
@@ -224,6 +234,7 @@ pub fn run(args: VmArgs) -> Result<()> {
             SerialOut::File(PathBuf::from(&args.serial))
         },
         timeout: args.timeout.map(Duration::from_secs_f64),
+        boot,
     };
     let mut machine = Machine::new(config, created)?;
     let mut announce = Vec::new();
@@ -232,11 +243,12 @@ pub fn run(args: VmArgs) -> Result<()> {
     }
     let boot = machine.load(&announce.join(" "))?.clone();
     eprintln!(
-        "weir vm: {} {} ({:?}{}), entry {:#x}, {} MiB, {} vCPU(s), {} disk(s)",
+        "weir vm: {} {} ({:?}{}), {:?} entry {:#x}, {} MiB, {} vCPU(s), {} disk(s)",
         if probe { "probe guest" } else { "kernel" },
         args.kernel.display(),
         boot.format,
         if boot.pvh { ", PVH note" } else { "" },
+        boot.mode,
         boot.entry,
         mem_mib,
         args.vcpus,

@@ -79,7 +79,8 @@ fn the_probe_writes_verifies_and_reads_through_the_broker_polling_and_with_inter
     );
     let rr = r.phase("randread").unwrap();
     assert!(rr.ios > 1000 && rr.errors == 0, "{rr:?}");
-    assert_eq!((r.boot.as_str(), r.mode.as_str()), ("linux64", "poll"));
+    // `--boot auto`: the probe carries a PVH note, so it came in through it.
+    assert_eq!((r.boot.as_str(), r.mode.as_str()), ("pvh", "poll"));
     assert_eq!(r.device.capacity_sectors, 32 << 20 >> 9);
     // The broker saw exactly the guest's I/O (no VMM in between to add or lose any).
     let stats = query(&control, "stats").unwrap();
@@ -113,6 +114,26 @@ fn the_probe_writes_verifies_and_reads_through_the_broker_polling_and_with_inter
         run.report.interrupts,
         run.report.phases.iter().map(|p| p.ios).sum::<u64>()
     );
+
+    // The same ELF through its PVH note (32-bit entry, hvm_start_info), and the 64-bit boot
+    // protocol asked for explicitly.
+    for (boot, expect) in [("pvh", "pvh"), ("linux64", "linux64")] {
+        let run = ProbeVm::spawn_with(
+            &weir(),
+            &probe,
+            &[disk(dir.path(), 0)],
+            "probe.verify=1 probe.iodepth=8 probe.size_mib=4",
+            dir.path(),
+            boot,
+            &["--boot", boot],
+        )
+        .unwrap()
+        .wait(Duration::from_secs(60))
+        .unwrap();
+        assert_eq!(run.exit_code, Some(0), "{}", run.vmm_log);
+        assert_eq!(run.report.boot, expect);
+        assert_eq!((run.report.errors, run.report.verify_errors), (0, 0));
+    }
     b.stop();
 }
 
@@ -211,26 +232,15 @@ fn hostile_requests_get_their_status_and_normal_io_goes_on() {
     b.stop();
 }
 
-#[test]
-fn a_debian_vmlinux_echoes_our_command_line_and_e820_map() {
-    let missing = match HostVirtualization::detect().flavour {
-        KvmFlavour::Unavailable { reason } => Some(reason),
-        _ => None,
-    };
-    if !testenv::can_run("weir_vm_vmlinux", missing) {
-        return;
-    }
-    let image = match weir_guest_images::ImageStore::from_env().locate() {
-        Ok(i) => i,
-        Err(e) => {
-            testenv::can_run("weir_vm_vmlinux", Some(e.to_string()));
-            return;
-        }
-    };
+/// Boots the Debian-built vmlinux with `boot` and 2 vCPUs until it has printed `expected`.
+fn vmlinux_echo(vmlinux: &Path, boot: &str) {
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.log");
     // A token only this run uses: the kernel must print our command line, not another.
-    let token = format!("{:x}", std::process::id() as u64 * 2654435761 % (1 << 32));
+    let token = format!(
+        "{:x}{boot}",
+        std::process::id() as u64 * 2654435761 % (1 << 32)
+    );
     let cmdline =
         format!("console=ttyS0 earlyprintk=serial,ttyS0,115200 noxsave weir.token={token}");
     let mut child = std::process::Command::new(weir())
@@ -238,24 +248,31 @@ fn a_debian_vmlinux_echoes_our_command_line_and_e820_map() {
             "vm",
             "--mem",
             "256M",
+            "--vcpus",
+            "2",
             "--timeout",
             "60",
-            "--cmdline",
-            &cmdline,
+            "--boot",
+            boot,
         ])
+        .args(["--cmdline", &cmdline])
         .arg("--kernel")
-        .arg(&image.vmlinux)
+        .arg(vmlinux)
         .arg("--serial")
         .arg(&serial)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The e820 map is ours (from the zero page, or the PVH memory map), and the MP table's
+    // two processors.
     let expected = [
         "Linux version".to_string(),
         format!("Command line: {cmdline}"),
         "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable".to_string(),
         "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved".to_string(),
         "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable".to_string(),
+        "MPTABLE: OEM ID: WEIR".to_string(),
+        "Processors: 2".to_string(),
     ];
     let start = Instant::now();
     let mut text = String::new();
@@ -276,15 +293,41 @@ fn a_debian_vmlinux_echoes_our_command_line_and_e820_map() {
     for e in &expected {
         assert!(
             text.contains(e.as_str()),
-            "missing '{e}' after {took:?}\nserial:\n{text}\nweir vm:\n{vmm}"
+            "{boot}: missing '{e}' after {took:?}\nserial:\n{text}\nweir vm:\n{vmm}"
         );
     }
-    eprintln!("the kernel echoed our boot protocol after {took:?}");
+    let mode = if boot == "pvh" {
+        "Pvh entry"
+    } else {
+        "Linux64 entry"
+    };
+    assert!(vmm.contains(mode), "{vmm}");
+    eprintln!("{boot}: the kernel echoed our boot protocol after {took:?}");
     assert!(
         vmm.contains("cannot run a Linux kernel past its early boot")
             || HostVirtualization::detect().linux_boots_under_kvm(),
         "weir vm says what this host can do: {vmm}"
     );
+}
+
+#[test]
+fn a_debian_vmlinux_echoes_our_command_line_e820_map_and_cpus_through_both_entries() {
+    let missing = match HostVirtualization::detect().flavour {
+        KvmFlavour::Unavailable { reason } => Some(reason),
+        _ => None,
+    };
+    if !testenv::can_run("weir_vm_vmlinux", missing) {
+        return;
+    }
+    let image = match weir_guest_images::ImageStore::from_env().locate() {
+        Ok(i) => i,
+        Err(e) => {
+            testenv::can_run("weir_vm_vmlinux", Some(e.to_string()));
+            return;
+        }
+    };
+    vmlinux_echo(&image.vmlinux, "linux64");
+    vmlinux_echo(&image.vmlinux, "pvh");
 }
 
 #[test]

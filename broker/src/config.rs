@@ -514,6 +514,14 @@ impl BrokerConfig {
                     }
                     Some(_) => {}
                 },
+                EventAction::Policy { lun, .. } => {
+                    if !luns.contains_key(lun.as_str()) {
+                        return Err(invalid(
+                            format!("event[{i}].lun"),
+                            format!("no LUN named '{lun}'"),
+                        ));
+                    }
+                }
                 EventAction::Fault { port, .. } => {
                     if !self.ports.iter().any(|p| p.name == port) {
                         return Err(invalid(

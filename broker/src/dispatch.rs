@@ -671,6 +671,25 @@ impl LunDispatcher {
         self.lock().paths.policy().selector.to_string()
     }
 
+    /// A policy change: a fresh window controller (its epoch moves on, so completions of
+    /// requests dispatched before do not feed the new one), and/or another path selector.
+    pub fn set_policy(
+        &self,
+        depth: Option<DepthPolicy>,
+        selector: Option<weir_sched::path::PathSelectorKind>,
+    ) {
+        let mut st = self.lock();
+        if let Some(d) = depth {
+            log::warn!("LUN '{}': window policy now {}", self.name, d.name());
+            st.controller = QueueDepthController::new(d);
+        }
+        if let Some(sel) = selector {
+            log::warn!("LUN '{}': path selector now {sel}", self.name);
+            st.paths.set_selector(sel);
+        }
+        self.publish(&st);
+    }
+
     /// Takes back every request of `owner` not yet granted (its guest went away). Returns
     /// their slots.
     pub fn cancel_owner(&self, owner: &Arc<Inbox>) -> Vec<usize> {
@@ -930,12 +949,18 @@ impl ArrayRuntime {
 }
 
 /// A change to the emulated array at a time on the broker's clock.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ArrayEventKind {
     /// LUN (index in the model) capacity, percent of its model.
     Capacity { lun: usize, pct: f64 },
     /// A fault on a port (index in the model).
     Fault { port: usize, fault: PortFault },
+    /// A LUN's policy changes (index in the scheduler thread's dispatcher list).
+    Policy {
+        dispatcher: usize,
+        depth: Option<DepthPolicy>,
+        selector: Option<weir_sched::path::PathSelectorKind>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -972,12 +997,25 @@ impl SchedulerThread {
                 while !stop2.load(Ordering::SeqCst) {
                     let now = clock.now();
                     while let Some(e) = events.get(next_event).filter(|e| e.at_s <= now) {
-                        if let Some(a) = arrays.first() {
-                            log::warn!("t = {now:.1} s: scheduled event: {}", e.label);
-                            match e.kind {
-                                ArrayEventKind::Capacity { lun, pct } => a.set_capacity(lun, pct),
-                                ArrayEventKind::Fault { port, fault } => {
-                                    a.set_port_fault(now, port, fault)
+                        log::warn!("t = {now:.1} s: scheduled event: {}", e.label);
+                        match &e.kind {
+                            ArrayEventKind::Capacity { lun, pct } => {
+                                if let Some(a) = arrays.first() {
+                                    a.set_capacity(*lun, *pct)
+                                }
+                            }
+                            ArrayEventKind::Fault { port, fault } => {
+                                if let Some(a) = arrays.first() {
+                                    a.set_port_fault(now, *port, *fault)
+                                }
+                            }
+                            ArrayEventKind::Policy {
+                                dispatcher,
+                                depth,
+                                selector,
+                            } => {
+                                if let Some(d) = dispatchers.get(*dispatcher) {
+                                    d.set_policy(depth.clone(), *selector);
                                 }
                             }
                         }
@@ -1383,5 +1421,26 @@ mod tests {
         d.enqueue(0, &inbox, 2, 4096, false, 10.0);
         d.pump(10.0, Some(&inbox));
         assert_eq!(granted_paths(&inbox), vec![(2, 1)]);
+    }
+
+    #[test]
+    fn a_policy_change_takes_effect_at_once() {
+        let d = LunDispatcher::new(
+            "l",
+            vec![TenantPolicy::default()],
+            SchedulerKind::Fifo,
+            DepthPolicy::Fixed { depth: 2 },
+            None,
+        );
+        let inbox = Arc::new(Inbox::new().unwrap());
+        for slot in 0..8 {
+            d.enqueue(0, &inbox, slot, 4096, false, 0.0);
+        }
+        d.pump(0.0, Some(&inbox));
+        assert_eq!(grants(&inbox).len(), 2);
+        d.set_policy(Some(DepthPolicy::Fixed { depth: 6 }), None);
+        assert_eq!(d.counters.window.load(Ordering::Relaxed), 6);
+        d.pump(0.0, Some(&inbox));
+        assert_eq!(grants(&inbox).len(), 4, "four more fit the new window");
     }
 }

@@ -294,8 +294,21 @@ impl Broker {
                         port: config.ports.iter().position(|p| p.name == port)?,
                         fault,
                     },
+                    EventAction::Policy {
+                        lun,
+                        depth,
+                        selector,
+                    } => ArrayEventKind::Policy {
+                        dispatcher: dispatcher_list.iter().position(|d| d.name == lun)?,
+                        depth,
+                        selector,
+                    },
                 };
                 let label = match (&e.lun, &e.port) {
+                    (Some(l), _) if e.depth.is_some() || e.selector.is_some() => format!(
+                        "LUN '{l}' policy {}",
+                        e.depth.as_deref().or(e.selector.as_deref()).unwrap_or("?")
+                    ),
                     (Some(l), _) => {
                         format!("LUN '{l}' capacity {} %", e.capacity_pct.unwrap_or(0.0))
                     }

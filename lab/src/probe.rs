@@ -167,6 +167,19 @@ impl ProbeVm {
         dir: &Path,
         name: &str,
     ) -> Result<Self, ProbeError> {
+        Self::spawn_with(weir, probe, disks, options, dir, name, &[])
+    }
+
+    /// As [`ProbeVm::spawn`], with more `weir vm` arguments (`--boot pvh`, `--vcpus 2`).
+    pub fn spawn_with(
+        weir: &Path,
+        probe: &Path,
+        disks: &[String],
+        options: &str,
+        dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<Self, ProbeError> {
         let serial = dir.join(format!("{name}.serial"));
         let vmm_log = dir.join(format!("{name}.vmm.log"));
         let log = std::fs::File::create(&vmm_log).map_err(|source| ProbeError::Spawn {
@@ -182,6 +195,7 @@ impl ProbeVm {
         for d in disks {
             cmd.arg("--disk").arg(d);
         }
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 use weir_sched::depth::DepthPolicy;
 use weir_sched::mclock::TenantPolicy;
 use weir_sched::path::PathSelectorKind;
-use weir_sched::sim::{
-    EventAction, EventSpec, LunSpec, PortSpec, SimScenario, TenantSpec, Workload,
-};
+use weir_sched::sim::{EventSpec, LunSpec, PortSpec, SimScenario, TenantSpec, Workload};
 
 /// A whole scenario.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -286,13 +284,7 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
         policies.push("as-written".into());
     }
     for (i, e) in s.events.iter().enumerate() {
-        if let Ok(EventAction::Capacity { .. } | EventAction::Fault { .. }) = e.action() {
-        } else {
-            return Err(format!(
-                "event[{i}]: {}",
-                e.action().err().unwrap_or_default()
-            ));
-        }
+        e.action().map_err(|m| format!("event[{i}]: {m}"))?;
     }
     let name = s.name.clone().unwrap_or_else(|| {
         file.file_stem()

@@ -301,6 +301,13 @@ impl PathSet {
         &self.policy
     }
 
+    /// Switches the selector (a policy change); the next request is chosen afresh.
+    pub fn set_selector(&mut self, selector: PathSelectorKind) {
+        self.policy.selector = selector;
+        self.current = None;
+        self.rr_count = 0;
+    }
+
     pub fn len(&self) -> usize {
         self.paths.len()
     }

@@ -201,9 +201,10 @@ fn d_read_pct() -> f64 {
     100.0
 }
 
-/// Something that happens to the array at a time: a LUN's capacity changes (`lun`,
-/// `capacity_pct`) or a port is faulted (`port`, `fault` = down | up | slow | flaky | healthy,
-/// with `factor` for slow and `error_rate` for flaky).
+/// Something that happens at a time: a LUN's capacity changes (`lun`, `capacity_pct`), a LUN's
+/// policy changes (`lun` with `depth` — a short form such as `fixed:16` or `adaptive` — or
+/// `selector`, a path selector), or a port is faulted (`port`, `fault` = down | up | slow |
+/// flaky | healthy, with `factor` for slow and `error_rate` for flaky).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventSpec {
@@ -221,13 +222,31 @@ pub struct EventSpec {
     pub factor: Option<f64>,
     #[serde(default)]
     pub error_rate: Option<f64>,
+    /// The LUN's window policy from then on (short form).
+    #[serde(default)]
+    pub depth: Option<String>,
+    /// The LUN's path selector from then on.
+    #[serde(default)]
+    pub selector: Option<String>,
 }
 
 /// What an event does, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventAction {
-    Capacity { lun: String, pct: f64 },
-    Fault { port: String, fault: PortFault },
+    Capacity {
+        lun: String,
+        pct: f64,
+    },
+    Fault {
+        port: String,
+        fault: PortFault,
+    },
+    /// A policy change: a fresh window controller, or another path selector.
+    Policy {
+        lun: String,
+        depth: Option<DepthPolicy>,
+        selector: Option<PathSelectorKind>,
+    },
 }
 
 impl EventSpec {
@@ -241,6 +260,8 @@ impl EventSpec {
             fault: None,
             factor: None,
             error_rate: None,
+            depth: None,
+            selector: None,
         }
     }
 
@@ -255,6 +276,8 @@ impl EventSpec {
             fault: Some(fault.into()),
             factor: None,
             error_rate: None,
+            depth: None,
+            selector: None,
         }
     }
 
@@ -265,9 +288,37 @@ impl EventSpec {
                 if self.fault.is_some() || self.factor.is_some() || self.error_rate.is_some() {
                     return Err("fault, factor and error_rate go with port, not lun".into());
                 }
-                let pct = self
-                    .capacity_pct
-                    .ok_or("a lun event needs capacity_pct (percent of the model)")?;
+                let given = [
+                    self.capacity_pct.is_some(),
+                    self.depth.is_some(),
+                    self.selector.is_some(),
+                ];
+                if given.iter().filter(|g| **g).count() > 1 {
+                    return Err(
+                        "a lun event changes one thing: capacity_pct, depth or selector".into(),
+                    );
+                }
+                if let Some(d) = &self.depth {
+                    let depth = DepthPolicy::from_short(d).ok_or_else(|| {
+                        format!("depth '{d}': use fixed:N, aimd, latency, latency:MS, adaptive")
+                    })?;
+                    return Ok(EventAction::Policy {
+                        lun: lun.clone(),
+                        depth: Some(depth),
+                        selector: None,
+                    });
+                }
+                if let Some(sel) = &self.selector {
+                    let selector = PathSelectorKind::try_from(sel.clone())?;
+                    return Ok(EventAction::Policy {
+                        lun: lun.clone(),
+                        depth: None,
+                        selector: Some(selector),
+                    });
+                }
+                let pct = self.capacity_pct.ok_or(
+                    "a lun event needs capacity_pct (percent of the model), depth or selector",
+                )?;
                 if !(pct.is_finite() && pct > 0.0) {
                     return Err("capacity_pct must be positive".into());
                 }
@@ -277,8 +328,8 @@ impl EventSpec {
                 })
             }
             (None, Some(port)) => {
-                if self.capacity_pct.is_some() {
-                    return Err("capacity_pct goes with lun, not port".into());
+                if self.capacity_pct.is_some() || self.depth.is_some() || self.selector.is_some() {
+                    return Err("capacity_pct, depth and selector go with lun, not port".into());
                 }
                 let fault = match self.fault.as_deref() {
                     Some("down") => PortFault::Down,
@@ -817,6 +868,9 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
             EventAction::Fault { port, .. } if !s.ports.iter().any(|p| p.name == port) => {
                 return Err(format!("event[{i}].port: no port named '{port}'"));
             }
+            EventAction::Policy { lun, .. } if !s.luns.iter().any(|l| l.name == lun) => {
+                return Err(format!("event[{i}].lun: no LUN named '{lun}'"));
+            }
             _ => {}
         }
     }
@@ -993,6 +1047,19 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 EventAction::Capacity { lun, pct } => array.set_capacity(lun_index(lun), *pct),
                 EventAction::Fault { port, fault } => {
                     array.set_port_fault(now, port_index(port), *fault)
+                }
+                EventAction::Policy {
+                    lun,
+                    depth,
+                    selector,
+                } => {
+                    let l = &mut luns[lun_index(lun)];
+                    if let Some(d) = depth {
+                        l.controller = QueueDepthController::new(d.clone());
+                    }
+                    if let Some(sel) = selector {
+                        l.paths.set_selector(*sel);
+                    }
                 }
             }
             next_event += 1;

@@ -593,3 +593,30 @@ fn scenario_errors_name_the_field() {
     s.compare = vec!["round-robin:0".into()];
     assert!(run_compare(&s).unwrap_err().contains("compare[0]"));
 }
+
+#[test]
+fn a_policy_change_event_replaces_the_window_controller_mid_run() {
+    let mut s = scenario(
+        vec![lun(DepthPolicy::Fixed { depth: 32 }, SchedulerKind::Mclock)],
+        vec![closed("a", 1.0, 64)],
+        10.0,
+    );
+    let mut e = EventSpec::capacity(5.0, "lun0", 100.0);
+    e.capacity_pct = None;
+    e.depth = Some("fixed:4".into());
+    s.events.push(e);
+    let r = run(&s).unwrap();
+    let w = &r.luns[0].window;
+    assert!(
+        w.iter().filter(|(t, _)| *t < 4.9).all(|(_, d)| *d == 32),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().filter(|(t, _)| *t > 5.1).all(|(_, d)| *d == 4),
+        "{w:?}"
+    );
+    // Two parameters at once are refused, naming them.
+    let mut bad = EventSpec::capacity(1.0, "lun0", 50.0);
+    bad.depth = Some("aimd".into());
+    assert!(bad.action().unwrap_err().contains("one thing"));
+}

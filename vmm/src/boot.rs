@@ -33,11 +33,30 @@ pub enum KernelFormat {
     BzImage,
 }
 
+/// Which entry the boot vCPU takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootMode {
+    /// The Linux 64-bit boot protocol: long mode, RSI = the zero page.
+    Linux64,
+    /// PVH (Xen's direct boot, as QEMU and Firecracker use it): 32-bit protected mode, paging
+    /// off, EBX = `hvm_start_info`.
+    Pvh,
+}
+
+/// What the user asked for: PVH when the kernel has the note (`auto`), or one protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootChoice {
+    Auto,
+    Linux64,
+    Pvh,
+}
+
 /// What the boot vCPU needs.
 #[derive(Debug, Clone)]
 pub struct BootInfo {
     pub entry: u64,
     pub format: KernelFormat,
+    pub mode: BootMode,
     /// The ELF carries a PVH entry note.
     pub pvh: bool,
     pub kernel_end: u64,
@@ -73,6 +92,7 @@ pub fn load(
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
+    choice: BootChoice,
 ) -> Result<BootInfo, VmmError> {
     let mut file =
         File::open(kernel).map_err(|e| VmmError::Kernel(format!("{}: {e}", kernel.display())))?;
@@ -93,7 +113,21 @@ pub fn load(
         // The 64-bit entry of a bzImage is 0x200 past where its protected-mode part loads.
         KernelFormat::BzImage => loaded.kernel_load.raw_value() + 0x200,
     };
-    let pvh = matches!(loaded.pvh_boot_cap, PvhBootCapability::PvhEntryPresent(_));
+    let pvh_entry = match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(a) => Some(a.raw_value()),
+        _ => None,
+    };
+    let pvh = pvh_entry.is_some();
+    let mode = match (choice, pvh_entry) {
+        (BootChoice::Linux64, _) | (BootChoice::Auto, None) => BootMode::Linux64,
+        (BootChoice::Pvh | BootChoice::Auto, Some(_)) => BootMode::Pvh,
+        (BootChoice::Pvh, None) => {
+            return Err(VmmError::Kernel(format!(
+                "{}: --boot pvh, but the kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); use --boot linux64",
+                kernel.display()
+            )));
+        }
+    };
 
     let mut cl = Cmdline::new(CMDLINE_MAX).map_err(|e| VmmError::Config(e.to_string()))?;
     cl.insert_str(cmdline)
@@ -165,10 +199,20 @@ pub fn load(
     )
     .map_err(|e| VmmError::Memory(format!("write the zero page: {e}")))?;
 
-    write_gdt_and_page_tables(mem)?;
+    if mode == BootMode::Pvh {
+        write_pvh_start_info(mem, &e820, initrd)?;
+        write_gdt(mem, &PVH_GDT_ENTRIES)?;
+    } else {
+        write_gdt(mem, &BOOT_GDT_ENTRIES)?;
+        write_page_tables(mem)?;
+    }
     Ok(BootInfo {
-        entry,
+        entry: match mode {
+            BootMode::Pvh => pvh_entry.unwrap_or(entry),
+            BootMode::Linux64 => entry,
+        },
         format,
+        mode,
         pvh,
         kernel_end,
         initrd,
@@ -193,15 +237,78 @@ pub const BOOT_GDT_ENTRIES: [(u16, u32, u32); 4] = [
     (0x808b, 0, 0xfffff),
 ];
 
-fn write_gdt_and_page_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+/// The PVH GDT: null, 32-bit code (0x08), data (0x10), TSS (0x18) — flat 4 GiB.
+pub const PVH_GDT_ENTRIES: [(u16, u32, u32); 4] = [
+    (0, 0, 0),
+    (0xc09b, 0, 0xfffff),
+    (0xc093, 0, 0xfffff),
+    (0x008b, 0, 0x67),
+];
+
+fn write_gdt(mem: &GuestMemoryMmap, entries: &[(u16, u32, u32)]) -> Result<(), VmmError> {
     let w = |v: u64, at: u64| {
         mem.write_obj(v, GuestAddress(at))
             .map_err(|e| VmmError::Memory(format!("write boot tables: {e}")))
     };
-    for (i, (f, b, l)) in BOOT_GDT_ENTRIES.iter().enumerate() {
+    for (i, (f, b, l)) in entries.iter().enumerate() {
         w(gdt_entry(*f, *b, *l), BOOT_GDT + i as u64 * 8)?;
     }
-    w(0, BOOT_IDT)?;
+    w(0, BOOT_IDT)
+}
+
+/// `hvm_start_info` (version 1) with the command line, the initrd as module 0, and the e820
+/// map as the PVH memory map (xen/include/public/arch-x86/hvm/start_info.h).
+fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    e820: &[(u64, u64, u32)],
+    initrd: Option<(u64, u64)>,
+) -> Result<(), VmmError> {
+    use linux_loader::configurator::pvh::PvhBootConfigurator;
+    use linux_loader::loader::elf::start_info::{
+        hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+    };
+    let mut info = hvm_start_info {
+        magic: 0x336e_c578,
+        version: 1,
+        cmdline_paddr: CMDLINE,
+        memmap_paddr: PVH_MEMMAP,
+        memmap_entries: e820.len() as u32,
+        ..Default::default()
+    };
+    let memmap: Vec<hvm_memmap_table_entry> = e820
+        .iter()
+        .map(|&(addr, size, type_)| hvm_memmap_table_entry {
+            addr,
+            size,
+            type_,
+            reserved: 0,
+        })
+        .collect();
+    let mut params = BootParams::new::<hvm_start_info>(&info, GuestAddress(PVH_INFO));
+    if let Some((paddr, size)) = initrd {
+        info.nr_modules = 1;
+        info.modlist_paddr = PVH_MODLIST;
+        params = BootParams::new::<hvm_start_info>(&info, GuestAddress(PVH_INFO));
+        params.set_modules(
+            &[hvm_modlist_entry {
+                paddr,
+                size,
+                cmdline_paddr: 0,
+                reserved: 0,
+            }],
+            GuestAddress(PVH_MODLIST),
+        );
+    }
+    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP));
+    PvhBootConfigurator::write_bootparams(&params, mem)
+        .map_err(|e| VmmError::Memory(format!("write hvm_start_info: {e}")))
+}
+
+fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    let w = |v: u64, at: u64| {
+        mem.write_obj(v, GuestAddress(at))
+            .map_err(|e| VmmError::Memory(format!("write boot tables: {e}")))
+    };
     // PML4[0] → PDPT, PDPT[0] → PD, PD: 512 × 2 MiB identity pages (present, writable).
     w(PDPT | 0x03, PML4)?;
     w(PD | 0x03, PDPT)?;

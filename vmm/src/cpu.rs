@@ -112,6 +112,48 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), VmmError> {
     Ok(())
 }
 
+/// Puts the boot vCPU at a PVH entry: 32-bit protected mode, flat segments, paging off,
+/// EBX = `hvm_start_info` (the PVH boot ABI, Xen's `docs/misc/pvh.pandoc`).
+pub fn setup_pvh_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), VmmError> {
+    use crate::boot::PVH_GDT_ENTRIES;
+    let kvm_err = |what: &str| {
+        let what = what.to_string();
+        move |e: kvm_ioctls::Error| VmmError::Kvm(format!("{what}: {e}"))
+    };
+    let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    let seg = |i: usize| {
+        let (f, b, l) = PVH_GDT_ENTRIES[i];
+        let mut s = segment(i as u16, gdt_entry(f, b, l));
+        s.limit = if i == 3 { l } else { 0xffff_ffff };
+        s
+    };
+    sregs.gdt.base = BOOT_GDT;
+    sregs.gdt.limit = (PVH_GDT_ENTRIES.len() * 8 - 1) as u16;
+    sregs.idt.base = BOOT_IDT;
+    sregs.idt.limit = 7;
+    sregs.cs = seg(1);
+    let data = seg(2);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = seg(3);
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rbx: PVH_INFO,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    Ok(())
+}
+
 /// CPUID, MSRs, FPU and LAPIC of vCPU `id` (every vCPU; APs then wait for INIT/SIPI in KVM).
 pub fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<(), VmmError> {
     let kvm_err = |what: &str| {

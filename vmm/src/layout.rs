@@ -3,6 +3,10 @@
 /// The boot GDT and IDT.
 pub const BOOT_GDT: u64 = 0x500;
 pub const BOOT_IDT: u64 = 0x520;
+/// PVH boot: `hvm_start_info`, its memory map, its module list (the initrd).
+pub const PVH_INFO: u64 = 0x6000;
+pub const PVH_MEMMAP: u64 = 0x6040;
+pub const PVH_MODLIST: u64 = 0x6200;
 /// The zero page (`struct boot_params`); its address is passed in RSI.
 pub const ZERO_PAGE: u64 = 0x7000;
 /// The boot stack (grows down from here).

@@ -46,6 +46,8 @@ pub struct VmConfig {
     pub serial: SerialOut,
     /// Stop the guest after this long (exit status 124, as `timeout`).
     pub timeout: Option<Duration>,
+    /// Boot protocol: PVH when the kernel has the note (auto), or the one asked for.
+    pub boot: crate::boot::BootChoice,
 }
 
 /// How a guest ended.
@@ -254,6 +256,7 @@ impl Machine {
             &self.config.kernel,
             self.config.initrd.as_deref(),
             &cmdline,
+            self.config.boot,
         )?;
         if self.config.vcpus > 1 {
             crate::mptable::write(&self.ram.memory, self.config.vcpus)?;
@@ -281,7 +284,10 @@ impl Machine {
                 .map_err(|e| VmmError::Kvm(format!("KVM_CREATE_VCPU {id}: {e}")))?;
             cpu::setup_vcpu(&self.kvm, &vcpu, id, count)?;
             if id == 0 {
-                cpu::setup_boot_vcpu(&vcpu, boot.entry)?;
+                match boot.mode {
+                    crate::boot::BootMode::Linux64 => cpu::setup_boot_vcpu(&vcpu, boot.entry)?,
+                    crate::boot::BootMode::Pvh => cpu::setup_pvh_vcpu(&vcpu, boot.entry)?,
+                }
             }
             vcpus.push(vcpu);
         }

@@ -124,6 +124,9 @@ _start:
     .global _start32
 _start32:
     cli
+    // The PVH ABI gives no stack: take ours before the first push.
+    mov esp, offset {kstack}
+    add esp, {kstack_size}
     mov [PVH_INFO], ebx
     mov eax, offset PDPT
     or eax, 7
