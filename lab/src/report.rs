@@ -111,6 +111,10 @@ pub fn terminal(r: &Results) -> String {
             );
         }
     }
+    if repeats {
+        s.push_str(&spread(r));
+        let _ = writeln!(s);
+    }
     for p in &r.policies {
         for f in &p.failures {
             let _ = writeln!(
@@ -123,6 +127,53 @@ pub fn terminal(r: &Results) -> String {
         }
     }
     let _ = writeln!(s, "host: {}; {} s", r.host.kvm, r.wall_s.round());
+    s
+}
+
+/// With `repeat > 1`: per policy, the mean and range over the repeats.
+fn spread(r: &Results) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for p in &r.policies {
+        if !names.contains(&p.name.as_str()) {
+            names.push(&p.name);
+        }
+    }
+    let stat = |v: &[f64]| -> String {
+        if v.is_empty() {
+            return "-".into();
+        }
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, x| (a.0.min(*x), a.1.max(*x)));
+        if mean.abs() >= 100.0 {
+            format!("{mean:.0} [{lo:.0}, {hi:.0}]")
+        } else {
+            format!("{mean:.3} [{lo:.3}, {hi:.3}]")
+        }
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nover repeats: mean [min, max]\n{:<20} {:>4} {:>24} {:>24} {:>24} {:>24}",
+        "policy", "runs", "IOPS", "Jain", "max share err", "v.p99"
+    );
+    for n in names {
+        let runs: Vec<&PolicyResult> = r.policies.iter().filter(|p| p.name == n).collect();
+        let col = |f: &dyn Fn(&PolicyResult) -> Option<f64>| {
+            stat(&runs.iter().filter_map(|p| f(p)).collect::<Vec<f64>>())
+        };
+        let _ = writeln!(
+            s,
+            "{:<20} {:>4} {:>24} {:>24} {:>24} {:>24}",
+            n,
+            runs.len(),
+            col(&|p| Some(p.metrics.aggregate_iops)),
+            col(&|p| p.metrics.jain),
+            col(&|p| Some(p.metrics.max_share_error)),
+            col(&|p| p.metrics.victim_p99_ratio),
+        );
+    }
     s
 }
 

@@ -121,8 +121,19 @@ pub fn compute_metrics(tenants: &[TenantResult], warmup_s: usize) -> Metrics {
 /// Fills the cross-policy metrics: victim ratios (with its solo run) and work conservation
 /// against `fifo` of the same repeat.
 pub fn finish(policies: &mut [PolicyResult], victim: Option<&str>) {
+    // The victim runs alone once per policy (the first repeat); later repeats compare with it.
+    let solos: Vec<(String, TenantResult)> = policies
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.victim_solo.clone()?)))
+        .collect();
     for p in policies.iter_mut() {
-        if let (Some(v), Some(solo)) = (victim, &p.victim_solo) {
+        let solo = p.victim_solo.clone().or_else(|| {
+            solos
+                .iter()
+                .find(|(n, _)| *n == p.name)
+                .map(|(_, s)| s.clone())
+        });
+        if let (Some(v), Some(solo)) = (victim, &solo) {
             if let Some(t) = p.tenants.iter().find(|t| t.name == v && t.ok) {
                 let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
                 p.metrics.victim_p99_ratio = ratio(t.lat_us.p99, solo.lat_us.p99);
@@ -139,5 +150,62 @@ pub fn finish(policies: &mut [PolicyResult], victim: Option<&str>) {
         if let Some((_, f)) = fifo.iter().find(|(r, _)| *r == p.repeat) {
             p.metrics.work_conservation = (*f > 0.0).then(|| p.metrics.aggregate_iops / f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str, weight: f64, iops: f64, p99: f64) -> TenantResult {
+        TenantResult {
+            name: name.into(),
+            engine: "weir-probe".into(),
+            lun: "l".into(),
+            weight,
+            reservation_iops: 0.0,
+            limit_iops: 0.0,
+            iops,
+            mbps: 0.0,
+            lat_us: Latency {
+                p50: p99 / 2.0,
+                p99,
+                p999: p99 * 2.0,
+            },
+            errors: 0,
+            ok: true,
+            cdf: vec![],
+            per_second: vec![],
+        }
+    }
+
+    #[test]
+    fn metrics_and_cross_policy_ratios() {
+        let run = |name: &str, repeat: u32, a: f64, b: f64, solo: bool| {
+            let tenants = vec![tenant("v", 1.0, a, 100.0 * b), tenant("n", 2.0, b, 10.0)];
+            PolicyResult {
+                name: name.into(),
+                repeat,
+                wall_s: 1.0,
+                metrics: compute_metrics(&tenants, 0),
+                tenants,
+                failures: vec![],
+                victim_solo: solo.then(|| tenant("v", 1.0, 100.0, 100.0)),
+            }
+        };
+        let mut p = vec![
+            run("fifo", 0, 100.0, 200.0, true),
+            run("adaptive", 0, 100.0, 300.0, true),
+            run("fifo", 1, 100.0, 100.0, false),
+        ];
+        finish(&mut p, Some("v"));
+        // Weighted 1:2 and served 100:200: exact shares, Jain 1.
+        assert!((p[0].metrics.jain.unwrap() - 1.0).abs() < 1e-12);
+        assert!(p[0].metrics.max_share_error < 1e-12);
+        assert_eq!(p[1].metrics.work_conservation, Some(400.0 / 300.0));
+        // Victim p99 (100·b) over its solo p99 (100); the second repeat uses the first's solo.
+        assert_eq!(p[0].metrics.victim_p99_ratio, Some(200.0));
+        assert_eq!(p[2].metrics.victim_p99_ratio, Some(100.0));
+        assert_eq!(p[2].metrics.work_conservation, Some(1.0));
     }
 }
