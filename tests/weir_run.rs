@@ -437,3 +437,62 @@ fn the_report_renders_in_headless_chromium_with_its_plots() {
         png.len()
     );
 }
+
+#[test]
+fn ctrl_c_stops_the_guests_at_once_and_leaves_nothing_behind() {
+    let missing = match weir_vmm::host::HostVirtualization::detect().flavour {
+        weir_vmm::host::KvmFlavour::Unavailable { reason } => Some(reason),
+        _ => None,
+    };
+    if !weir_lab::testenv::can_run("weir_run_interrupt", missing) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("long.toml");
+    std::fs::write(
+        &file,
+        ONE_BAD_KERNEL
+            .replace(
+                "duration_s = 3",
+                "duration_s = 120\ncompare = [\"fifo\", \"adaptive\"]",
+            )
+            .replace("kernel = \"/nonexistent/kernel\"\n", ""),
+    )
+    .unwrap();
+    let out = dir.path().join("results");
+    let mut child = Command::new(weir())
+        .args(["run", "--no-progress"])
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until both guests are running, then interrupt.
+    let t0 = std::time::Instant::now();
+    while !(out.join("fifo/good.serial").exists() && out.join("fifo/broken.serial").exists()) {
+        assert!(t0.elapsed().as_secs() < 60, "guests never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let stopped = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    let took = stopped.elapsed();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an interrupted run is not a success");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        took.as_secs() < 30,
+        "stopped after {took:?}, not after the 120 s workload"
+    );
+    // What was measured is written; the second policy never started.
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["policies"].as_array().unwrap().len(), 1);
+    assert!(!out.join("adaptive").exists());
+    nothing_left(&out);
+    eprintln!("interrupted run stopped in {took:?}");
+}

@@ -411,3 +411,59 @@ fn a_guest_failure_is_a_non_zero_exit_with_the_reason() {
         "{text}"
     );
 }
+
+#[test]
+fn a_guest_killed_mid_io_on_an_emulated_lun_frees_its_disk_for_the_next_guest() {
+    let Some(probe) = setup("weir_vm_emulated_kill") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("broker.ctl");
+    // An emulated LUN: a request is answered when both its I/O and the model's service are done.
+    let cfg = format!(
+        "control_socket = {:?}\n[[port]]\nname = \"p0\"\nqueue_limit = 64\n\
+         [[lun]]\nname = \"l0\"\npath = {:?}\nsize = \"16MiB\"\nbackend = \"emulated\"\nport = \"p0\"\n\
+         [[disk]]\nsocket = {:?}\nlun = \"l0\"\n",
+        control.display().to_string(),
+        dir.path().join("l0.img").display().to_string(),
+        dir.path().join("d0.sock").display().to_string()
+    );
+    let mut b = BrokerProcess::start(&weir(), &cfg, Some(control.clone()), dir.path()).unwrap();
+    let mut first = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[disk(dir.path(), 0)],
+        "probe.rw=randread probe.iodepth=16 probe.runtime_ms=60000",
+        dir.path(),
+        "first",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query(&control, "stats").unwrap()[0]["counters"]["reads"]
+        .as_u64()
+        .unwrap_or(0)
+        < 200
+    {
+        assert!(Instant::now() < deadline, "the first guest never read");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // Its requests waited for the model when it died; the disk must be free again soon.
+    let run = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[disk(dir.path(), 0)],
+        "probe.verify=1 probe.iodepth=8 probe.size_mib=2",
+        dir.path(),
+        "second",
+    )
+    .unwrap()
+    .wait(Duration::from_secs(60))
+    .unwrap_or_else(|e| panic!("{e}\nbroker:\n{}", b.log()));
+    assert_eq!(run.exit_code, Some(0), "{}", run.vmm_log);
+    assert_eq!((run.report.errors, run.report.verify_errors), (0, 0));
+    assert!(b.log().contains("guest disconnected"), "{}", b.log());
+    // And the broker still stops in an orderly way.
+    assert!(b.stop().is_some_and(|s| s.success()), "{}", b.log());
+}

@@ -834,6 +834,22 @@ impl QueueWorker {
             }
         }
         self.flush_submissions()?;
+        // Requests whose I/O is done but whose array-model service is not: nothing will come
+        // from io_uring for them, and the model is not waited for any more. Answer them now.
+        let model_waits: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Some(Inflight {
+                    sched: Some(sc), ..
+                }) if sc.io_done => Some(i),
+                _ => None,
+            })
+            .collect();
+        for slot in model_waits {
+            used |= self.settle(slot, queue)?;
+        }
         while self.in_flight() > 0 {
             self.ring.submit_and_wait(1).map_err(WorkerError::Submit)?;
             used |= self.reap(queue)?;

@@ -439,7 +439,17 @@ fn run_policy(
         .map_err(|e| format!("broker for {policy}: {e}"))?;
     let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
         .map_err(|e| e.to_string())?;
+    let all_done = AtomicBool::new(false);
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        // Ctrl-C: kill every guest now rather than when its workload would have ended.
+        scope.spawn(|| {
+            while !all_done.load(Ordering::SeqCst) {
+                if aborted() {
+                    kill_all();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
         let handles: Vec<_> = plans
             .iter()
             .enumerate()
@@ -478,13 +488,15 @@ fn run_policy(
                 })
             })
             .collect();
-        handles
+        let outcomes = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Outcome::Failed("guest thread panicked".into()))
             })
-            .collect()
+            .collect();
+        all_done.store(true, Ordering::SeqCst);
+        outcomes
     });
     let telemetry: Vec<serde_json::Value> =
         weir_broker::control::query(&dir.join("broker.ctl"), "telemetry")
