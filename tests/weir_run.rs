@@ -460,7 +460,7 @@ fn ctrl_c_stops_the_guests_at_once_and_leaves_nothing_behind() {
     )
     .unwrap();
     let out = dir.path().join("results");
-    let mut child = Command::new(weir())
+    let child = Command::new(weir())
         .args(["run", "--no-progress"])
         .arg(&file)
         .arg("--out")
