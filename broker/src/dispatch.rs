@@ -21,7 +21,7 @@
 //! while taking anything else; the clock thread takes the model and the waiters one after the
 //! other, never nested.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use weir_sched::array::{Admission, EmulatedArray, PortFault};
 use weir_sched::cost::CostModel;
-use weir_sched::depth::{DepthPolicy, Outcome, QueueDepthController};
-use weir_sched::mclock::{MClock, TenantPolicy};
-use weir_sched::path::{MultipathPolicy, PathGroup, PathSet, PathState, PathStats, Selection};
+use weir_sched::depth::{DepthPolicy, QueueDepthController};
+use weir_sched::dispatch::{Dispatch, LunDispatch, Source, Step};
+use weir_sched::mclock::TenantPolicy;
+use weir_sched::path::{MultipathPolicy, PathGroup, PathSet, PathState, PathStats};
 use weir_sched::rng::SplitMix64;
 use weir_sched::sim::SchedulerKind;
 
@@ -139,20 +140,9 @@ struct Ticket {
     failed_at: Option<f64>,
 }
 
-enum Queue {
-    Mclock(MClock<Ticket>),
-    Fifo(VecDeque<Ticket>),
-}
-
 struct DispatchState {
-    queue: Queue,
-    controller: QueueDepthController,
-    in_flight: u32,
-    retry: VecDeque<Ticket>,
-    retry_at: f64,
-    /// Requests whose path failed under them: first in line, no delay.
-    reissue: VecDeque<Ticket>,
-    paths: PathSet,
+    /// The dispatch state and rule `weir sim` runs too.
+    d: LunDispatch<Ticket>,
     /// Path events already logged.
     events_logged: usize,
     /// Faults injected on paths without an array model.
@@ -264,15 +254,7 @@ impl LunDispatcher {
         depth: DepthPolicy,
         array: Option<(Arc<ArrayRuntime>, usize)>,
     ) -> Self {
-        let queue = match scheduler {
-            SchedulerKind::Mclock => Queue::Mclock(MClock::new(tenants, CostModel::default())),
-            SchedulerKind::Fifo => Queue::Fifo(VecDeque::new()),
-        };
-        let controller = QueueDepthController::new(depth);
         let counters = DispatchCounters::default();
-        counters
-            .window
-            .store(u64::from(controller.window()), Ordering::Relaxed);
         let routes = vec![PathRoute {
             name: "path0".into(),
             port: array.as_ref().map(|_| (0, "port0".into())),
@@ -290,19 +272,22 @@ impl LunDispatcher {
             routes,
             store: None,
             state: Mutex::new(DispatchState {
-                queue,
-                controller,
-                in_flight: 0,
-                retry: VecDeque::new(),
-                retry_at: 0.0,
-                reissue: VecDeque::new(),
-                paths,
+                d: LunDispatch::new(scheduler, tenants, CostModel::default(), depth, paths),
                 events_logged: 0,
                 file_faults: vec![FileFault::default()],
                 rng: SplitMix64::new(0x5eed),
             }),
             counters,
         }
+        .published()
+    }
+
+    fn published(self) -> Self {
+        {
+            let st = self.lock();
+            self.publish(&st);
+        }
+        self
     }
 
     /// Gives the LUN its paths (in place of the one default path) and the store the path
@@ -317,7 +302,7 @@ impl LunDispatcher {
             routes.iter().map(|r| (r.group, r.max_in_flight)).collect();
         {
             let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-            st.paths = PathSet::new(&groups, policy);
+            st.d.paths = PathSet::new(&groups, policy);
             st.file_faults = vec![FileFault::default(); routes.len()];
         }
         self.routes = routes;
@@ -342,7 +327,7 @@ impl LunDispatcher {
 
     /// The window in force: the controller's, capped by the port budget.
     fn window(&self, st: &DispatchState) -> u32 {
-        let own = st.controller.window();
+        let own = st.d.controller.window();
         match &self.budget {
             Some((b, i)) => b.effective(*i, own),
             None => own,
@@ -371,11 +356,7 @@ impl LunDispatcher {
             first_dispatch: None,
             failed_at: None,
         };
-        let mut st = self.lock();
-        match &mut st.queue {
-            Queue::Mclock(m) => m.enqueue(tenant, ticket, bytes, now),
-            Queue::Fifo(q) => q.push_back(ticket),
-        }
+        self.lock().d.enqueue(tenant, ticket, bytes, now);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, DispatchState> {
@@ -388,64 +369,41 @@ impl LunDispatcher {
         let mut st = self.lock();
         let signal_for = |t: &Ticket| caller.is_none_or(|c| !Arc::ptr_eq(c, &t.owner));
         loop {
-            if st.in_flight >= self.window(&st) {
-                break;
-            }
-            let path = match st.paths.select(now) {
-                Selection::Path(p) => p,
-                Selection::Wait => break,
-                Selection::NoPath => {
-                    if st.paths.hold_expired(now) {
-                        let failed = drain_all(&mut st);
-                        self.counters
-                            .no_path_failures
-                            .fetch_add(failed.len() as u64, Ordering::Relaxed);
-                        for t in failed {
-                            let signal = signal_for(&t);
-                            t.owner.push(InboxEvent::Failed { slot: t.slot }, signal);
-                        }
+            let window = self.window(&st);
+            let Dispatch {
+                item: mut ticket,
+                path,
+                epoch,
+                source,
+            } = match st.d.next(now, window) {
+                Step::Send(send) => send,
+                Step::Idle => break,
+                Step::Expired(failed) => {
+                    self.counters
+                        .no_path_failures
+                        .fetch_add(failed.len() as u64, Ordering::Relaxed);
+                    for t in failed {
+                        let signal = signal_for(&t);
+                        t.owner.push(InboxEvent::Failed { slot: t.slot }, signal);
                     }
                     break;
                 }
             };
-            let source = if !st.reissue.is_empty() {
-                0
-            } else if !st.retry.is_empty() {
-                1
-            } else {
-                2
-            };
-            let ticket = match source {
-                0 => st.reissue.pop_front(),
-                1 => {
-                    if st.retry_at > now {
-                        break;
-                    }
-                    st.retry.pop_front()
-                }
-                _ => match &mut st.queue {
-                    Queue::Mclock(m) => m.dispatch(now).map(|(_, t, _)| t),
-                    Queue::Fifo(q) => q.pop_front(),
-                },
-            };
-            let Some(mut ticket) = ticket else { break };
             let first = *ticket.first_dispatch.get_or_insert(now);
-            let epoch = st.controller.epoch();
             let route = &self.routes[path];
             let admitted = if st.file_faults.get(path).is_some_and(|f| f.down) {
                 Admission::PortDown
             } else {
                 match (&self.array, &route.port) {
                     (Some((array, lun)), Some((port, _))) => {
-                        array.submit(now, *lun, *port, &ticket, st.paths.policy().io_timeout_s)
+                        array.submit(now, *lun, *port, &ticket, st.d.paths.policy().io_timeout_s)
                     }
                     _ => Admission::Accepted,
                 }
             };
             match admitted {
                 Admission::Accepted => {
-                    st.in_flight += 1;
-                    st.paths.on_dispatch(path, now);
+                    st.d.sent(path, now);
                     let signal = signal_for(&ticket);
                     ticket.owner.push(
                         InboxEvent::Granted {
@@ -460,20 +418,15 @@ impl LunDispatcher {
                     );
                 }
                 Admission::PortDown => {
-                    st.paths.on_dispatch(path, now);
-                    st.paths.on_failure(path, now, "port down");
-                    if ticket.failed_at.is_none() {
+                    if source != Source::Reissue && ticket.failed_at.is_none() {
                         ticket.failed_at = Some(now);
                         self.counters.reissued.fetch_add(1, Ordering::Relaxed);
                     }
-                    st.reissue.push_front(ticket);
+                    st.d.port_down(ticket, path, now);
                 }
                 Admission::QueueFull | Admission::Busy => {
                     self.counters.congestion.fetch_add(1, Ordering::Relaxed);
-                    st.controller
-                        .on_completion(now, epoch, Outcome::Congestion, 0.0);
-                    st.retry.push_front(ticket);
-                    st.retry_at = now + RETRY_DELAY_S;
+                    st.d.congested(ticket, epoch, now, RETRY_DELAY_S);
                     break;
                 }
             }
@@ -483,7 +436,7 @@ impl LunDispatcher {
     }
 
     fn log_path_events(&self, st: &mut DispatchState) {
-        for e in st.paths.events_since(st.events_logged) {
+        for e in st.d.paths.events_since(st.events_logged) {
             let path = self.routes.get(e.path).map_or("?", |r| r.name.as_str());
             let line = format!(
                 "t = {:.3} s: LUN '{}' path '{}' {}: {}",
@@ -495,7 +448,7 @@ impl LunDispatcher {
                 log::warn!("{line}");
             }
         }
-        st.events_logged = st.paths.events().len();
+        st.events_logged = st.d.paths.events().len();
     }
 
     /// A granted request finished well (its I/O and, when emulated, the model's service), on
@@ -512,10 +465,7 @@ impl LunDispatcher {
         failed_at: Option<f64>,
     ) {
         let mut st = self.lock();
-        st.in_flight = st.in_flight.saturating_sub(1);
-        st.paths.on_success(path, now, service_s, bytes);
-        st.controller
-            .on_completion(now, epoch, Outcome::Good, latency_s);
+        st.d.completed(path, now, epoch, latency_s, service_s, bytes);
         if let Some(f) = failed_at {
             let us = ((now - f).max(0.0) * 1e6) as u64;
             self.counters
@@ -550,19 +500,18 @@ impl LunDispatcher {
     ) {
         {
             let mut st = self.lock();
-            st.in_flight = st.in_flight.saturating_sub(1);
-            st.paths.on_failure(path, now, why);
             if failed_at.is_none() {
                 self.counters.reissued.fetch_add(1, Ordering::Relaxed);
             }
-            st.reissue.push_front(Ticket {
+            let ticket = Ticket {
                 owner: owner.clone(),
                 slot,
                 bytes,
                 write,
                 first_dispatch: Some(first_dispatch),
                 failed_at: Some(failed_at.unwrap_or(now)),
-            });
+            };
+            st.d.failed(ticket, path, now, why);
         }
         self.pump(now, None);
     }
@@ -570,8 +519,7 @@ impl LunDispatcher {
     /// A granted request is given up without a verdict (its guest went away mid-failover).
     pub fn abandon(&self, path: usize) {
         let mut st = self.lock();
-        st.in_flight = st.in_flight.saturating_sub(1);
-        st.paths.on_abandon(path);
+        st.d.abandoned(path);
         self.publish(&st);
     }
 
@@ -579,11 +527,11 @@ impl LunDispatcher {
     /// 512-byte read through the path's own descriptor).
     pub fn check_paths(&self, now: f64) {
         let mut st = self.lock();
-        if now < st.paths.next_check() {
+        if now < st.d.paths.next_check() {
             return;
         }
         let faults = st.file_faults.clone();
-        st.paths.check(now, |i| {
+        st.d.paths.check(now, |i| {
             if faults.get(i).is_some_and(|f| f.down) {
                 return false;
             }
@@ -644,8 +592,8 @@ impl LunDispatcher {
                 name: r.name.clone(),
                 port: r.port.as_ref().map(|p| p.1.clone()),
                 group: r.group,
-                state: st.paths.state(i),
-                stats: st.paths.stats(i).cloned().unwrap_or_default(),
+                state: st.d.paths.state(i),
+                stats: st.d.paths.stats(i).cloned().unwrap_or_default(),
             })
             .collect()
     }
@@ -653,7 +601,7 @@ impl LunDispatcher {
     /// The path events so far, with path names.
     pub fn path_events(&self) -> Vec<serde_json::Value> {
         let st = self.lock();
-        st.paths
+        st.d.paths
             .events()
             .iter()
             .map(|e| {
@@ -668,7 +616,7 @@ impl LunDispatcher {
     }
 
     pub fn selector(&self) -> String {
-        self.lock().paths.policy().selector.to_string()
+        self.lock().d.paths.policy().selector.to_string()
     }
 
     /// A policy change: a fresh window controller (its epoch moves on, so completions of
@@ -681,11 +629,11 @@ impl LunDispatcher {
         let mut st = self.lock();
         if let Some(d) = depth {
             log::warn!("LUN '{}': window policy now {}", self.name, d.name());
-            st.controller = QueueDepthController::new(d);
+            st.d.controller = QueueDepthController::new(d);
         }
         if let Some(sel) = selector {
             log::warn!("LUN '{}': path selector now {sel}", self.name);
-            st.paths.set_selector(sel);
+            st.d.paths.set_selector(sel);
         }
         self.publish(&st);
     }
@@ -694,35 +642,11 @@ impl LunDispatcher {
     /// their slots.
     pub fn cancel_owner(&self, owner: &Arc<Inbox>) -> Vec<usize> {
         let mut st = self.lock();
-        let mut slots = Vec::new();
-        st.reissue.retain(|t| {
-            let mine = Arc::ptr_eq(&t.owner, owner);
-            if mine {
-                slots.push(t.slot);
-            }
-            !mine
-        });
-        st.retry.retain(|t| {
-            let mine = Arc::ptr_eq(&t.owner, owner);
-            if mine {
-                slots.push(t.slot);
-            }
-            !mine
-        });
-        match &mut st.queue {
-            Queue::Fifo(q) => q.retain(|t| {
-                let mine = Arc::ptr_eq(&t.owner, owner);
-                if mine {
-                    slots.push(t.slot);
-                }
-                !mine
-            }),
-            Queue::Mclock(m) => {
-                for t in m.drain_where(|t| Arc::ptr_eq(&t.owner, owner)) {
-                    slots.push(t.slot);
-                }
-            }
-        }
+        let slots: Vec<usize> =
+            st.d.drain_where(|t| Arc::ptr_eq(&t.owner, owner))
+                .into_iter()
+                .map(|t| t.slot)
+                .collect();
         self.publish(&st);
         slots
     }
@@ -731,8 +655,8 @@ impl LunDispatcher {
     pub fn tick(&self, now: f64) {
         {
             let mut st = self.lock();
-            let outstanding = st.in_flight;
-            st.controller.tick(now, outstanding);
+            let outstanding = st.d.in_flight;
+            st.d.controller.tick(now, outstanding);
         }
         self.pump(now, None);
     }
@@ -740,12 +664,9 @@ impl LunDispatcher {
     /// When this dispatcher next needs the clock thread: a retry or an mClock tag coming due.
     pub fn next_deadline(&self) -> Option<f64> {
         let st = self.lock();
-        let retry = (!st.retry.is_empty()).then_some(st.retry_at);
-        let hold = st.paths.hold_deadline();
-        let tag = match &st.queue {
-            Queue::Mclock(m) if st.in_flight < self.window(&st) => m.next_eligible(),
-            _ => None,
-        };
+        let retry = st.d.retry_due();
+        let hold = st.d.paths.hold_deadline();
+        let tag = st.d.next_eligible(self.window(&st));
         [retry, tag, hold]
             .into_iter()
             .flatten()
@@ -753,32 +674,19 @@ impl LunDispatcher {
     }
 
     fn publish(&self, st: &DispatchState) {
-        let queued = match &st.queue {
-            Queue::Mclock(m) => m.queued(),
-            Queue::Fifo(q) => q.len(),
-        } + st.retry.len()
-            + st.reissue.len();
         self.counters
             .window
-            .store(u64::from(st.controller.window()), Ordering::Relaxed);
+            .store(u64::from(st.d.controller.window()), Ordering::Relaxed);
         self.counters
             .in_flight
-            .store(u64::from(st.in_flight), Ordering::Relaxed);
-        self.counters.queued.store(queued as u64, Ordering::Relaxed);
+            .store(u64::from(st.d.in_flight), Ordering::Relaxed);
+        self.counters
+            .queued
+            .store(st.d.queued() as u64, Ordering::Relaxed);
         self.counters
             .halvings
-            .store(st.controller.halvings(), Ordering::Relaxed);
+            .store(st.d.controller.halvings(), Ordering::Relaxed);
     }
-}
-
-/// Every request a dispatcher holds, taken out (to fail them).
-fn drain_all(st: &mut DispatchState) -> Vec<Ticket> {
-    let mut out: Vec<Ticket> = st.reissue.drain(..).chain(st.retry.drain(..)).collect();
-    match &mut st.queue {
-        Queue::Mclock(m) => out.extend(m.drain_where(|_| true)),
-        Queue::Fifo(q) => out.extend(q.drain(..)),
-    }
-    out
 }
 
 /// The emulated array: the model, and who waits for which of its completions.

@@ -12,6 +12,7 @@
 pub mod array;
 pub mod cost;
 pub mod depth;
+pub mod dispatch;
 pub mod mclock;
 pub mod metrics;
 pub mod path;

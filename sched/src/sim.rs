@@ -9,18 +9,17 @@
 //! `retry_delay_us`, as a SCSI initiator retries it.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::array::{Admission, EmulatedArray, LunModel, PortFault, PortModel};
 use crate::cost::CostModel;
-use crate::depth::{DepthPolicy, Outcome, QueueDepthController};
-use crate::mclock::{MClock, TenantPolicy};
+use crate::depth::{DepthPolicy, QueueDepthController};
+use crate::dispatch::{Dispatch, LunDispatch, Source, Step};
+use crate::mclock::TenantPolicy;
 use crate::metrics;
-use crate::path::{
-    MultipathPolicy, PathEvent, PathGroup, PathSelectorKind, PathSet, PathState, Selection,
-};
+use crate::path::{MultipathPolicy, PathEvent, PathGroup, PathSelectorKind, PathSet, PathState};
 use crate::rng::SplitMix64;
 
 /// How often controllers tick and windows are sampled (seconds).
@@ -497,21 +496,11 @@ impl PartialOrd for Timed {
     }
 }
 
-enum LunQueue {
-    Mclock(MClock<Request>),
-    Fifo(VecDeque<Request>),
-}
-
 struct LunRun {
     /// The port the port budget is counted on (the first path's).
     port: usize,
-    queue: LunQueue,
-    /// Requests whose path failed under them: first in line, no delay.
-    reissue: VecDeque<Request>,
-    retry: VecDeque<Request>,
-    retry_at: f64,
-    in_flight: u32,
-    controller: QueueDepthController,
+    /// The dispatch state and rule the broker runs too.
+    d: LunDispatch<Request>,
     window_log: Vec<(f64, u32)>,
     congestion: u64,
     completions: u64,
@@ -521,7 +510,6 @@ struct LunRun {
     at_array: std::collections::HashMap<u64, Request>,
     /// When a retry event is pending for this LUN.
     retry_scheduled: Option<f64>,
-    paths: PathSet,
     /// Array port of each path.
     path_ports: Vec<usize>,
     path_per_second: Vec<Vec<u64>>,
@@ -906,35 +894,29 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 .filter(|(_, t)| t.lun == l.name)
                 .map(|(i, _)| i)
                 .collect();
-            let queue = match l.scheduler {
-                SchedulerKind::Mclock => LunQueue::Mclock(MClock::new(
-                    members
-                        .iter()
-                        .map(|&i| s.tenants[i].policy.clone())
-                        .collect(),
-                    s.cost,
-                )),
-                SchedulerKind::Fifo => LunQueue::Fifo(VecDeque::new()),
-            };
+            let tenant_policies: Vec<TenantPolicy> = members
+                .iter()
+                .map(|&i| s.tenants[i].policy.clone())
+                .collect();
             let paths = l.path_list();
             let path_ports: Vec<usize> = paths.iter().map(|p| port_index(&p.port)).collect();
             let groups: Vec<(PathGroup, u32)> =
                 paths.iter().map(|p| (p.group, p.max_in_flight)).collect();
             LunRun {
                 port: path_ports.first().copied().unwrap_or(0),
-                queue,
-                reissue: VecDeque::new(),
-                retry: VecDeque::new(),
-                retry_at: 0.0,
-                in_flight: 0,
-                controller: QueueDepthController::new(l.depth.clone()),
+                d: LunDispatch::new(
+                    l.scheduler,
+                    tenant_policies,
+                    s.cost,
+                    l.depth.clone(),
+                    PathSet::new(&groups, l.multipath.clone()),
+                ),
                 window_log: Vec::new(),
                 congestion: 0,
                 completions: 0,
                 members,
                 at_array: std::collections::HashMap::new(),
                 retry_scheduled: None,
-                paths: PathSet::new(&groups, l.multipath.clone()),
                 path_per_second: vec![vec![0; seconds]; path_ports.len()],
                 path_ports,
                 reissued: 0,
@@ -1026,11 +1008,9 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
         let t_array = array.next_completion();
         let t_elig = luns
             .iter()
-            .filter_map(|l| match &l.queue {
-                LunQueue::Mclock(m) if l.in_flight < effective_window(&luns, l, s) => {
-                    m.next_eligible().filter(|t| *t > now)
-                }
-                _ => None,
+            .filter_map(|l| {
+                l.d.next_eligible(effective_window(&luns, l, s))
+                    .filter(|t| *t > now)
             })
             .min_by(|a, b| a.total_cmp(b));
         let next = [t_heap, t_array, t_elig]
@@ -1055,10 +1035,10 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 } => {
                     let l = &mut luns[lun_index(lun)];
                     if let Some(d) = depth {
-                        l.controller = QueueDepthController::new(d.clone());
+                        l.d.controller = QueueDepthController::new(d.clone());
                     }
                     if let Some(sel) = selector {
-                        l.paths.set_selector(*sel);
+                        l.d.paths.set_selector(*sel);
                     }
                 }
             }
@@ -1075,26 +1055,29 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 continue;
             };
             let l = &mut luns[lun];
-            l.in_flight -= 1;
             if !c.ok {
-                l.paths.on_failure(req.path, now, "transport error");
                 req.failed_at.get_or_insert(now);
                 l.reissued += 1;
-                l.reissue.push_back(req);
+                let path = req.path;
+                l.d.failed(req, path, now, "transport error");
                 dispatch(&mut luns, lun, &mut array, now, s);
                 schedule_retries(&mut luns, &mut heap, &mut push, now);
                 continue;
             }
-            l.paths
-                .on_success(req.path, now, now - req.attempt_at, req.bytes);
+            l.d.completed(
+                req.path,
+                now,
+                req.epoch,
+                now - req.dispatched,
+                now - req.attempt_at,
+                req.bytes,
+            );
             if let Some(failed_at) = req.failed_at {
                 l.reissued_ok += 1;
                 let f = now - failed_at;
                 l.max_failover_s = Some(l.max_failover_s.map_or(f, |m: f64| m.max(f)));
             }
             l.completions += 1;
-            l.controller
-                .on_completion(now, req.epoch, Outcome::Good, now - req.dispatched);
             if now >= s.warmup_s {
                 let sec = (now - s.warmup_s) as usize;
                 if let Some(slot) = l
@@ -1159,10 +1142,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     };
                     let lun = t.lun;
                     let local = t.local;
-                    match &mut luns[lun].queue {
-                        LunQueue::Mclock(m) => m.enqueue(local, req, bytes, now),
-                        LunQueue::Fifo(q) => q.push_back(req),
-                    }
+                    luns[lun].d.enqueue(local, req, bytes, now);
                     dispatch(&mut luns, lun, &mut array, now, s);
                 }
                 Ev::Retry(lun) => {
@@ -1172,16 +1152,16 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 Ev::Tick => {
                     for lun in 0..luns.len() {
                         let l = &mut luns[lun];
-                        let outstanding = l.in_flight;
-                        l.controller.tick(now, outstanding);
-                        let w = l.controller.window();
+                        let outstanding = l.d.in_flight;
+                        l.d.controller.tick(now, outstanding);
+                        let w = l.d.controller.window();
                         let log = &mut l.window_log;
                         let sample_due = log.last().is_none_or(|(t, _)| now - t >= 0.1 - 1e-9);
                         if sample_due {
                             log.push(((now * 1000.0).round() / 1000.0, w));
                         }
                         // Requests stuck on a path past the I/O timeout fail it and move.
-                        let timeout = l.paths.policy().io_timeout_s;
+                        let timeout = l.d.paths.policy().io_timeout_s;
                         let mut late: Vec<u64> = l
                             .at_array
                             .iter()
@@ -1191,15 +1171,14 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                         late.sort_unstable();
                         for id in late {
                             if let Some(mut req) = l.at_array.remove(&id) {
-                                l.in_flight -= 1;
-                                l.paths.on_failure(req.path, now, "I/O timeout");
                                 req.failed_at.get_or_insert(now);
                                 l.reissued += 1;
-                                l.reissue.push_back(req);
+                                let path = req.path;
+                                l.d.failed(req, path, now, "I/O timeout");
                             }
                         }
                         let ports = &l.path_ports;
-                        l.paths.check(now, |i| array.probe(ports[i]));
+                        l.d.paths.check(now, |i| array.probe(ports[i]));
                         dispatch(&mut luns, lun, &mut array, now, s);
                     }
                     push(&mut heap, now + TICK_S, Ev::Tick);
@@ -1281,28 +1260,29 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     policy: spec.depth.name(),
                     window: l.window_log.clone(),
                     congestion_signals: l.congestion,
-                    halvings: l.controller.halvings(),
-                    latency_target_us: l.controller.target_s().map(|t| t * 1e6),
+                    halvings: l.d.controller.halvings(),
+                    latency_target_us: l.d.controller.target_s().map(|t| t * 1e6),
                     iops: l.completions as f64 / s.duration_s,
                     selector: spec.multipath.selector.to_string(),
                     paths: specs
                         .iter()
                         .enumerate()
                         .map(|(k, p)| {
-                            let st = l.paths.stats(k).cloned().unwrap_or_default();
+                            let st = l.d.paths.stats(k).cloned().unwrap_or_default();
                             let per_second = l.path_per_second[k].clone();
                             PathResult {
                                 name: p.display_name().to_string(),
                                 port: p.port.clone(),
                                 iops: per_second.iter().sum::<u64>() as f64 / measured_s,
                                 errors: st.errors,
-                                state_at_end: l.paths.state(k),
+                                state_at_end: l.d.paths.state(k),
                                 ewma_service_us: st.ewma_service_s.map(|v| v * 1e6),
                                 per_second,
                             }
                         })
                         .collect(),
                     path_events: l
+                        .d
                         .paths
                         .events()
                         .iter()
@@ -1331,9 +1311,11 @@ fn schedule_retries(
 ) {
     // A retry already due waits for the window to open: the next completion dispatches it.
     for (i, l) in luns.iter_mut().enumerate() {
-        if !l.retry.is_empty() && l.retry_scheduled.is_none() && l.retry_at > now {
-            l.retry_scheduled = Some(l.retry_at);
-            push(heap, l.retry_at, Ev::Retry(i));
+        if let Some(at) = l.d.retry_due() {
+            if l.retry_scheduled.is_none() && at > now {
+                l.retry_scheduled = Some(at);
+                push(heap, at, Ev::Retry(i));
+            }
         }
     }
 }
@@ -1341,14 +1323,14 @@ fn schedule_retries(
 /// The LUN's window after the port budget: when the windows behind a port add up to more than
 /// its budget, each gets its proportional part (at least one).
 fn effective_window(luns: &[LunRun], l: &LunRun, s: &SimScenario) -> u32 {
-    let w = l.controller.window();
+    let w = l.d.controller.window();
     let Some(budget) = s.ports.get(l.port).and_then(|p| p.budget) else {
         return w;
     };
     let total: u32 = luns
         .iter()
         .filter(|o| o.port == l.port)
-        .map(|o| o.controller.window())
+        .map(|o| o.d.controller.window())
         .sum();
     if total <= budget {
         return w;
@@ -1360,47 +1342,27 @@ fn dispatch(luns: &mut [LunRun], lun: usize, array: &mut EmulatedArray, now: f64
     loop {
         let window = effective_window(luns, &luns[lun], s);
         let l = &mut luns[lun];
-        if l.in_flight >= window {
-            return;
-        }
-        let path = match l.paths.select(now) {
-            Selection::Path(p) => p,
-            Selection::Wait => return,
-            Selection::NoPath => {
-                if l.paths.hold_expired(now) {
-                    fail_all_queued(l, now);
-                }
+        let Dispatch {
+            item: mut req,
+            path,
+            epoch,
+            source,
+        } = match l.d.next(now, window) {
+            Step::Send(send) => send,
+            Step::Idle => return,
+            Step::Expired(failed) => {
+                // Answered with an error by the main loop.
+                l.failed.extend(failed);
                 return;
             }
         };
-        let source = if !l.reissue.is_empty() {
-            0
-        } else if !l.retry.is_empty() {
-            1
-        } else {
-            2
-        };
-        let req = match source {
-            0 => l.reissue.pop_front(),
-            1 => {
-                if l.retry_at > now {
-                    return;
-                }
-                l.retry.pop_front()
-            }
-            _ => match &mut l.queue {
-                LunQueue::Mclock(m) => m.dispatch(now).map(|(_, r, _)| r),
-                LunQueue::Fifo(q) => q.pop_front(),
-            },
-        };
-        let Some(mut req) = req else { return };
         // Device latency runs from the first attempt: time lost to BUSY/QUEUE FULL retries is
         // the LUN's, and it is what a latency controller must see when the array bounces
         // requests instead of queueing them.
-        if source == 2 {
+        if source == Source::Fresh {
             req.dispatched = now;
         }
-        req.epoch = l.controller.epoch();
+        req.epoch = epoch;
         req.path = path;
         req.attempt_at = now;
         // Array ids are per attempt, unique over the array: a re-issued request must not be
@@ -1409,39 +1371,21 @@ fn dispatch(luns: &mut [LunRun], lun: usize, array: &mut EmulatedArray, now: f64
         let attempt = ((lun as u64) << 40) | l.attempts;
         match array.submit(now, lun, l.path_ports[path], attempt, req.bytes, req.write) {
             Admission::Accepted => {
-                l.in_flight += 1;
-                l.paths.on_dispatch(path, now);
+                l.d.sent(path, now);
                 l.at_array.insert(attempt, req);
             }
             Admission::PortDown => {
-                l.paths.on_dispatch(path, now);
-                l.paths.on_failure(path, now, "port down");
-                if source == 0 {
-                    l.reissue.push_front(req);
-                } else {
+                if source != Source::Reissue {
                     req.failed_at.get_or_insert(now);
                     l.reissued += 1;
-                    l.reissue.push_front(req);
                 }
+                l.d.port_down(req, path, now);
             }
             Admission::QueueFull | Admission::Busy => {
                 l.congestion += 1;
-                l.controller
-                    .on_completion(now, req.epoch, Outcome::Congestion, 0.0);
-                l.retry.push_front(req);
-                l.retry_at = now + s.retry_delay_us / 1e6;
+                l.d.congested(req, epoch, now, s.retry_delay_us / 1e6);
                 return;
             }
         }
     }
-}
-
-/// No path for longer than the hold time: every request the LUN holds fails.
-fn fail_all_queued(l: &mut LunRun, _now: f64) {
-    let mut out: Vec<Request> = l.reissue.drain(..).chain(l.retry.drain(..)).collect();
-    match &mut l.queue {
-        LunQueue::Mclock(m) => out.extend(m.drain_where(|_| true)),
-        LunQueue::Fifo(q) => out.extend(q.drain(..)),
-    }
-    l.failed.extend(out);
 }

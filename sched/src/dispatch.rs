@@ -1,0 +1,329 @@
+//! One LUN's dispatch state and rule, shared by the broker (on the real clock) and `weir sim`
+//! (on a virtual one): the tenants' queue (mClock tags or one FIFO), the requests waiting for a
+//! retry after QUEUE FULL/BUSY, the requests whose path failed under them, the window
+//! controller, what is in flight, and the LUN's paths.
+//!
+//! The caller asks [`LunDispatch::next`] for the next request to send and reports what became
+//! of it: [`sent`](LunDispatch::sent) (the array took it), [`port_down`](LunDispatch::port_down),
+//! [`congested`](LunDispatch::congested) (QUEUE FULL/BUSY), then [`completed`](LunDispatch::completed)
+//! or [`failed`](LunDispatch::failed). Order of service: re-issued requests first (they already
+//! waited), then the retry once it is due, then the tenants' queue.
+
+use std::collections::VecDeque;
+
+use crate::cost::CostModel;
+use crate::depth::{DepthPolicy, Outcome, QueueDepthController};
+use crate::mclock::{MClock, TenantPolicy};
+use crate::path::{PathSet, Selection};
+use crate::sim::SchedulerKind;
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Its path failed under it; it is sent again elsewhere.
+    Reissue,
+    /// The array answered QUEUE FULL or BUSY; it is offered again.
+    Retry,
+    /// First time out of the tenants' queue.
+    Fresh,
+}
+
+/// A request to send now: `item` through `path`; `epoch` is the controller's, for its
+/// completion.
+#[derive(Debug)]
+pub struct Dispatch<T> {
+    pub item: T,
+    pub path: usize,
+    pub epoch: u64,
+    pub source: Source,
+}
+
+/// What [`LunDispatch::next`] decided.
+#[derive(Debug)]
+pub enum Step<T> {
+    Send(Dispatch<T>),
+    /// Nothing can leave now: the window or the paths are full, the retry is not due, or
+    /// nothing waits.
+    Idle,
+    /// No path has been usable for the hold time: these requests must fail.
+    Expired(Vec<T>),
+}
+
+enum TenantQueue<T> {
+    Mclock(MClock<T>),
+    Fifo(VecDeque<T>),
+}
+
+/// One LUN's dispatcher state.
+pub struct LunDispatch<T> {
+    queue: TenantQueue<T>,
+    reissue: VecDeque<T>,
+    retry: VecDeque<T>,
+    retry_at: f64,
+    pub controller: QueueDepthController,
+    /// Requests sent and not yet finished.
+    pub in_flight: u32,
+    pub paths: PathSet,
+}
+
+impl<T> LunDispatch<T> {
+    pub fn new(
+        scheduler: SchedulerKind,
+        tenants: Vec<TenantPolicy>,
+        cost: CostModel,
+        depth: DepthPolicy,
+        paths: PathSet,
+    ) -> Self {
+        LunDispatch {
+            queue: match scheduler {
+                SchedulerKind::Mclock => TenantQueue::Mclock(MClock::new(tenants, cost)),
+                SchedulerKind::Fifo => TenantQueue::Fifo(VecDeque::new()),
+            },
+            reissue: VecDeque::new(),
+            retry: VecDeque::new(),
+            retry_at: 0.0,
+            controller: QueueDepthController::new(depth),
+            in_flight: 0,
+            paths,
+        }
+    }
+
+    /// A new request of `tenant`.
+    pub fn enqueue(&mut self, tenant: usize, item: T, bytes: u64, now: f64) {
+        match &mut self.queue {
+            TenantQueue::Mclock(m) => m.enqueue(tenant, item, bytes, now),
+            TenantQueue::Fifo(q) => q.push_back(item),
+        }
+    }
+
+    /// The next request to send while the LUN's window (after any port budget) is `window`.
+    pub fn next(&mut self, now: f64, window: u32) -> Step<T> {
+        if self.in_flight >= window {
+            return Step::Idle;
+        }
+        let path = match self.paths.select(now) {
+            Selection::Path(p) => p,
+            Selection::Wait => return Step::Idle,
+            Selection::NoPath => {
+                if self.paths.hold_expired(now) {
+                    return Step::Expired(self.drain_where(|_| true));
+                }
+                return Step::Idle;
+            }
+        };
+        let (item, source) = if let Some(item) = self.reissue.pop_front() {
+            (item, Source::Reissue)
+        } else if !self.retry.is_empty() {
+            if self.retry_at > now {
+                return Step::Idle;
+            }
+            match self.retry.pop_front() {
+                Some(item) => (item, Source::Retry),
+                None => return Step::Idle,
+            }
+        } else {
+            let fresh = match &mut self.queue {
+                TenantQueue::Mclock(m) => m.dispatch(now).map(|(_, item, _)| item),
+                TenantQueue::Fifo(q) => q.pop_front(),
+            };
+            match fresh {
+                Some(item) => (item, Source::Fresh),
+                None => return Step::Idle,
+            }
+        };
+        Step::Send(Dispatch {
+            item,
+            path,
+            epoch: self.controller.epoch(),
+            source,
+        })
+    }
+
+    /// The array took the request sent on `path`.
+    pub fn sent(&mut self, path: usize, now: f64) {
+        self.in_flight += 1;
+        self.paths.on_dispatch(path, now);
+    }
+
+    /// `path`'s port refused the request (it is down): the path fails, the request goes first.
+    pub fn port_down(&mut self, item: T, path: usize, now: f64) {
+        self.paths.on_dispatch(path, now);
+        self.paths.on_failure(path, now, "port down");
+        self.reissue.push_front(item);
+    }
+
+    /// QUEUE FULL or BUSY: a congestion signal; the request is offered again after `delay_s`.
+    pub fn congested(&mut self, item: T, epoch: u64, now: f64, delay_s: f64) {
+        self.controller
+            .on_completion(now, epoch, Outcome::Congestion, 0.0);
+        self.retry.push_front(item);
+        self.retry_at = now + delay_s;
+    }
+
+    /// A sent request finished well: `latency_s` since it first left (for the controller),
+    /// `service_s` on its path (for the path's estimate).
+    #[allow(clippy::too_many_arguments)]
+    pub fn completed(
+        &mut self,
+        path: usize,
+        now: f64,
+        epoch: u64,
+        latency_s: f64,
+        service_s: f64,
+        bytes: u64,
+    ) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.paths.on_success(path, now, service_s, bytes);
+        self.controller
+            .on_completion(now, epoch, Outcome::Good, latency_s);
+    }
+
+    /// A sent request failed on `path` (transport error, timeout, I/O error on a multipath
+    /// LUN): the path fails and the request is sent again elsewhere.
+    pub fn failed(&mut self, item: T, path: usize, now: f64, why: &str) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.paths.on_failure(path, now, why);
+        self.reissue.push_back(item);
+    }
+
+    /// A sent request is given up without a verdict (its owner went away).
+    pub fn abandoned(&mut self, path: usize) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.paths.on_abandon(path);
+    }
+
+    /// Takes out every waiting request `pred` selects (re-issues, retries, the tenants' queue).
+    pub fn drain_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut out = Vec::new();
+        take_where(&mut self.reissue, &mut pred, &mut out);
+        take_where(&mut self.retry, &mut pred, &mut out);
+        match &mut self.queue {
+            TenantQueue::Mclock(m) => out.extend(m.drain_where(&mut pred)),
+            TenantQueue::Fifo(q) => take_where(q, &mut pred, &mut out),
+        }
+        out
+    }
+
+    /// Requests waiting (not sent).
+    pub fn queued(&self) -> usize {
+        let q = match &self.queue {
+            TenantQueue::Mclock(m) => m.queued(),
+            TenantQueue::Fifo(q) => q.len(),
+        };
+        q + self.retry.len() + self.reissue.len()
+    }
+
+    /// When the waiting retry is due, if one waits.
+    pub fn retry_due(&self) -> Option<f64> {
+        (!self.retry.is_empty()).then_some(self.retry_at)
+    }
+
+    /// When an mClock tag comes due (a limited or reserved tenant), while the window has room.
+    pub fn next_eligible(&self, window: u32) -> Option<f64> {
+        match &self.queue {
+            TenantQueue::Mclock(m) if self.in_flight < window => m.next_eligible(),
+            _ => None,
+        }
+    }
+}
+
+/// Moves the items of `q` that `pred` selects to `out`, keeping the others in order.
+fn take_where<T>(q: &mut VecDeque<T>, pred: &mut impl FnMut(&T) -> bool, out: &mut Vec<T>) {
+    let mut kept = VecDeque::with_capacity(q.len());
+    for item in q.drain(..) {
+        if pred(&item) {
+            out.push(item);
+        } else {
+            kept.push_back(item);
+        }
+    }
+    *q = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::{MultipathPolicy, PathGroup};
+
+    fn one_path() -> PathSet {
+        PathSet::new(
+            &[(PathGroup::Optimized, u32::MAX)],
+            MultipathPolicy::default(),
+        )
+    }
+
+    #[test]
+    fn a_refused_request_is_retried_first_and_a_failed_one_before_everything() {
+        let mut d: LunDispatch<u32> = LunDispatch::new(
+            SchedulerKind::Fifo,
+            vec![],
+            CostModel::default(),
+            DepthPolicy::Fixed { depth: 8 },
+            one_path(),
+        );
+        for i in 0..3 {
+            d.enqueue(0, i, 4096, 0.0);
+        }
+        let Step::Send(Dispatch { item, epoch, .. }) = d.next(0.0, 8) else {
+            panic!()
+        };
+        d.congested(item, epoch, 0.0, 0.001);
+        // Until the retry is due nothing else overtakes it (a SCSI initiator retries first).
+        assert!(matches!(d.next(0.0005, 8), Step::Idle));
+        let Step::Send(Dispatch { item, source, .. }) = d.next(0.001, 8) else {
+            panic!()
+        };
+        assert_eq!((item, source), (0, Source::Retry));
+        d.sent(0, 0.001);
+        d.failed(item, 0, 0.002, "test");
+        // The only path failed: nothing leaves until the checker takes it back.
+        assert!(matches!(d.next(0.002, 8), Step::Idle));
+        d.paths.check(0.003, |_| true);
+        let order: Vec<(u32, Source)> = (0..3)
+            .filter_map(|_| match d.next(0.003, 8) {
+                Step::Send(Dispatch { item, source, .. }) => {
+                    d.sent(0, 0.003);
+                    Some((item, source))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [(0, Source::Reissue), (1, Source::Fresh), (2, Source::Fresh)]
+        );
+        assert_eq!((d.in_flight, d.queued()), (3, 0));
+    }
+
+    #[test]
+    fn with_no_path_past_the_hold_everything_waiting_expires() {
+        let mut d: LunDispatch<u32> = LunDispatch::new(
+            SchedulerKind::Mclock,
+            vec![TenantPolicy::default()],
+            CostModel::default(),
+            DepthPolicy::Fixed { depth: 8 },
+            PathSet::new(
+                &[(PathGroup::Optimized, 8)],
+                MultipathPolicy {
+                    hold_s: 1.0,
+                    ..MultipathPolicy::default()
+                },
+            ),
+        );
+        d.enqueue(0, 7, 4096, 0.0);
+        let Step::Send(Dispatch { item, path, .. }) = d.next(0.0, 8) else {
+            panic!()
+        };
+        d.port_down(item, path, 0.0);
+        d.enqueue(0, 8, 4096, 0.1);
+        assert!(matches!(d.next(0.5, 8), Step::Idle));
+        match d.next(1.0, 8) {
+            Step::Expired(mut v) => {
+                v.sort();
+                assert_eq!(v, vec![7, 8]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.queued(), 0);
+    }
+}
