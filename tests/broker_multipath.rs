@@ -163,6 +163,13 @@ fn a_path_fails_and_returns_during_write_verify_and_the_guest_sees_nothing() {
     // without an attempt); the disk counts granted attempts that failed and were sent again.
     assert!(reissued >= retries, "{reissued} < {retries}");
     assert!(failed_seconds >= 1, "telemetry shows the failed path");
+    // Fault → good answer via the other path, as the broker measured it.
+    let failover_ms = samples
+        .last()
+        .and_then(|s| s["luns"][0]["max_failover_ms"].as_f64())
+        .expect("a failover time in telemetry");
+    assert!(failover_ms < 1000.0, "failover took {failover_ms} ms");
+    eprintln!("longest failover: {failover_ms:.1} ms");
     assert!(a_after > 0.0, "path a carries I/O again at the end");
     broker.stop();
 }

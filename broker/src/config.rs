@@ -153,21 +153,9 @@ pub struct ResolvedPath {
     pub max_in_flight: u32,
 }
 
-/// A port of the emulated array.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PortConfig {
-    pub name: String,
-    /// Requests the port holds before it answers QUEUE FULL.
-    pub queue_limit: u32,
-    /// The broker's cap on the sum of the dispatch windows of the LUNs behind this port (an
-    /// array port's queue shared by its LUNs: EMC's `LUN QD = port queue / LUNs`).
-    #[serde(default)]
-    pub budget: Option<u32>,
-    /// Round-trip time the port's link adds to each request, µs.
-    #[serde(default)]
-    pub latency_us: f64,
-}
+/// A port of the emulated array: the same entry as `weir sim`'s `[[port]]` (name, queue
+/// limit, the broker's budget for the windows behind it, link latency).
+pub type PortConfig = weir_sched::sim::PortSpec;
 
 impl LunConfig {
     /// A file-backed LUN with every other setting at its default.

@@ -243,6 +243,8 @@ pub struct LunDispatcher {
     store: Option<Arc<LunStore>>,
     state: Mutex<DispatchState>,
     pub counters: DispatchCounters,
+    /// Some path has an injected error rate (checked on every completion without the lock).
+    flaky: AtomicBool,
 }
 
 impl LunDispatcher {
@@ -278,6 +280,7 @@ impl LunDispatcher {
                 rng: SplitMix64::new(0x5eed),
             }),
             counters,
+            flaky: AtomicBool::new(false),
         }
         .published()
     }
@@ -478,6 +481,10 @@ impl LunDispatcher {
     /// Whether a request that finished on `path` must count as failed although its I/O went
     /// well: an injected flaky fault on a path without a model.
     pub fn injected_error(&self, path: usize) -> bool {
+        // Every completion asks: without an injected flaky fault, no lock.
+        if !self.flaky.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut st = self.lock();
         let rate = st.file_faults.get(path).map_or(0.0, |f| f.error_rate);
         rate > 0.0 && st.rng.next_f64() < rate
@@ -575,6 +582,8 @@ impl LunDispatcher {
                 );
             }
         }
+        let flaky = st.file_faults.iter().any(|f| f.error_rate > 0.0);
+        self.flaky.store(flaky, Ordering::Relaxed);
         log::warn!(
             "LUN '{}' path '{path}': injected fault {fault:?}",
             self.name

@@ -146,14 +146,7 @@ impl Broker {
             .filter(|l| l.backend == LunBackend::Emulated)
             .collect();
         let array = (!emulated.is_empty()).then(|| {
-            let ports: Vec<PortModel> = config
-                .ports
-                .iter()
-                .map(|p| PortModel {
-                    queue_limit: p.queue_limit,
-                    latency_us: p.latency_us,
-                })
-                .collect();
+            let ports: Vec<PortModel> = config.ports.iter().map(|p| p.model()).collect();
             let models: Vec<LunModel> = emulated
                 .iter()
                 .map(|l| l.model.clone().unwrap_or_default())

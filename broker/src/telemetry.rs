@@ -57,6 +57,8 @@ pub struct LunSample {
     pub halvings: u64,
     /// Requests moved to another path during the interval.
     pub reissued: u64,
+    /// The longest fault → good answer via another path so far, ms (none yet: null).
+    pub max_failover_ms: Option<f64>,
 }
 
 /// One path of a LUN over one interval.
@@ -231,6 +233,11 @@ impl TelemetryRecorder {
                                     congestion: delta,
                                     halvings: c.halvings.load(Ordering::Relaxed),
                                     reissued: reissued_delta,
+                                    max_failover_ms: match c.max_failover_us.load(Ordering::Relaxed)
+                                    {
+                                        0 if reissued == 0 => None,
+                                        us => Some(us as f64 / 1000.0),
+                                    },
                                 }
                             })
                             .collect(),

@@ -79,10 +79,15 @@ pub fn terminal(r: &Results) -> String {
         "policy", "tenant", "weight", "IOPS", "MB/s", "p50 us", "p99 us", "p99.9 us", "errors"
     );
     for p in &r.policies {
-        for t in &p.tenants {
+        let rows = p
+            .tenants
+            .iter()
+            .map(|t| (t, if t.ok { "" } else { "  FAILED" }))
+            .chain(p.victim_solo.iter().map(|v| (v, "  (alone)")));
+        for (t, mark) in rows {
             let _ = writeln!(
                 s,
-                "{:<20} {:<12} {:>6} {:>9.0} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>6}{}",
+                "{:<20} {:<12} {:>6} {:>9.0} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>6}{mark}",
                 label(p, repeats),
                 t.name,
                 t.weight,
@@ -92,22 +97,6 @@ pub fn terminal(r: &Results) -> String {
                 t.lat_us.p99,
                 t.lat_us.p999,
                 t.errors,
-                if t.ok { "" } else { "  FAILED" }
-            );
-        }
-        if let Some(v) = &p.victim_solo {
-            let _ = writeln!(
-                s,
-                "{:<20} {:<12} {:>6} {:>9.0} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>6}  (alone)",
-                label(p, repeats),
-                v.name,
-                v.weight,
-                v.iops,
-                v.mbps,
-                v.lat_us.p50,
-                v.lat_us.p99,
-                v.lat_us.p999,
-                v.errors
             );
         }
     }

@@ -91,30 +91,24 @@ pub struct Metrics {
 
 /// Metrics over the tenants that delivered results (weights normalise IOPS, as in `weir sim`).
 pub fn compute_metrics(tenants: &[TenantResult], warmup_s: usize) -> Metrics {
-    let ok: Vec<&TenantResult> = tenants.iter().filter(|t| t.ok).collect();
-    let iops: Vec<f64> = ok.iter().map(|t| t.iops).collect();
-    let weights: Vec<f64> = ok.iter().map(|t| t.weight).collect();
-    let normalised: Vec<f64> = iops.iter().zip(&weights).map(|(i, w)| i / w).collect();
-    let (max_err, mean_err) = metrics::share_error_max_mean(&iops, &weights);
-    let (mut windows, mut met) = (0u64, 0u64);
-    for t in ok.iter().filter(|t| t.reservation_iops > 0.0) {
-        for v in t.per_second.iter().skip(warmup_s) {
-            windows += 1;
-            if *v >= 0.99 * t.reservation_iops {
-                met += 1;
-            }
-        }
-    }
+    let f = metrics::Fairness::of(tenants.iter().filter(|t| t.ok).map(|t| {
+        (
+            t.iops,
+            t.weight,
+            t.reservation_iops,
+            t.per_second.get(warmup_s..).unwrap_or(&[]),
+        )
+    }));
     Metrics {
-        jain: metrics::jain(&normalised),
-        min_max_ratio: metrics::min_max_ratio(&normalised),
-        max_share_error: max_err,
-        mean_share_error: mean_err,
-        reservation_conformance: (windows > 0).then(|| met as f64 / windows as f64),
+        jain: f.jain,
+        min_max_ratio: f.min_max_ratio,
+        max_share_error: f.max_share_error,
+        mean_share_error: f.mean_share_error,
+        reservation_conformance: f.reservation_conformance,
         victim_p99_ratio: None,
         victim_p999_ratio: None,
         work_conservation: None,
-        aggregate_iops: iops.iter().sum(),
+        aggregate_iops: f.aggregate,
     }
 }
 

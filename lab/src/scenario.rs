@@ -315,7 +315,7 @@ pub fn luns_for(s: &RunScenario, policy: &str) -> Vec<LunSpec> {
 }
 
 /// A fio job's or probe workload's shape, for the simulation: (iodepth, bytes, read %, rate).
-fn shape(text: &str, probe: bool) -> (u32, u64, f64, f64) {
+fn shape(text: &str) -> (u32, u64, f64, f64) {
     let mut depth = 1u32;
     let mut bs = 4096u64;
     let mut read = 100.0;
@@ -342,7 +342,6 @@ fn shape(text: &str, probe: bool) -> (u32, u64, f64, f64) {
     } else if rw.contains("rw") || rw == "randrw" {
         read = mix.unwrap_or(50.0);
     }
-    let _ = probe;
     (depth.max(1), bs, read, rate)
 }
 
@@ -376,7 +375,7 @@ pub fn to_sim(s: &RunScenario, workloads: &[(Engine, String)]) -> SimScenario {
             .map(|(i, g)| {
                 let (depth, bytes, read_pct, rate) = workloads
                     .get(i)
-                    .map(|(e, t)| shape(t, *e == Engine::WeirProbe))
+                    .map(|(_, t)| shape(t))
                     .unwrap_or((1, 4096, 100.0, 0.0));
                 TenantSpec {
                     name: g.name.clone(),

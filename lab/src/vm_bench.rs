@@ -4,7 +4,7 @@
 //! and without the guest's RAM.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -240,8 +240,4 @@ pub fn run_vm_bench(
          its RssShmem, VMM = the rest)"
     );
     Ok((rows, t))
-}
-
-pub fn default_dir() -> PathBuf {
-    PathBuf::from("runs")
 }

@@ -56,6 +56,50 @@ pub fn percentile(samples: &[f64], q: f64) -> Option<f64> {
     Some(v[rank.min(v.len()) - 1])
 }
 
+/// The fairness figures `weir sim` and `weir run` both report, from per-tenant throughput,
+/// weights, and (for tenants with a reservation) the per-second counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fairness {
+    pub jain: Option<f64>,
+    pub min_max_ratio: Option<f64>,
+    pub max_share_error: f64,
+    pub mean_share_error: f64,
+    /// Share of (tenant, second) windows in which a tenant with a reservation got at least
+    /// 99 % of it; `None` without reservations.
+    pub reservation_conformance: Option<f64>,
+    pub aggregate: f64,
+}
+
+impl Fairness {
+    /// `tenants`: (throughput, weight, reservation, per-second counts).
+    pub fn of<'a>(tenants: impl IntoIterator<Item = (f64, f64, f64, &'a [f64])>) -> Self {
+        let (mut x, mut w) = (Vec::new(), Vec::new());
+        let (mut windows, mut met) = (0u64, 0u64);
+        for (iops, weight, reservation, per_second) in tenants {
+            x.push(iops);
+            w.push(weight);
+            if reservation > 0.0 {
+                for n in per_second {
+                    windows += 1;
+                    if *n >= 0.99 * reservation {
+                        met += 1;
+                    }
+                }
+            }
+        }
+        let normalised: Vec<f64> = x.iter().zip(&w).map(|(i, w)| i / w).collect();
+        let (max_share_error, mean_share_error) = share_error_max_mean(&x, &w);
+        Fairness {
+            jain: jain(&normalised),
+            min_max_ratio: min_max_ratio(&normalised),
+            max_share_error,
+            mean_share_error,
+            reservation_conformance: (windows > 0).then(|| met as f64 / windows as f64),
+            aggregate: x.iter().sum(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

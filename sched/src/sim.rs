@@ -82,6 +82,16 @@ pub struct PortSpec {
     pub latency_us: f64,
 }
 
+impl PortSpec {
+    /// The port as the array model takes it.
+    pub fn model(&self) -> PortModel {
+        PortModel {
+            queue_limit: self.queue_limit,
+            latency_us: self.latency_us,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SchedulerKind {
@@ -871,14 +881,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
     let mut rng = SplitMix64::new(s.seed);
     let port_index = |name: &str| s.ports.iter().position(|p| p.name == name).unwrap_or(0);
     let lun_index = |name: &str| s.luns.iter().position(|l| l.name == name).unwrap_or(0);
-    let port_models: Vec<PortModel> = s
-        .ports
-        .iter()
-        .map(|p| PortModel {
-            queue_limit: p.queue_limit,
-            latency_us: p.latency_us,
-        })
-        .collect();
+    let port_models: Vec<PortModel> = s.ports.iter().map(PortSpec::model).collect();
     let lun_models: Vec<LunModel> = s.luns.iter().map(|l| l.model.clone()).collect();
     let mut array = EmulatedArray::new(&port_models, &lun_models, rng.next_u64());
     let seconds = (s.duration_s - s.warmup_s).ceil() as usize;
@@ -1219,35 +1222,32 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
             }
         })
         .collect();
-    let iops: Vec<f64> = tenant_results.iter().map(|t| t.iops).collect();
-    let weights: Vec<f64> = tenant_results.iter().map(|t| t.weight).collect();
-    let normalised: Vec<f64> = iops.iter().zip(&weights).map(|(i, w)| i / w).collect();
-    let (max_err, mean_err) = metrics::share_error_max_mean(&iops, &weights);
-    let mut windows = 0u64;
-    let mut met = 0u64;
-    for (spec, t) in s.tenants.iter().zip(&tenant_results) {
-        let r = spec.policy.reservation_iops;
-        if r > 0.0 {
-            for n in &t.per_second {
-                windows += 1;
-                if *n as f64 >= 0.99 * r {
-                    met += 1;
-                }
-            }
-        }
-    }
+    let per_second: Vec<Vec<f64>> = tenant_results
+        .iter()
+        .map(|t| t.per_second.iter().map(|n| *n as f64).collect())
+        .collect();
+    let f = metrics::Fairness::of(s.tenants.iter().zip(&tenant_results).zip(&per_second).map(
+        |((spec, t), ps)| {
+            (
+                t.iops,
+                t.weight,
+                spec.policy.reservation_iops,
+                ps.as_slice(),
+            )
+        },
+    ));
     Ok(SimResult {
-        min_max_ratio: metrics::min_max_ratio(&normalised),
-        reservation_conformance: (windows > 0).then(|| met as f64 / windows as f64),
+        min_max_ratio: f.min_max_ratio,
+        reservation_conformance: f.reservation_conformance,
         victim_p99_ratio: None,
         victim_p999_ratio: None,
         work_conservation: None,
         seed: s.seed,
         duration_s: s.duration_s,
-        aggregate_iops: iops.iter().sum(),
-        jain: metrics::jain(&normalised),
-        max_share_error: max_err,
-        mean_share_error: mean_err,
+        aggregate_iops: f.aggregate,
+        jain: f.jain,
+        max_share_error: f.max_share_error,
+        mean_share_error: f.mean_share_error,
         tenants: tenant_results,
         luns: s
             .luns
