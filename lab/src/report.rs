@@ -5,15 +5,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::results::{PolicyResult, Results};
+use weir_sched::metrics;
 
-fn opt(v: Option<f64>, pct: bool) -> String {
-    match v {
-        Some(x) if pct => format!("{:.1}%", x * 100.0),
-        Some(x) => format!("{x:.3}"),
-        None => "-".into(),
-    }
-}
+use crate::results::{PolicyResult, Results};
 
 fn label(p: &PolicyResult, repeats: bool) -> String {
     if repeats {
@@ -36,37 +30,27 @@ pub fn terminal(r: &Results) -> String {
             .map(|p| format!(": {p}"))
             .unwrap_or_default()
     );
-    let _ = writeln!(
-        s,
-        "{:<20} {:>9} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
-        "policy",
-        "IOPS",
-        "Jain",
-        "min/max",
-        "max err",
-        "mean err",
-        "resv",
-        "v.p99",
-        "v.p999",
-        "work"
-    );
-    for p in &r.policies {
-        let m = &p.metrics;
-        let _ = writeln!(
-            s,
-            "{:<20} {:>9.0} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
-            label(p, repeats),
-            m.aggregate_iops,
-            opt(m.jain, false),
-            opt(m.min_max_ratio, false),
-            opt(Some(m.max_share_error), true),
-            opt(Some(m.mean_share_error), true),
-            opt(m.reservation_conformance, true),
-            opt(m.victim_p99_ratio, false),
-            opt(m.victim_p999_ratio, false),
-            opt(m.work_conservation, false),
-        );
-    }
+    let rows: Vec<metrics::PolicyRow> = r
+        .policies
+        .iter()
+        .map(|p| {
+            let m = &p.metrics;
+            metrics::PolicyRow {
+                name: label(p, repeats),
+                aggregate_iops: m.aggregate_iops,
+                jain: m.jain,
+                min_max_ratio: m.min_max_ratio,
+                max_share_error: m.max_share_error,
+                mean_share_error: m.mean_share_error,
+                reservation_conformance: m.reservation_conformance,
+                victim_p99_ratio: m.victim_p99_ratio,
+                victim_p999_ratio: m.victim_p999_ratio,
+                work_conservation: m.work_conservation,
+                congestion: None,
+            }
+        })
+        .collect();
+    s.push_str(&metrics::policy_table(&rows));
     let _ = writeln!(
         s,
         "(Jain, min/max, share errors on weight-normalised IOPS from the guests' own reports; resv: \

@@ -100,6 +100,84 @@ impl Fairness {
     }
 }
 
+/// One row of the policies × metrics table that `weir sim` and `weir run` print.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyRow {
+    pub name: String,
+    pub aggregate_iops: f64,
+    pub jain: Option<f64>,
+    pub min_max_ratio: Option<f64>,
+    pub max_share_error: f64,
+    pub mean_share_error: f64,
+    pub reservation_conformance: Option<f64>,
+    pub victim_p99_ratio: Option<f64>,
+    pub victim_p999_ratio: Option<f64>,
+    pub work_conservation: Option<f64>,
+    /// QUEUE FULL/BUSY answers (the simulation counts them); the column shows when any row has it.
+    pub congestion: Option<u64>,
+}
+
+/// The policies × metrics table, header included.
+pub fn policy_table(rows: &[PolicyRow]) -> String {
+    use std::fmt::Write as _;
+    let opt = |v: Option<f64>, pct: bool| match v {
+        Some(x) if pct => format!("{:.1}%", x * 100.0),
+        Some(x) => format!("{x:.3}"),
+        None => "-".to_string(),
+    };
+    let cong = rows.iter().any(|r| r.congestion.is_some());
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "{:<20} {:>9} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "policy",
+        "IOPS",
+        "Jain",
+        "min/max",
+        "max err",
+        "mean err",
+        "resv",
+        "v.p99",
+        "v.p999",
+        "work"
+    );
+    let _ = writeln!(
+        s,
+        "{}",
+        if cong {
+            format!(" {:>6}", "cong")
+        } else {
+            String::new()
+        }
+    );
+    for r in rows {
+        let _ = write!(
+            s,
+            "{:<20} {:>9.0} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+            r.name,
+            r.aggregate_iops,
+            opt(r.jain, false),
+            opt(r.min_max_ratio, false),
+            opt(Some(r.max_share_error), true),
+            opt(Some(r.mean_share_error), true),
+            opt(r.reservation_conformance, true),
+            opt(r.victim_p99_ratio, false),
+            opt(r.victim_p999_ratio, false),
+            opt(r.work_conservation, false),
+        );
+        let _ = writeln!(
+            s,
+            "{}",
+            match (cong, r.congestion) {
+                (true, Some(c)) => format!(" {c:>6}"),
+                (true, None) => format!(" {:>6}", "-"),
+                _ => String::new(),
+            }
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -617,44 +617,23 @@ pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> 
 /// each tenant's throughput and latency.
 pub fn render(results: &[(String, SimResult)]) -> String {
     use std::fmt::Write as _;
-    let opt = |v: Option<f64>, pct: bool| match v {
-        Some(x) if pct => format!("{:.1}%", x * 100.0),
-        Some(x) => format!("{x:.3}"),
-        None => "-".to_string(),
-    };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<18} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
-        "policy",
-        "IOPS",
-        "Jain",
-        "min/max",
-        "max err",
-        "mean err",
-        "resv",
-        "v.p99",
-        "v.p999",
-        "work",
-        "cong"
-    );
-    for (name, r) in results {
-        let _ = writeln!(
-            s,
-            "{:<18} {:>8.0} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6}",
-            name,
-            r.aggregate_iops,
-            opt(r.jain, false),
-            opt(r.min_max_ratio, false),
-            opt(Some(r.max_share_error), true),
-            opt(Some(r.mean_share_error), true),
-            opt(r.reservation_conformance, true),
-            opt(r.victim_p99_ratio, false),
-            opt(r.victim_p999_ratio, false),
-            opt(r.work_conservation, false),
-            r.luns.iter().map(|l| l.congestion_signals).sum::<u64>()
-        );
-    }
+    let rows: Vec<metrics::PolicyRow> = results
+        .iter()
+        .map(|(name, r)| metrics::PolicyRow {
+            name: name.clone(),
+            aggregate_iops: r.aggregate_iops,
+            jain: r.jain,
+            min_max_ratio: r.min_max_ratio,
+            max_share_error: r.max_share_error,
+            mean_share_error: r.mean_share_error,
+            reservation_conformance: r.reservation_conformance,
+            victim_p99_ratio: r.victim_p99_ratio,
+            victim_p999_ratio: r.victim_p999_ratio,
+            work_conservation: r.work_conservation,
+            congestion: Some(r.luns.iter().map(|l| l.congestion_signals).sum()),
+        })
+        .collect();
+    let mut s = metrics::policy_table(&rows);
     let _ = writeln!(
         s,
         "(Jain, min/max and share errors on weight-normalised IOPS; resv: 1 s windows at ≥ 99 % of the \
