@@ -18,6 +18,7 @@ use weir_lab::summary::{render, render_comparison, summarise};
 use weir_vmm::host::HostVirtualization;
 
 mod run_cmd;
+mod top_cmd;
 mod vm_cmd;
 
 #[derive(Parser)]
@@ -50,6 +51,9 @@ enum Command {
     /// Run a scenario: the broker and guests with fio (or the probe) inside, once per policy,
     /// into a results directory with results.json and report.html.
     Run(run_cmd::RunArgs),
+    /// The broker live, like esxtop: tenants, LUNs, paths and the topology, each second from
+    /// its control socket; -b for batch output (CSV or JSON lines).
+    Top(top_cmd::TopArgs),
     /// Re-render a results directory's report (report.html and the tables).
     Report { dir: PathBuf },
     /// Simulate a scenario's broker part (LUNs, array, tenants, policies) on a virtual clock:
@@ -182,6 +186,7 @@ fn main() {
         Command::Vm(args) => vm_cmd::run(args),
         Command::Run(args) => run_cmd::run(args),
         Command::Report { dir } => run_cmd::report(&dir),
+        Command::Top(args) => top_cmd::run(args),
         Command::Bench { command } => bench(command),
         Command::Sim {
             scenario,
@@ -229,6 +234,9 @@ fn broker(args: BrokerArgs) -> Result<()> {
     }
     if let Some(ctl) = &config.control_socket {
         println!("control socket {}", ctl.display());
+    }
+    if let Some(addr) = broker.metrics_addr() {
+        println!("metrics http://{addr}/metrics");
     }
     println!("weir broker ready");
     broker.wait();

@@ -179,6 +179,7 @@ pub fn run(args: VmArgs) -> Result<()> {
         .context("temporary directory for the private broker")?;
     let mut private_config = BrokerConfig {
         control_socket: None,
+        metrics_listen: None,
         ports: Vec::new(),
         luns: Vec::new(),
         disks: Vec::new(),

@@ -49,6 +49,9 @@ pub struct BrokerConfig {
     /// Unix socket for the control API (telemetry, topology).
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// `host:port` to serve Prometheus' `/metrics` on (e.g. "127.0.0.1:9464"); none: off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// Ports of the emulated array (only LUNs with `backend = "emulated"` sit behind one).
     #[serde(default, rename = "port")]
     pub ports: Vec<PortConfig>,
@@ -322,6 +325,25 @@ impl BrokerConfig {
     }
 
     /// Cross-field rules serde cannot express.
+    /// The address `/metrics` is served on, parsed: an IP address and a port, no host name
+    /// (the broker resolves nothing).
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.metrics_listen
+            .as_deref()
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    invalid(
+                        "metrics_listen",
+                        format!(
+                            "'{text}' is not an address and port: write e.g. \"127.0.0.1:9464\" \
+                             or \"[::1]:9464\""
+                        ),
+                    )
+                })
+            })
+            .transpose()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.disks.is_empty() {
             return Err(invalid(
@@ -329,6 +351,7 @@ impl BrokerConfig {
                 "no [[disk]] entries: the broker would serve nothing",
             ));
         }
+        self.metrics_addr()?;
         let mut luns: HashMap<&str, &LunConfig> = HashMap::new();
         for (i, lun) in self.luns.iter().enumerate() {
             if lun.name.is_empty() {

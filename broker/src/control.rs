@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use weir_sched::array::PortFault;
 
@@ -29,7 +29,7 @@ pub struct DiskStats {
     pub counters: DiskCountersSnapshot,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LunTopology {
     pub name: String,
     pub path: PathBuf,
@@ -38,12 +38,33 @@ pub struct LunTopology {
     pub direct_io: bool,
     pub direct_unavailable: Option<String>,
     pub disks: Vec<PathBuf>,
+    /// `file` or `emulated`.
+    #[serde(default)]
+    pub backend: String,
+    /// How tenants are ordered (`mclock`, `fifo`) and the window policy in force.
+    #[serde(default)]
+    pub scheduler: String,
+    #[serde(default)]
+    pub depth_policy: String,
+    /// The disks mapped to this LUN with their tenants' policies.
+    #[serde(default)]
+    pub tenants: Vec<TenantTopology>,
     /// The path selector and each path's state and figures.
     pub selector: String,
     pub paths: Vec<PathTopology>,
 }
 
-#[derive(Debug, Serialize)]
+/// A disk mapped to a LUN: the tenant, its socket and what it was promised.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TenantTopology {
+    pub tenant: String,
+    pub socket: PathBuf,
+    pub connected: bool,
+    #[serde(flatten)]
+    pub policy: weir_sched::mclock::TenantPolicy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathTopology {
     #[serde(flatten)]
     pub path: PathSnapshot,
@@ -76,6 +97,29 @@ pub fn topology(state: &BrokerState) -> Vec<LunTopology> {
             (l, d)
         })
         .map(|(l, d)| LunTopology {
+            backend: if d.is_some_and(|d| d.emulated()) {
+                "emulated".into()
+            } else {
+                "file".into()
+            },
+            scheduler: d.map_or(String::new(), |d| {
+                serde_json::to_value(d.scheduler)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            }),
+            depth_policy: d.map_or(String::new(), |d| d.depth_policy()),
+            tenants: state
+                .disks
+                .iter()
+                .filter(|disk| disk.lun == l.name)
+                .map(|disk| TenantTopology {
+                    tenant: disk.tenant.clone(),
+                    socket: disk.socket.clone(),
+                    connected: disk.connected.load(Ordering::SeqCst),
+                    policy: disk.policy.clone(),
+                })
+                .collect(),
             selector: d.map_or(String::new(), |d| d.selector()),
             paths: d
                 .map(|d| d.path_snapshots())

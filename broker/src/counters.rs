@@ -6,9 +6,58 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use weir_sched::cost::CostModel;
 
 use crate::request::{REJECTION_CLASSES, RequestKind};
+
+/// Upper bounds of the latency histograms' buckets, µs: 1, 2.5 and 5 per decade from 10 µs to
+/// 10 s (Prometheus' `le` labels, in seconds, are these ÷ 10⁶). A bucket counts the requests
+/// whose latency was at most its bound and above the previous one; the last, unbounded bucket
+/// (`+Inf`) takes the rest. Fine enough that a percentile read from the buckets lands within a
+/// factor of 2.5 of the true one, coarse enough to cost one atomic add per request.
+pub const LATENCY_BUCKETS_US: [u64; 19] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with the fixed [`LATENCY_BUCKETS_US`] bounds: per-bucket counts only (the
+/// sum and count live in [`DiskCounters`]' `*_latency_ns` and `device_completions`).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Non-cumulative counts; index `LATENCY_BUCKETS_US.len()` is the `+Inf` bucket.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+}
+
+impl LatencyHistogram {
+    pub fn record_ns(&self, ns: u64) {
+        let us = ns.div_ceil(1000);
+        let i = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (Prometheus' `_bucket{le=...}`), the last one `+Inf`.
+    pub fn cumulative(&self) -> [u64; LATENCY_BUCKETS_US.len() + 1] {
+        let mut out = [0u64; LATENCY_BUCKETS_US.len() + 1];
+        let mut sum = 0u64;
+        for (o, b) in out.iter_mut().zip(&self.buckets) {
+            sum += b.load(Ordering::Relaxed);
+            *o = sum;
+        }
+        out
+    }
+}
+
+/// The three latencies the broker measures per request, as esxtop names them.
+#[derive(Debug, Default)]
+pub struct LatencyHistograms {
+    /// At the backing store (and array model): DAVG.
+    pub device: LatencyHistogram,
+    /// Waiting in the LUN dispatcher: KAVG.
+    pub queue: LatencyHistogram,
+    /// From the guest's request to its answer: GAVG.
+    pub total: LatencyHistogram,
+}
 
 #[derive(Debug, Default)]
 pub struct DiskCounters {
@@ -34,7 +83,8 @@ pub struct DiskCounters {
     pub notifications: AtomicU64,
     /// Queue notifications (kicks) received from the guest.
     pub kicks: AtomicU64,
-    /// Requests submitted to the backing store and not yet answered (a gauge).
+    /// Requests taken from the guest and not yet answered (a gauge): waiting in the LUN
+    /// dispatcher (`queued`) or at the backing store.
     pub in_flight: AtomicU64,
     /// Sum of submission-to-completion times of answered backing-store requests, ns, and how
     /// many there were: the device latency (esxtop's DAVG) over any interval is the ratio of
@@ -47,10 +97,14 @@ pub struct DiskCounters {
     pub total_latency_ns: AtomicU64,
     /// Requests waiting in the LUN dispatcher (a gauge).
     pub queued: AtomicU64,
+    /// Work completed in the scheduler's cost units (`weir_sched::cost`, a 4 KiB request = 1),
+    /// in thousandths: what weights divide, so shares are judged in it.
+    pub cost_milli: AtomicU64,
+    pub latency: LatencyHistograms,
 }
 
 /// A point-in-time copy of [`DiskCounters`], serialisable.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DiskCountersSnapshot {
     pub reads: u64,
     pub read_bytes: u64,
@@ -73,11 +127,19 @@ pub struct DiskCountersSnapshot {
     pub queue_latency_ns: u64,
     pub total_latency_ns: u64,
     pub queued: u64,
+    /// Cost units completed, in thousandths (see [`DiskCounters::cost_milli`]).
+    #[serde(default)]
+    pub cost_milli: u64,
 }
 
 impl DiskCounters {
     /// Counts a completed request.
     pub fn completed(&self, kind: RequestKind, bytes: u64) {
+        if matches!(kind, RequestKind::Read | RequestKind::Write) {
+            // Charged as the LUN dispatcher's mClock charges it (the broker's default model).
+            let milli = (CostModel::default().cost(bytes) * 1000.0).round() as u64;
+            self.cost_milli.fetch_add(milli, Ordering::Relaxed);
+        }
         let (count, byte_counter) = match kind {
             RequestKind::Read => (&self.reads, Some(&self.read_bytes)),
             RequestKind::Write => (&self.writes, Some(&self.write_bytes)),
@@ -127,6 +189,7 @@ impl DiskCounters {
             queue_latency_ns: l(&self.queue_latency_ns),
             total_latency_ns: l(&self.total_latency_ns),
             queued: l(&self.queued),
+            cost_milli: l(&self.cost_milli),
         }
     }
 }
@@ -195,6 +258,30 @@ mod tests {
             .admit(t0 + Duration::from_millis(1001), || "e".into())
             .unwrap();
         assert_eq!(next, "e (2 similar messages suppressed)");
+    }
+
+    #[test]
+    fn a_latency_lands_in_the_first_bucket_whose_bound_holds_it() {
+        let h = LatencyHistogram::default();
+        h.record_ns(0); // le 10 µs
+        h.record_ns(10_000); // exactly 10 µs: le 10 µs
+        h.record_ns(10_001); // le 25 µs
+        h.record_ns(4_000_000); // 4 ms: le 5 ms
+        h.record_ns(20_000_000_000); // 20 s: +Inf
+        let c = h.cumulative();
+        assert_eq!((c[0], c[1], c[7], c[8]), (2, 3, 3, 4));
+        assert_eq!(c[LATENCY_BUCKETS_US.len() - 1], 4, "le 10 s");
+        assert_eq!(c[LATENCY_BUCKETS_US.len()], 5, "+Inf holds all");
+        assert!(c.windows(2).all(|w| w[0] <= w[1]), "cumulative");
+    }
+
+    #[test]
+    fn reads_and_writes_are_charged_in_cost_units() {
+        let c = DiskCounters::default();
+        c.completed(RequestKind::Read, 4096);
+        c.completed(RequestKind::Write, 65536);
+        c.completed(RequestKind::Flush, 0);
+        assert_eq!(c.snapshot().cost_milli, 1000 + 8500);
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub struct PathRoute {
 }
 
 /// A path's figures for telemetry and the control socket.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PathSnapshot {
     pub name: String,
     pub port: Option<String>,
@@ -236,6 +236,8 @@ impl std::fmt::Debug for LunDispatcher {
 /// One LUN's scheduler and window.
 pub struct LunDispatcher {
     pub name: String,
+    /// How the LUN orders its tenants' requests.
+    pub scheduler: SchedulerKind,
     array: Option<(Arc<ArrayRuntime>, usize)>,
     budget: Option<(Arc<PortBudget>, usize)>,
     routes: Vec<PathRoute>,
@@ -269,6 +271,7 @@ impl LunDispatcher {
         );
         LunDispatcher {
             name: name.to_string(),
+            scheduler,
             array,
             budget: None,
             routes,
@@ -626,6 +629,11 @@ impl LunDispatcher {
 
     pub fn selector(&self) -> String {
         self.lock().d.paths.policy().selector.to_string()
+    }
+
+    /// The window policy in force (`fixed:64`, `adaptive`, ...): it can change at run time.
+    pub fn depth_policy(&self) -> String {
+        self.lock().d.controller.policy().name()
     }
 
     /// A policy change: a fresh window controller (its epoch moves on, so completions of

@@ -14,6 +14,8 @@ pub mod counters;
 pub mod device;
 pub mod dispatch;
 pub mod lun;
+pub mod metrics;
+pub mod metrics_http;
 pub mod request;
 pub mod server;
 pub mod telemetry;

@@ -22,6 +22,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use weir_sched::array::{EmulatedArray, LunModel, PortModel};
+use weir_sched::mclock::TenantPolicy;
 use weir_sched::sim::EventAction;
 
 use crate::config::{BrokerConfig, DiskConfig, LunBackend, LunConfig, MAX_SERIAL_BYTES};
@@ -33,6 +34,7 @@ use crate::dispatch::{
     SchedulerThread,
 };
 use crate::lun::{LunError, LunStore};
+use crate::metrics_http::MetricsServer;
 use crate::request::ID_BYTES;
 use crate::telemetry::PortTelemetry;
 use crate::telemetry::TelemetryRecorder;
@@ -49,6 +51,11 @@ pub enum BrokerError {
     SocketExists(PathBuf),
     #[error("cannot listen on {path}: {message}")]
     Listen { path: PathBuf, message: String },
+    #[error("metrics_listen: cannot listen on {addr}: {message} (pick a free port, or 0 for any)")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        message: String,
+    },
     #[error("{0}")]
     Setup(String),
 }
@@ -60,6 +67,8 @@ pub struct DiskInfo {
     pub tenant: String,
     pub lun: String,
     pub queues: u16,
+    /// The tenant's weight, reservation and limits, as configured.
+    pub policy: TenantPolicy,
     pub counters: Arc<DiskCounters>,
     pub connected: Arc<AtomicBool>,
 }
@@ -112,6 +121,7 @@ pub struct Broker {
     handle: BrokerHandle,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
+    metrics: Option<MetricsServer>,
     telemetry: Option<TelemetryRecorder>,
     scheduler: Option<SchedulerThread>,
 }
@@ -355,6 +365,18 @@ impl Broker {
             ),
             None => None,
         };
+        let metrics = match config
+            .metrics_addr()
+            .map_err(|e| BrokerError::Setup(e.to_string()))?
+        {
+            Some(addr) => Some(MetricsServer::start(addr, state.clone()).map_err(|e| {
+                BrokerError::MetricsListen {
+                    addr,
+                    message: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
         let mut threads = Vec::new();
         for server in servers {
             let stop = stop.clone();
@@ -369,6 +391,7 @@ impl Broker {
             handle,
             threads,
             control,
+            metrics,
             telemetry: Some(telemetry),
             scheduler: Some(scheduler),
         })
@@ -378,6 +401,11 @@ impl Broker {
         self.handle.clone()
     }
 
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
+    }
+
     /// Blocks until shutdown is requested and every disk has finished its in-flight I/O.
     pub fn wait(mut self) {
         for t in self.threads.drain(..) {
@@ -385,6 +413,9 @@ impl Broker {
         }
         if let Some(control) = self.control.take() {
             control.stop();
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
         }
         drop(self.telemetry.take());
         drop(self.scheduler.take());
@@ -441,6 +472,7 @@ impl DiskServer {
                 tenant,
                 lun: lun.name.clone(),
                 queues: disk.queues,
+                policy: disk.tenant_policy(),
                 counters,
                 connected: Arc::new(AtomicBool::new(false)),
             },

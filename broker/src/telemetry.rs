@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::counters::DiskCountersSnapshot;
 use crate::dispatch::{ArrayRuntime, LunDispatcher, PathSnapshot};
@@ -18,7 +18,7 @@ use crate::server::DiskInfo;
 pub const TELEMETRY_SECONDS: usize = 300;
 
 /// One disk (tenant) over one interval.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DiskSample {
     pub tenant: String,
     pub lun: String,
@@ -26,7 +26,12 @@ pub struct DiskSample {
     pub write_iops: f64,
     pub read_mib_s: f64,
     pub write_mib_s: f64,
-    /// Requests at the backing store at the end of the interval.
+    /// Work completed per second in the scheduler's cost units (a 4 KiB request = 1): what
+    /// the tenants' weights divide.
+    #[serde(default)]
+    pub cost_per_s: f64,
+    /// Requests taken from the guest and not yet answered at the end of the interval: those
+    /// waiting in the dispatcher (`queued`) and those at the backing store.
     pub in_flight: u64,
     /// Requests waiting in the LUN dispatcher at the end of the interval.
     pub queued: u64,
@@ -42,7 +47,7 @@ pub struct DiskSample {
 }
 
 /// One LUN's dispatcher at the end of an interval.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LunSample {
     pub lun: String,
     /// The dispatch window D.
@@ -62,7 +67,7 @@ pub struct LunSample {
 }
 
 /// One path of a LUN over one interval.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PathSample {
     pub lun: String,
     pub path: String,
@@ -79,7 +84,7 @@ pub struct PathSample {
 }
 
 /// One emulated array port at the end of an interval.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PortSample {
     pub port: String,
     pub queue_limit: u32,
@@ -99,7 +104,7 @@ pub struct PortTelemetry {
 }
 
 /// All disks, LUNs and ports over one interval ending `t_s` seconds after the broker started.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TelemetrySample {
     pub t_s: f64,
     pub interval_s: f64,
@@ -133,6 +138,7 @@ pub fn disk_sample(
         write_iops: rate(after.writes, before.writes),
         read_mib_s: rate(after.read_bytes, before.read_bytes) / mib,
         write_mib_s: rate(after.write_bytes, before.write_bytes) / mib,
+        cost_per_s: rate(after.cost_milli, before.cost_milli) / 1000.0,
         in_flight: after.in_flight,
         queued: after.queued,
         device_latency_us: mean_us(latency_ns),
@@ -358,6 +364,7 @@ mod tests {
             tenant: "t".into(),
             lun: "l".into(),
             queues: 1,
+            policy: Default::default(),
             counters: counters.clone(),
             connected: Arc::new(AtomicBool::new(true)),
         };
@@ -382,6 +389,7 @@ mod tests {
         assert_eq!(s.read_iops, 200.0);
         assert!((s.read_mib_s - 200.0 * 4096.0 / 1048576.0).abs() < 1e-9);
         assert_eq!(s.device_latency_us, Some(250.0));
+        assert_eq!(s.cost_per_s, 200.0, "a 4 KiB read costs 1");
         assert_eq!(s.write_iops, 0.0);
     }
 

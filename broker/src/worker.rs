@@ -769,15 +769,17 @@ impl QueueWorker {
         let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let started = inflight.started.unwrap_or(inflight.submitted);
         let relaxed = std::sync::atomic::Ordering::Relaxed;
-        counters
-            .device_latency_ns
-            .fetch_add(ns(started.elapsed()), relaxed);
-        counters
-            .queue_latency_ns
-            .fetch_add(ns(started.duration_since(inflight.submitted)), relaxed);
-        counters
-            .total_latency_ns
-            .fetch_add(ns(inflight.submitted.elapsed()), relaxed);
+        let (device_ns, queue_ns, total_ns) = (
+            ns(started.elapsed()),
+            ns(started.duration_since(inflight.submitted)),
+            ns(inflight.submitted.elapsed()),
+        );
+        counters.device_latency_ns.fetch_add(device_ns, relaxed);
+        counters.queue_latency_ns.fetch_add(queue_ns, relaxed);
+        counters.total_latency_ns.fetch_add(total_ns, relaxed);
+        counters.latency.device.record_ns(device_ns);
+        counters.latency.queue.record_ns(queue_ns);
+        counters.latency.total.record_ns(total_ns);
         counters
             .device_completions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

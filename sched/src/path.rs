@@ -181,7 +181,7 @@ impl MultipathPolicy {
 }
 
 /// A path's state as reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PathState {
     /// Carrying requests (usable, in the group in use).
@@ -223,7 +223,7 @@ pub struct PathEvent {
 }
 
 /// One path's figures.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PathStats {
     pub in_flight: u32,
     pub dispatched: u64,
