@@ -18,6 +18,10 @@ for p in linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev dw
 done
 # weir run's report is checked in headless Chromium.
 want chromium
+# weir top is driven in a real terminal (tmux); the broker's /metrics is scraped by a real
+# Prometheus and linted by promtool (both in Debian's prometheus package).
+want tmux
+want prometheus
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -99,3 +99,99 @@ fn an_existing_socket_is_refused_unless_replace() {
     assert!(status.success(), "{status}");
     assert!(!sock.exists());
 }
+
+/// One raw HTTP exchange with the metrics listener: the status line.
+fn http_status(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn metrics_listen_serves_metrics_and_refuses_the_rest_and_a_bad_address_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let lun_and_disk = format!(
+        "[[lun]]\nname = \"a\"\npath = {:?}\nsize = \"1MiB\"\n[[disk]]\nsocket = {:?}\nlun = \"a\"\n",
+        dir.path().join("a.img").display().to_string(),
+        dir.path().join("a.sock").display().to_string()
+    );
+    let cfg = write_config(
+        dir.path(),
+        &format!("metrics_listen = \"localhost:9464\"\n{lun_and_disk}"),
+    );
+    let out = weir()
+        .arg("broker")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("metrics_listen") && err.contains("127.0.0.1:9464"),
+        "{err}"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = write_config(
+        dir.path(),
+        &format!("metrics_listen = \"127.0.0.1:{port}\"\n{lun_and_disk}"),
+    );
+    let mut child = weir()
+        .arg("broker")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut said = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said.push(line.clone());
+        if line.contains("weir broker ready") {
+            break;
+        }
+    }
+    assert!(
+        said.iter()
+            .any(|l| l == &format!("metrics http://127.0.0.1:{port}/metrics")),
+        "{said:?}"
+    );
+    let get = |target: &str| {
+        http_status(
+            port,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+    };
+    assert_eq!(get("/metrics"), "HTTP/1.1 200 OK");
+    assert_eq!(get("/"), "HTTP/1.1 200 OK");
+    assert_eq!(get("/nope"), "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        http_status(port, b"POST /metrics HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    assert_eq!(
+        http_status(port, b"\x16\x03\x01garbage\r\n\r\n"),
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(
+        http_status(port, &vec![b'A'; 20000]),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // A client that connects and says nothing costs the next scrape at most the timeout.
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(get("/metrics"), "HTTP/1.1 200 OK");
+    // SAFETY: kill(2) on our own child; no memory involved.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+}

@@ -130,11 +130,13 @@ fn serve(mut stream: TcpStream, state: &BrokerState) {
             let _ = stream.write_all(
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n",
             );
+            close_after_refusal(stream);
             return;
         }
     }
     let Some((method, target)) = parse_request_line(&head) else {
         let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+        close_after_refusal(stream);
         return;
     };
     let (status, content_type, body) = respond(method, target, state);
@@ -146,6 +148,22 @@ fn serve(mut stream: TcpStream, state: &BrokerState) {
     let _ = stream.write_all(header.as_bytes());
     if method != "HEAD" {
         let _ = stream.write_all(body.as_bytes());
+    }
+}
+
+/// Closing a socket with unread input makes the kernel send a reset, which can destroy the
+/// answer before the client reads it: stop writing, then swallow (a bounded amount of) what the
+/// client still sends.
+fn close_after_refusal(mut stream: TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    let mut swallowed = 0;
+    while swallowed < 1 << 20 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => swallowed += n,
+        }
     }
 }
 
