@@ -199,7 +199,7 @@ fn a_real_prometheus_scrapes_the_broker_and_the_histogram_agrees_with_fio() {
     let prom = Prometheus::start(dir.path(), metrics_port);
 
     let job = "[steady]\nioengine=io_uring\ndirect=1\nbs=4k\nrw=randread\niodepth=1\n\
-               time_based=1\nruntime=8\n";
+               time_based=1\nruntime=10\n";
     let mut spec = LinuxGuestSpec::new(
         "vm",
         &image,
@@ -233,8 +233,9 @@ fn a_real_prometheus_scrapes_the_broker_and_the_histogram_agrees_with_fio() {
     }
     let mut live_checks = 0;
     for _ in 0..3 {
+        // Two and a half scrape intervals: room for one slow or missed scrape on a busy host.
         let before = reads();
-        std::thread::sleep(Duration::from_millis(1000));
+        std::thread::sleep(Duration::from_millis(2500));
         let mid = reads();
         let v = prom.query("weir_disk_ops_total{op=\"read\",tenant=\"vm\",lun=\"lun0\"}");
         let after = reads();
@@ -250,7 +251,7 @@ fn a_real_prometheus_scrapes_the_broker_and_the_histogram_agrees_with_fio() {
         );
         assert!(
             scraped >= before,
-            "prometheus {scraped} more than a scrape interval behind the broker ({before} 1 s before)"
+            "prometheus {scraped} more than 2.5 scrape intervals behind the broker ({before})"
         );
         live_checks += 1;
     }

@@ -51,8 +51,17 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
+        self.capture(false)
+    }
+
+    /// The pane's text; with `escapes`, its colours as SGR sequences too.
+    fn capture(&self, escapes: bool) -> String {
+        let mut args = vec!["capture-pane", "-p", "-t", &self.name];
+        if escapes {
+            args.push("-e");
+        }
         let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.name])
+            .args(&args)
             .output()
             .expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -221,7 +230,10 @@ fn weir_top_shows_every_tenant_lun_and_path_live_and_a_failed_path_within_two_se
         ("emulated", "2/2"),
         "{screen}"
     );
-    assert!(shared["IOPS"].parse::<f64>().unwrap() > 0.0, "{screen}");
+    for lun in ["shared", "solo"] {
+        let row = luns.iter().find(|r| r["LUN"] == lun).unwrap();
+        assert!(row["IOPS"].parse::<f64>().unwrap() > 0.0, "{screen}");
+    }
 
     // Topology: guest → disk → LUN → paths, and the LUN no disk maps to.
     top.keys("o");
@@ -248,9 +260,21 @@ fn weir_top_shows_every_tenant_lun_and_path_live_and_a_failed_path_within_two_se
 
     // Paths: a port faulted over the control socket shows as failed within 2 s.
     top.keys("p");
-    top.wait_for("the path view", Duration::from_secs(5), |s| {
-        table(s, "LUN").len() == 4
+    // Every path a tenant uses carries I/O; the spare LUN's path carries none.
+    let (screen, _) = top.wait_for("the paths carrying I/O", Duration::from_secs(5), |s| {
+        let rows = table(s, "LUN");
+        let iops = |lun: &str, path: &str| {
+            rows.iter()
+                .find(|r| r["LUN"] == lun && r["PATH"] == path)
+                .and_then(|r| r["IOPS"].parse::<f64>().ok())
+        };
+        rows.len() == 4
+            && [("shared", "a"), ("shared", "b"), ("solo", "path0")]
+                .iter()
+                .all(|(l, p)| iops(l, p).is_some_and(|v| v > 0.0))
+            && iops("spare", "path0") == Some(0.0)
     });
+    eprintln!("{screen}");
     let answer = query(&control, "fault pa down").unwrap();
     assert!(answer.get("ok").is_some(), "{answer}");
     let (screen, took) = top.wait_for("path a failed", Duration::from_secs(5), |s| {
@@ -264,6 +288,29 @@ fn weir_top_shows_every_tenant_lun_and_path_live_and_a_failed_path_within_two_se
         "shown failed after {took:?}"
     );
     assert!(screen.contains("s failed: "), "the last event: {screen}");
+    // The failed path's row is red, the healthy one's is not.
+    let coloured = top.capture(true);
+    let row_of = |path: &str| {
+        coloured
+            .lines()
+            .find(|l| {
+                l.contains("shared") && l.contains(&format!(" {path} ")) && l.contains("optimized")
+            })
+            .unwrap_or_else(|| panic!("no row for path {path}:\n{coloured}"))
+            .to_string()
+    };
+    // Red as tmux writes it back: the 8-colour SGR 31 or palette index 1.
+    let sgr_red = |l: &str| l.contains("\x1b[31m") || l.contains("\x1b[38;5;1m");
+    assert!(
+        sgr_red(&row_of("a")),
+        "failed path not red: {:?}",
+        row_of("a")
+    );
+    assert!(
+        !sgr_red(&row_of("b")),
+        "healthy path red: {:?}",
+        row_of("b")
+    );
     query(&control, "fault pa up").unwrap();
 
     // Sorted by reads per second, largest first: `s` steps through the columns.
