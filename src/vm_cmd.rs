@@ -180,6 +180,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     let mut private_config = BrokerConfig {
         control_socket: None,
         metrics_listen: None,
+        pools: Vec::new(),
         ports: Vec::new(),
         luns: Vec::new(),
         disks: Vec::new(),

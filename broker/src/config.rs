@@ -55,6 +55,10 @@ pub struct BrokerConfig {
     /// Ports of the emulated array (only LUNs with `backend = "emulated"` sit behind one).
     #[serde(default, rename = "port")]
     pub ports: Vec<PortConfig>,
+    /// Thin pools: directories whose LUN images are sparse files sharing one capacity
+    /// (docs/thin.md).
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunConfig>,
     #[serde(default, rename = "disk")]
@@ -111,6 +115,98 @@ pub struct LunConfig {
     /// `mclock` (tenants' weights, reservations and limits) or `fifo` (arrival order).
     #[serde(default)]
     pub scheduler: SchedulerKind,
+    /// The thin pool this LUN's image belongs to (its `path` must lie in the pool's `dir`).
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+/// What a pool does with a write that needs space it does not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFull {
+    /// Hold that tenant's allocating writes (only those) until space appears, at most
+    /// `hold_s`, then answer them IOERR.
+    #[default]
+    Hold,
+    /// Answer them IOERR at once.
+    Error,
+}
+
+/// A thin pool: sparse LUN images in one directory, sharing one capacity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// The directory holding the pool's LUN images (on the filesystem whose space they share).
+    pub dir: PathBuf,
+    /// A quota below the filesystem's size; omitted: the filesystem's own size.
+    #[serde(default)]
+    pub capacity: Option<ByteSize>,
+    /// Allocation unit, a power of two from 4 KiB to 64 MiB (dm-thin's default block: 64 KiB).
+    #[serde(default = "default_chunk")]
+    pub chunk: ByteSize,
+    /// Use thresholds, percent of capacity, ascending.
+    #[serde(default = "default_thresholds")]
+    pub thresholds_pct: Vec<f64>,
+    #[serde(default)]
+    pub on_full: OnFull,
+    /// Longest hold of a write waiting for space, seconds.
+    #[serde(default = "default_hold_s")]
+    pub hold_s: f64,
+}
+
+fn default_chunk() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_thresholds() -> Vec<f64> {
+    vec![70.0, 85.0, 95.0]
+}
+fn default_hold_s() -> f64 {
+    30.0
+}
+
+impl PoolConfig {
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let f = |field: &str| format!("pool[{i}].{field}");
+        if self.name.is_empty() {
+            return Err(invalid(f("name"), "must not be empty"));
+        }
+        if !self.dir.is_dir() {
+            return Err(invalid(
+                f("dir"),
+                format!(
+                    "{} is not a directory: create it (the pool's LUN images live there)",
+                    self.dir.display()
+                ),
+            ));
+        }
+        let chunk = self.chunk.0;
+        if !chunk.is_power_of_two() || !(4096..=64 << 20).contains(&chunk) {
+            return Err(invalid(
+                f("chunk"),
+                format!("{chunk} bytes: must be a power of two from 4KiB to 64MiB"),
+            ));
+        }
+        if self.capacity.is_some_and(|c| c.0 < chunk) {
+            return Err(invalid(f("capacity"), "must hold at least one chunk"));
+        }
+        let t = &self.thresholds_pct;
+        if t.iter().any(|p| !p.is_finite() || *p <= 0.0 || *p > 100.0)
+            || t.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(invalid(
+                f("thresholds_pct"),
+                format!("{t:?}: percentages in (0, 100], ascending, e.g. [70, 85, 95]"),
+            ));
+        }
+        if !self.hold_s.is_finite() || !(0.0..=3600.0).contains(&self.hold_s) {
+            return Err(invalid(
+                f("hold_s"),
+                format!("{}: seconds from 0 to 3600", self.hold_s),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -177,6 +273,7 @@ impl LunConfig {
             model: None,
             depth: None,
             scheduler: SchedulerKind::default(),
+            pool: None,
         }
     }
 
@@ -352,6 +449,46 @@ impl BrokerConfig {
             ));
         }
         self.metrics_addr()?;
+        let mut pools: HashMap<&str, &PoolConfig> = HashMap::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            pool.validate(i)?;
+            if pools.insert(pool.name.as_str(), pool).is_some() {
+                return Err(invalid(
+                    format!("pool[{i}].name"),
+                    format!("'{}' names two pools", pool.name),
+                ));
+            }
+        }
+        for (i, lun) in self.luns.iter().enumerate() {
+            let Some(name) = &lun.pool else { continue };
+            let Some(pool) = pools.get(name.as_str()) else {
+                return Err(invalid(
+                    format!("lun[{i}].pool"),
+                    format!("no pool named '{name}': add a [[pool]] with that name"),
+                ));
+            };
+            let parent = lun
+                .path
+                .parent()
+                .and_then(|p| p.canonicalize().ok())
+                .unwrap_or_default();
+            if pool.dir.canonicalize().ok() != Some(parent) {
+                return Err(invalid(
+                    format!("lun[{i}].path"),
+                    format!(
+                        "{} is not in pool '{name}''s directory {}: put the image there",
+                        lun.path.display(),
+                        pool.dir.display()
+                    ),
+                ));
+            }
+            if !lun.paths.is_empty() {
+                return Err(invalid(
+                    format!("lun[{i}].paths"),
+                    "a thin LUN has one path (its image file in the pool)",
+                ));
+            }
+        }
         let mut luns: HashMap<&str, &LunConfig> = HashMap::new();
         for (i, lun) in self.luns.iter().enumerate() {
             if lun.name.is_empty() {

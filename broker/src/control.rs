@@ -212,6 +212,30 @@ pub fn inject_fault(state: &BrokerState, target: &str, fault: &str) -> Result<St
     Ok(format!("LUN '{lun}' path '{path}': {fault}"))
 }
 
+/// `pool grow NAME SIZE`: a new capacity (quota) for a thin pool; held writes resume.
+fn pool_command(state: &BrokerState, args: &[&str]) -> Result<String, String> {
+    let usage = || "usage: pool grow NAME SIZE (e.g. pool grow pool0 2GiB)".to_string();
+    match args {
+        ["grow", name, size] => {
+            let Some(pool) = state.pools.iter().find(|p| p.name == *name) else {
+                let known: Vec<&str> = state.pools.iter().map(|p| p.name.as_str()).collect();
+                return Err(format!(
+                    "no pool named '{name}' (pools: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            };
+            let bytes = crate::config::parse_size(size)?;
+            pool.set_capacity(bytes)?;
+            Ok(format!("pool '{name}': capacity {bytes} bytes"))
+        }
+        _ => Err(usage()),
+    }
+}
+
 fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> String {
     let mut words = command.split_whitespace();
     if command.trim_start().starts_with("fault") {
@@ -225,7 +249,17 @@ fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> St
             Err(e) => serde_json::json!({ "error": e }).to_string(),
         };
     }
+    if command.trim_start().starts_with("pool ") {
+        let reply = pool_command(state, &command.split_whitespace().collect::<Vec<_>>()[1..]);
+        return match reply {
+            Ok(done) => serde_json::json!({ "ok": done }).to_string(),
+            Err(e) => serde_json::json!({ "error": e }).to_string(),
+        };
+    }
     let result = match (words.next().unwrap_or(""), words.next()) {
+        ("pools", None) => serde_json::to_string(
+            &state.pools.iter().map(|p| p.snapshot()).collect::<Vec<_>>(),
+        ),
         ("paths", None) => serde_json::to_string(&path_events(state)),
         ("stats", None) => serde_json::to_string(&stats(state)),
         ("topology", None) => serde_json::to_string(&topology(state)),
@@ -235,7 +269,7 @@ fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> St
             Err(_) => Ok(serde_json::json!({ "error": format!("telemetry takes a count of seconds, not '{n}'") }).to_string()),
         },
         (other, _) => Ok(serde_json::json!({
-            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'telemetry [N]' or 'fault TARGET FAULT'", other)
+            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'pools', 'pool grow NAME SIZE', 'telemetry [N]' or 'fault TARGET FAULT'", other)
         })
         .to_string()),
     };

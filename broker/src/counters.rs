@@ -97,6 +97,11 @@ pub struct DiskCounters {
     pub total_latency_ns: AtomicU64,
     /// Requests waiting in the LUN dispatcher (a gauge).
     pub queued: AtomicU64,
+    /// Thin LUNs: writes held for pool space now (a gauge), ever held, and answered IOERR for
+    /// want of space (`on_full = "error"`, or held past `hold_s`).
+    pub held: AtomicU64,
+    pub held_total: AtomicU64,
+    pub space_errors: AtomicU64,
     /// Work completed in the scheduler's cost units (`weir_sched::cost`, a 4 KiB request = 1),
     /// in thousandths: what weights divide, so shares are judged in it.
     pub cost_milli: AtomicU64,
@@ -130,6 +135,12 @@ pub struct DiskCountersSnapshot {
     /// Cost units completed, in thousandths (see [`DiskCounters::cost_milli`]).
     #[serde(default)]
     pub cost_milli: u64,
+    #[serde(default)]
+    pub held: u64,
+    #[serde(default)]
+    pub held_total: u64,
+    #[serde(default)]
+    pub space_errors: u64,
 }
 
 impl DiskCounters {
@@ -190,6 +201,9 @@ impl DiskCounters {
             total_latency_ns: l(&self.total_latency_ns),
             queued: l(&self.queued),
             cost_milli: l(&self.cost_milli),
+            held: l(&self.held),
+            held_total: l(&self.held_total),
+            space_errors: l(&self.space_errors),
         }
     }
 }

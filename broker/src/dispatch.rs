@@ -87,6 +87,9 @@ pub enum InboxEvent {
     ModelDone { slot: usize, ok: bool },
     /// No path for longer than the hold time: answer `slot` with an I/O error.
     Failed { slot: usize },
+    /// A thin pool may have space again (or a held write's time is up): look at the writes
+    /// held for space.
+    SpaceRetry,
 }
 
 /// A queue thread's mailbox.
@@ -116,6 +119,11 @@ impl Inbox {
         if signal {
             let _ = self.fd.write(1);
         }
+    }
+
+    /// A thin pool's nudge to a worker holding writes for space.
+    pub fn space_retry(&self) {
+        self.push(InboxEvent::SpaceRetry, true);
     }
 
     /// Everything delivered so far.
@@ -1158,6 +1166,7 @@ mod tests {
                                     state.get_mut(&slot).unwrap().1 = true
                                 }
                                 InboxEvent::Failed { slot } => panic!("slot {slot} failed"),
+                                InboxEvent::SpaceRetry => panic!("no thin pool here"),
                             }
                         }
                         let finished: Vec<usize> = state

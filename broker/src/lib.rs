@@ -19,6 +19,7 @@ pub mod metrics_http;
 pub mod request;
 pub mod server;
 pub mod telemetry;
+pub mod thin;
 pub mod worker;
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use crate::metrics_http::MetricsServer;
 use crate::request::ID_BYTES;
 use crate::telemetry::PortTelemetry;
 use crate::telemetry::TelemetryRecorder;
+use crate::thin::{PoolThread, ThinPool};
 use crate::worker::DiskContext;
 
 #[derive(Debug, Error)]
@@ -84,6 +85,8 @@ pub struct BrokerState {
     pub array: Option<Arc<ArrayRuntime>>,
     pub port_names: Vec<String>,
     pub clock: BrokerClock,
+    /// Thin pools, in config order.
+    pub pools: Vec<Arc<ThinPool>>,
 }
 
 /// Stops a running broker.
@@ -122,6 +125,7 @@ pub struct Broker {
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
     metrics: Option<MetricsServer>,
+    pools: Option<PoolThread>,
     telemetry: Option<TelemetryRecorder>,
     scheduler: Option<SchedulerThread>,
 }
@@ -250,6 +254,46 @@ impl Broker {
             })?;
             listeners.push(listener);
         }
+        // Thin pools: each over the LUNs that name it, their allocation read from the images.
+        let mut pools: Vec<Arc<ThinPool>> = Vec::new();
+        let mut thin_of: HashMap<String, (Arc<ThinPool>, usize)> = HashMap::new();
+        for pc in &config.pools {
+            let members: Vec<(String, u64, PathBuf)> = config
+                .luns
+                .iter()
+                .filter(|l| l.pool.as_deref() == Some(pc.name.as_str()))
+                .filter_map(|l| luns.get(&l.name))
+                .map(|s| (s.name.clone(), s.size_bytes, s.path.clone()))
+                .collect();
+            if let Some(lun) = members
+                .iter()
+                .filter_map(|(name, _, _)| luns.get(name))
+                .find(|s| s.block_device)
+            {
+                return Err(BrokerError::Setup(format!(
+                    "LUN '{}': a block device cannot be in thin pool '{}' (its images are \
+                     sparse files)",
+                    lun.name, pc.name
+                )));
+            }
+            let pool = Arc::new(
+                ThinPool::open(pc, &members)
+                    .map_err(|e| BrokerError::Setup(format!("thin pool '{}': {e}", pc.name)))?,
+            );
+            let snap = pool.snapshot();
+            log::info!(
+                "pool '{}': {} of {} MiB used, {:.1}× overcommitted, {} LUN(s)",
+                pc.name,
+                snap.used_bytes >> 20,
+                snap.capacity_bytes >> 20,
+                snap.overcommit,
+                members.len()
+            );
+            for (i, (name, _, _)) in members.iter().enumerate() {
+                thin_of.insert(name.clone(), (pool.clone(), i));
+            }
+            pools.push(pool);
+        }
         let mut disks = Vec::new();
         let mut servers = Vec::new();
         for (index, (disk, listener)) in config.disks.iter().zip(listeners).enumerate() {
@@ -264,7 +308,9 @@ impl Broker {
                 .iter()
                 .filter(|d| d.lun == disk.lun)
                 .count();
-            let server = DiskServer::new(index, disk, lun, listener, dispatcher, tenant, clock);
+            let thin = thin_of.get(&disk.lun).cloned();
+            let server =
+                DiskServer::new(index, disk, lun, listener, dispatcher, tenant, clock, thin);
             disks.push(server.info.clone());
             servers.push(server);
         }
@@ -279,7 +325,16 @@ impl Broker {
             array: array.clone(),
             port_names: config.ports.iter().map(|p| p.name.clone()).collect(),
             clock,
+            pools: pools.clone(),
         });
+        let pool_thread =
+            if pools.is_empty() {
+                None
+            } else {
+                Some(PoolThread::start(pools, clock).map_err(|e| {
+                    BrokerError::Setup(format!("cannot start the pool thread: {e}"))
+                })?)
+            };
         let handle = BrokerHandle {
             stop: stop.clone(),
             state: state.clone(),
@@ -392,6 +447,7 @@ impl Broker {
             threads,
             control,
             metrics,
+            pools: pool_thread,
             telemetry: Some(telemetry),
             scheduler: Some(scheduler),
         })
@@ -418,6 +474,7 @@ impl Broker {
             metrics.stop();
         }
         drop(self.telemetry.take());
+        drop(self.pools.take());
         drop(self.scheduler.take());
     }
 }
@@ -440,6 +497,7 @@ impl DiskServer {
         dispatcher: Arc<LunDispatcher>,
         tenant_index: usize,
         clock: BrokerClock,
+        thin: Option<(Arc<ThinPool>, usize)>,
     ) -> Self {
         let counters = Arc::new(DiskCounters::default());
         let spec = BlkDeviceSpec {
@@ -464,6 +522,7 @@ impl DiskServer {
             dispatcher,
             tenant: tenant_index,
             clock,
+            thin,
         });
         DiskServer {
             index,

@@ -9,9 +9,10 @@
 //! page cache. The guest memory mapping an in-flight request points into is kept alive by the
 //! request itself until its completion has been reaped.
 
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
 use virtio_queue::{Queue, QueueT};
@@ -21,6 +22,7 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::config::OnFull;
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::dispatch::{BrokerClock, Inbox, InboxEvent, LunDispatcher};
 use crate::lun::LunStore;
@@ -28,6 +30,7 @@ use crate::request::{
     BlkRequest, DiskLimits, GuestRange, ID_BYTES, ParsedChain, RequestKind, SECTOR_SHIFT,
     SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, parse_chain,
 };
+use crate::thin::{Reservation, ThinPool};
 
 pub type GuestMem = GuestMemoryMmap<()>;
 pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
@@ -49,6 +52,8 @@ pub struct DiskContext {
     /// This disk's tenant index in the dispatcher.
     pub tenant: usize,
     pub clock: BrokerClock,
+    /// The thin pool the LUN belongs to, and the LUN's index in it.
+    pub thin: Option<(Arc<ThinPool>, usize)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,10 @@ struct Inflight {
     started: Option<Instant>,
     /// Set for requests that go through the LUN dispatcher.
     sched: Option<Scheduled>,
+    /// Thin LUNs: chunks this write newly allocated (given back if it fails for good), and
+    /// the byte ranges a discard or write-zeroes punched (freed when it succeeds).
+    reserved: Vec<u64>,
+    punched: Vec<(u64, u64)>,
 }
 
 /// A dispatched request's progress.
@@ -106,6 +115,8 @@ struct Scheduled {
     model_failed: bool,
     /// The I/O itself failed (on a multipath LUN this fails the path, not the request).
     io_failed: Option<String>,
+    /// The filesystem had no space for this write (thin LUN): hold it, do not answer.
+    no_space: bool,
 }
 
 impl Inflight {
@@ -130,6 +141,8 @@ impl Inflight {
             submitted: Instant::now(),
             started: None,
             sched: None,
+            reserved: Vec::new(),
+            punched: Vec::new(),
         }
     }
 }
@@ -148,6 +161,8 @@ pub struct QueueWorker {
     inbox: Arc<Inbox>,
     /// The guest is gone: finish what is in flight without waiting for the array model.
     draining: bool,
+    /// Writes waiting for thin-pool space, oldest first, with when they were first held.
+    held: VecDeque<(usize, Instant)>,
 }
 
 impl QueueWorker {
@@ -167,6 +182,7 @@ impl QueueWorker {
             completion_event,
             inbox,
             draining: false,
+            held: VecDeque::new(),
         })
     }
 
@@ -289,19 +305,19 @@ impl QueueWorker {
                 );
                 inflight.sched = Some(Scheduled::default());
                 let slot = self.alloc(inflight);
-                // The dispatcher decides when; the grant comes back through the inbox.
-                self.ctx
-                    .counters
-                    .queued
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.ctx.dispatcher.enqueue(
-                    self.ctx.tenant,
-                    &self.inbox,
-                    slot,
-                    len,
-                    write,
-                    self.ctx.clock.now(),
-                );
+                if write {
+                    if let Some((pool, lun)) = &self.ctx.thin {
+                        match pool.reserve(*lun, sector << SECTOR_SHIFT, len) {
+                            Reservation::Granted(chunks) => {
+                                if let Some(Some(i)) = self.slots.get_mut(slot) {
+                                    i.reserved = chunks;
+                                }
+                            }
+                            Reservation::Full => return Ok(self.hold_for_space(slot, queue)),
+                        }
+                    }
+                }
+                self.enqueue(slot);
                 Ok(false)
             }
             BlkRequest::Flush => {
@@ -347,7 +363,8 @@ impl QueueWorker {
                     );
                     return Ok(true);
                 }
-                let slot = self.alloc(Inflight::new(
+                let thin = self.ctx.thin.is_some();
+                let mut inflight = Inflight::new(
                     head,
                     status_addr,
                     kind,
@@ -357,11 +374,20 @@ impl QueueWorker {
                         pending: ranges.len() as u32,
                     },
                     guard.clone(),
-                ));
+                );
+                if thin {
+                    inflight.punched = ranges
+                        .iter()
+                        .map(|r| (r.sector * SECTOR_SIZE, u64::from(r.sectors) * SECTOR_SIZE))
+                        .collect();
+                }
+                let slot = self.alloc(inflight);
                 for r in ranges {
                     // A discard may drop the blocks (a hole reads back as zeroes); a
-                    // write-zeroes keeps them allocated unless the guest allowed unmapping.
-                    let mode = if !zero || r.unmap {
+                    // write-zeroes keeps them allocated unless the guest allowed unmapping —
+                    // except on a thin LUN, where zeroes are a hole (as dm-thin does it): the
+                    // guest reads zeroes either way and the pool gets its chunks back.
+                    let mode = if !zero || r.unmap || thin {
                         libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
                     } else {
                         libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
@@ -552,6 +578,9 @@ impl QueueWorker {
                         used |= self.settle(slot, queue)?;
                     }
                 }
+                InboxEvent::SpaceRetry => {
+                    used |= self.retry_held(queue)?;
+                }
                 InboxEvent::Failed { slot } => {
                     if let Some(Some(inflight)) = self.slots.get_mut(slot) {
                         inflight.status = VIRTIO_BLK_S_IOERR;
@@ -570,6 +599,186 @@ impl QueueWorker {
                 }
             }
         }
+        Ok(used)
+    }
+
+    /// Hands a read or write to the LUN dispatcher: it decides when; the grant comes back
+    /// through the inbox.
+    fn enqueue(&mut self, slot: usize) {
+        let Some(Some(inflight)) = self.slots.get(slot) else {
+            return;
+        };
+        let (bytes, write) = (inflight.bytes, inflight.kind == RequestKind::Write);
+        self.ctx
+            .counters
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.dispatcher.enqueue(
+            self.ctx.tenant,
+            &self.inbox,
+            slot,
+            bytes,
+            write,
+            self.ctx.clock.now(),
+        );
+    }
+
+    /// A write that needs thin-pool space the pool does not have: held (this tenant's
+    /// allocating writes only), or failed at once when the pool says `on_full = "error"`.
+    /// Returns true when the used ring got an entry.
+    fn hold_for_space(&mut self, slot: usize, queue: &mut Queue) -> bool {
+        let Some((pool, _)) = self.ctx.thin.clone() else {
+            return false;
+        };
+        let Some(Some(inflight)) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        if pool.on_full == OnFull::Error || self.draining {
+            inflight.status = VIRTIO_BLK_S_IOERR;
+            let head = inflight.head;
+            self.ctx
+                .counters
+                .space_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.io_error(head, &format!("thin pool '{}' is full", pool.name));
+            return self.finish(slot, queue);
+        }
+        let counters = &self.ctx.counters;
+        counters
+            .held
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .held_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.held.is_empty() {
+            let (name, pool_name) = (&self.ctx.name, &pool.name);
+            self.ctx.bad_requests.warn(|| {
+                format!(
+                    "disk {name}: thin pool '{pool_name}' is full: holding this tenant's \
+                     allocating writes (at most {} s)",
+                    pool.hold_s
+                )
+            });
+        }
+        self.held.push_back((slot, Instant::now()));
+        pool.wait_for_space(&self.inbox);
+        false
+    }
+
+    /// The filesystem refused a dispatched write (ENOSPC/EDQUOT): its grant goes back to the
+    /// dispatcher as a completion, the write waits for space like one the pool refused.
+    fn hold_after_no_space(&mut self, slot: usize, queue: &mut Queue) -> bool {
+        let now = self.ctx.clock.now();
+        let Some(Some(inflight)) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        if let Some(s) = &mut inflight.sched {
+            if let Some((epoch, dispatched_at)) = s.granted.take() {
+                self.ctx.dispatcher.on_complete(
+                    now,
+                    epoch,
+                    now - dispatched_at,
+                    s.path,
+                    now - s.attempt_at,
+                    inflight.bytes,
+                    s.failed_at,
+                );
+            }
+            *s = Scheduled::default();
+        }
+        inflight.status = VIRTIO_BLK_S_OK;
+        inflight.started = None;
+        if let Op::Rw { done, direct, .. } = &mut inflight.op {
+            *done = 0;
+            *direct = true;
+        }
+        if let Some((pool, _)) = &self.ctx.thin {
+            pool.filesystem_full();
+        }
+        self.hold_for_space(slot, queue)
+    }
+
+    /// Held writes past `hold_s` (or all of them, when the guest is gone) get IOERR.
+    fn expire_held(&mut self, queue: &mut Queue, all: bool) -> bool {
+        let Some((pool, _)) = self.ctx.thin.clone() else {
+            return false;
+        };
+        let limit = Duration::from_secs_f64(pool.hold_s);
+        let mut used = false;
+        while let Some(&(slot, since)) = self.held.front() {
+            if !all && since.elapsed() < limit {
+                break;
+            }
+            self.held.pop_front();
+            self.ctx
+                .counters
+                .held
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.ctx
+                .counters
+                .space_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(Some(inflight)) = self.slots.get_mut(slot) {
+                inflight.status = VIRTIO_BLK_S_IOERR;
+                let head = inflight.head;
+                let why = if all {
+                    format!(
+                        "held for thin pool '{}' space when the guest went away",
+                        pool.name
+                    )
+                } else {
+                    format!(
+                        "no space in thin pool '{}' for {:.1} s (hold_s)",
+                        pool.name,
+                        since.elapsed().as_secs_f64()
+                    )
+                };
+                self.io_error(head, &why);
+                used |= self.finish(slot, queue);
+            }
+        }
+        used
+    }
+
+    /// Space may have appeared: held writes go on in the order they came, as far as the pool
+    /// lets them; those past `hold_s` fail.
+    fn retry_held(&mut self, queue: &mut Queue) -> Result<bool, WorkerError> {
+        let Some((pool, lun)) = self.ctx.thin.clone() else {
+            return Ok(false);
+        };
+        let used = self.expire_held(queue, false);
+        while let Some(&(slot, _)) = self.held.front() {
+            let Some(Some(inflight)) = self.slots.get(slot) else {
+                self.held.pop_front();
+                continue;
+            };
+            let Op::Rw { offset, total, .. } = &inflight.op else {
+                self.held.pop_front();
+                continue;
+            };
+            if pool.filesystem_is_full() {
+                break;
+            }
+            match pool.reserve(lun, *offset, *total) {
+                Reservation::Granted(chunks) => {
+                    self.held.pop_front();
+                    self.ctx
+                        .counters
+                        .held
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(Some(i)) = self.slots.get_mut(slot) {
+                        i.reserved.extend(chunks);
+                    }
+                    self.enqueue(slot);
+                }
+                // In order: the next held write waits behind this one.
+                Reservation::Full => break,
+            }
+        }
+        if !self.held.is_empty() {
+            pool.wait_for_space(&self.inbox);
+        }
+        // The caller (reap) pumps the dispatcher and takes the grants.
         Ok(used)
     }
 
@@ -604,6 +813,18 @@ impl QueueWorker {
                         .buffered_fallbacks
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     retry = true;
+                } else if (res == -libc::ENOSPC || res == -libc::EDQUOT)
+                    && self
+                        .ctx
+                        .thin
+                        .as_ref()
+                        .is_some_and(|(p, _)| p.on_full == OnFull::Hold)
+                    && !self.draining
+                {
+                    // A real out-of-space: this write waits for room; nobody else does.
+                    if let Some(s) = &mut inflight.sched {
+                        s.no_space = true;
+                    }
                 } else if res < 0 {
                     error = Some(std::io::Error::from_raw_os_error(-res).to_string());
                 } else if res == 0 {
@@ -677,6 +898,9 @@ impl QueueWorker {
         let Some(s) = &mut inflight.sched else {
             return Ok(self.finish(slot, queue));
         };
+        if s.no_space {
+            return Ok(self.hold_after_no_space(slot, queue));
+        }
         let Some((_, first_dispatch)) = s.granted else {
             return Ok(self.finish(slot, queue));
         };
@@ -784,6 +1008,15 @@ impl QueueWorker {
             .device_completions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = inflight.status == VIRTIO_BLK_S_OK;
+        if let Some((pool, lun)) = &self.ctx.thin {
+            if ok {
+                for (offset, len) in &inflight.punched {
+                    pool.released(*lun, *offset, *len);
+                }
+            } else {
+                pool.unreserve(*lun, &inflight.reserved);
+            }
+        }
         let _ = inflight
             .mem
             .write_obj(inflight.status, inflight.status_addr);
@@ -820,10 +1053,12 @@ impl QueueWorker {
     /// broker shuts down: nothing acknowledged is lost, nothing submitted is abandoned.
     pub fn drain(&mut self, queue: &mut Queue) -> Result<bool, WorkerError> {
         self.draining = true;
+        // Writes held for space have nobody left to wait for.
+        let mut used = self.expire_held(queue, true);
         // Take back what the dispatcher still holds first: after that no new grant for this
         // queue can appear, and every grant already made is in the inbox.
         let cancelled = self.ctx.dispatcher.cancel_owner(&self.inbox);
-        let mut used = self.drain_inbox(queue)?;
+        used |= self.drain_inbox(queue)?;
         // Requests the dispatcher still held: do them now, outside the schedule.
         for slot in cancelled {
             if let Some(Some(inflight)) = self.slots.get_mut(slot) {

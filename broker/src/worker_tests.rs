@@ -65,6 +65,7 @@ fn disk(read_only: bool) -> Disk {
             None,
         )),
         tenant: 0,
+        thin: None,
         clock: BrokerClock::new(),
     });
     Disk {

@@ -20,3 +20,4 @@ pub mod rng;
 pub mod sim;
 #[cfg(test)]
 mod sim_tests;
+pub mod thin;
