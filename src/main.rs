@@ -17,6 +17,7 @@ use weir_lab::qemu::LinuxGuestSpec;
 use weir_lab::summary::{render, render_comparison, summarise};
 use weir_vmm::host::HostVirtualization;
 
+mod dark_cmd;
 mod run_cmd;
 mod top_cmd;
 mod vm_cmd;
@@ -54,6 +55,9 @@ enum Command {
     /// The broker live, like esxtop: tenants, LUNs, paths and the topology, each second from
     /// its control socket; -b for batch output (CSV or JSON lines).
     Top(top_cmd::TopArgs),
+    /// Dark storage: per LUN, capacity no partition or filesystem covers, never-written
+    /// ranges, allocated zeroes, and LUNs no guest uses.
+    Dark(dark_cmd::DarkArgs),
     /// Re-render a results directory's report (report.html and the tables).
     Report { dir: PathBuf },
     /// Simulate a scenario's broker part (LUNs, array, tenants, policies) on a virtual clock:
@@ -187,6 +191,7 @@ fn main() {
         Command::Run(args) => run_cmd::run(args),
         Command::Report { dir } => run_cmd::report(&dir),
         Command::Top(args) => top_cmd::run(args),
+        Command::Dark(args) => dark_cmd::run(args),
         Command::Bench { command } => bench(command),
         Command::Sim {
             scenario,

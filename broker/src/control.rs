@@ -257,6 +257,7 @@ fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> St
         };
     }
     let result = match (words.next().unwrap_or(""), words.next()) {
+        ("dark", None) => serde_json::to_string(&crate::dark::report(state)),
         ("pools", None) => serde_json::to_string(
             &state.pools.iter().map(|p| p.snapshot()).collect::<Vec<_>>(),
         ),
@@ -269,7 +270,7 @@ fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> St
             Err(_) => Ok(serde_json::json!({ "error": format!("telemetry takes a count of seconds, not '{n}'") }).to_string()),
         },
         (other, _) => Ok(serde_json::json!({
-            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'pools', 'pool grow NAME SIZE', 'telemetry [N]' or 'fault TARGET FAULT'", other)
+            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'pools', 'pool grow NAME SIZE', 'dark', 'telemetry [N]' or 'fault TARGET FAULT'", other)
         })
         .to_string()),
     };

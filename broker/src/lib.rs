@@ -11,6 +11,7 @@
 pub mod config;
 pub mod control;
 pub mod counters;
+pub mod dark;
 pub mod device;
 pub mod dispatch;
 pub mod lun;

@@ -172,6 +172,24 @@ fn disk_families(f: &mut Families, tenant: &str, lun: &str, disk: &str, c: &Disk
         &base,
         l(&c.path_retries),
     );
+    f.gauge(
+        "weir_disk_held_writes",
+        "Writes held now for thin-pool space (this tenant's allocating writes only).",
+        &base,
+        l(&c.held),
+    );
+    f.counter(
+        "weir_disk_held_writes_total",
+        "Writes ever held for thin-pool space.",
+        &base,
+        l(&c.held_total),
+    );
+    f.counter(
+        "weir_disk_space_errors_total",
+        "Writes answered IOERR for want of thin-pool space (on_full = error, or past hold_s).",
+        &base,
+        l(&c.space_errors),
+    );
     f.counter(
         "weir_disk_kicks_total",
         "Queue notifications received from the guest.",
@@ -399,6 +417,66 @@ pub fn gather(state: &BrokerState) -> Vec<MetricFamily> {
                 "Requests the emulated array port holds now.",
                 &labels,
                 f64::from(array.port_outstanding(i)),
+            );
+        }
+    }
+    for pool in &state.pools {
+        let snap = pool.snapshot();
+        let name = [("pool", snap.name.as_str())];
+        f.gauge(
+            "weir_pool_capacity_bytes",
+            "The pool's capacity: its quota, or its filesystem's size.",
+            &name,
+            snap.capacity_bytes as f64,
+        );
+        f.gauge(
+            "weir_pool_used_bytes",
+            "Use against the capacity: chunks handed out (quota) or the filesystem's use.",
+            &name,
+            snap.used_bytes as f64,
+        );
+        f.gauge(
+            "weir_pool_allocated_bytes",
+            "Chunks the pool's LUNs hold.",
+            &name,
+            snap.allocated_bytes as f64,
+        );
+        f.gauge(
+            "weir_pool_overcommit_ratio",
+            "Sum of the pool's LUN sizes over its capacity.",
+            &name,
+            snap.overcommit,
+        );
+        f.gauge(
+            "weir_pool_filesystem_full",
+            "1 while a write met ENOSPC/EDQUOT and the filesystem has not grown since.",
+            &name,
+            if snap.fs_full { 1.0 } else { 0.0 },
+        );
+        for w in &snap.forecast {
+            let window = format!("{}s", w.window_s);
+            let labels = [("pool", snap.name.as_str()), ("window", window.as_str())];
+            f.gauge(
+                "weir_pool_allocation_rate_bytes_per_second",
+                "Least-squares allocation rate over the window.",
+                &labels,
+                w.rate_bytes_per_s,
+            );
+            if let Some(t) = w.time_to_full_s {
+                f.gauge(
+                    "weir_pool_time_to_full_seconds",
+                    "Forecast time until the pool is full at the window's rate.",
+                    &labels,
+                    t,
+                );
+            }
+        }
+        for lun in &snap.luns {
+            f.gauge(
+                "weir_lun_allocated_bytes",
+                "Chunks a thin LUN holds in its pool.",
+                &[("pool", snap.name.as_str()), ("lun", lun.lun.as_str())],
+                lun.allocated_bytes as f64,
             );
         }
     }

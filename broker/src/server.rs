@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -72,6 +72,8 @@ pub struct DiskInfo {
     pub policy: TenantPolicy,
     pub counters: Arc<DiskCounters>,
     pub connected: Arc<AtomicBool>,
+    /// Broker-clock milliseconds at the last connect or disconnect (0: never connected).
+    pub last_change_ms: Arc<AtomicU64>,
 }
 
 /// The broker's shared state: LUNs and disks.
@@ -534,6 +536,7 @@ impl DiskServer {
                 policy: disk.tenant_policy(),
                 counters,
                 connected: Arc::new(AtomicBool::new(false)),
+                last_change_ms: Arc::new(AtomicU64::new(0)),
             },
             spec,
             ctx,
@@ -560,6 +563,11 @@ impl DiskServer {
             }
         }
         let _ = std::fs::remove_file(&self.info.socket);
+    }
+
+    fn stamp(&self) {
+        let ms = (self.ctx.clock.now() * 1000.0) as u64;
+        self.info.last_change_ms.store(ms.max(1), Ordering::SeqCst);
     }
 
     /// Serves one guest connection from accept to disconnect.
@@ -590,6 +598,7 @@ impl DiskServer {
             .connections
             .fetch_add(1, Ordering::Relaxed);
         self.info.connected.store(true, Ordering::SeqCst);
+        self.stamp();
         log::info!("disk {}: guest connected", self.ctx.name);
         if let Some(h) = daemon.shutdown_handle() {
             stop.connections
@@ -612,6 +621,7 @@ impl DiskServer {
         let pending = device.in_flight();
         device.drain();
         self.info.connected.store(false, Ordering::SeqCst);
+        self.stamp();
         log::info!(
             "disk {}: guest disconnected ({}); {pending} in-flight requests finished",
             self.ctx.name,

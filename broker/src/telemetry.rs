@@ -44,6 +44,9 @@ pub struct DiskSample {
     pub rejected: u64,
     pub io_errors: u64,
     pub connected: bool,
+    /// Writes held for thin-pool space at the end of the interval.
+    #[serde(default)]
+    pub held: u64,
 }
 
 /// One LUN's dispatcher at the end of an interval.
@@ -155,6 +158,7 @@ pub fn disk_sample(
         rejected: rejected(after).saturating_sub(rejected(before)),
         io_errors: after.io_errors.saturating_sub(before.io_errors),
         connected: info.connected.load(Ordering::SeqCst),
+        held: after.held,
     }
 }
 
@@ -367,6 +371,7 @@ mod tests {
             policy: Default::default(),
             counters: counters.clone(),
             connected: Arc::new(AtomicBool::new(true)),
+            last_change_ms: Default::default(),
         };
         (info, counters)
     }

@@ -366,7 +366,7 @@ impl ThinPool {
             }
             let ttf = st
                 .forecaster
-                .forecast(FORECAST_WINDOWS_S[1], capacity)
+                .forecast(FORECAST_WINDOWS_S[1], capacity, used)
                 .time_to_full_s;
             let used_pct = 100.0 * used as f64 / capacity as f64;
             let events = st.watch.observe(now_s, used_pct, ttf);
@@ -439,7 +439,7 @@ impl ThinPool {
                 .collect(),
             forecast: FORECAST_WINDOWS_S
                 .iter()
-                .map(|w| st.forecaster.forecast(*w, capacity))
+                .map(|w| st.forecaster.forecast(*w, capacity, used))
                 .collect(),
             events: st.events.clone(),
         }

@@ -147,6 +147,17 @@ pub struct ProbeVm {
     pub started: Instant,
 }
 
+/// A guest still running when its handle goes (a test that panicked, a run cut short) is
+/// killed: a probe polling a vanished broker would otherwise spin on a core for ever.
+impl Drop for ProbeVm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// What a finished probe run left.
 #[derive(Debug)]
 pub struct ProbeRun {

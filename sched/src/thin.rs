@@ -200,7 +200,9 @@ impl Forecaster {
         Some(now.1 - first.1)
     }
 
-    pub fn forecast(&self, window_s: f64, capacity: u64) -> WindowForecast {
+    /// The window's rate, and the time to fill what is free *now* (`used_now`, which may be
+    /// newer than the last sample) at that rate.
+    pub fn forecast(&self, window_s: f64, capacity: u64, used_now: u64) -> WindowForecast {
         let now_t = self.samples.back().map_or(0.0, |s| s.0);
         let pts: Vec<(f64, f64)> = self
             .samples
@@ -236,7 +238,7 @@ impl Forecaster {
         let se = (resid / (nf - 2.0) / stt).sqrt();
         f.rate_bytes_per_s = slope;
         f.rate_stderr = se;
-        let free = (capacity as f64 - pts[n - 1].1).max(0.0);
+        let free = capacity.saturating_sub(used_now) as f64;
         let ttf = |r: f64| (r > 0.0).then(|| free / r);
         f.time_to_full_s = ttf(slope);
         if f.time_to_full_s.is_some() {
@@ -355,7 +357,7 @@ mod tests {
         for s in 0..=30 {
             f.sample(s as f64, s * (1 << 20)); // 1 MiB/s
         }
-        let w = f.forecast(60.0, cap);
+        let w = f.forecast(60.0, cap, 30 << 20);
         assert!((w.rate_bytes_per_s - 1048576.0).abs() < 1e-6, "{w:?}");
         assert!((w.time_to_full_s.unwrap() - 70.0).abs() < 1e-6);
         assert!(w.rate_stderr < 1e-6);
@@ -366,9 +368,9 @@ mod tests {
             let used = if s < 100 { s * 2 } else { 200 + (s - 100) } << 20;
             g.sample(s as f64, used);
         }
-        let w = g.forecast(60.0, cap << 2);
+        let w = g.forecast(60.0, cap << 2, 300 << 20);
         assert!((w.rate_bytes_per_s / 1048576.0 - 1.0).abs() < 1e-9, "{w:?}");
-        let h = g.forecast(3600.0, cap << 2);
+        let h = g.forecast(3600.0, cap << 2, 300 << 20);
         assert!(
             h.rate_bytes_per_s > w.rate_bytes_per_s,
             "the hour saw the 2 MiB/s part"
@@ -379,17 +381,17 @@ mod tests {
     fn no_forecast_without_samples_or_without_growth() {
         let mut f = Forecaster::default();
         f.sample(0.0, 10);
-        assert_eq!(f.forecast(60.0, 100).time_to_full_s, None);
+        assert_eq!(f.forecast(60.0, 100, 10).time_to_full_s, None);
         for s in 1..10 {
             f.sample(s as f64, 10);
         }
-        let w = f.forecast(60.0, 100);
+        let w = f.forecast(60.0, 100, 10);
         assert_eq!((w.rate_bytes_per_s, w.time_to_full_s), (0.0, None));
         let mut shrinking = Forecaster::default();
         for s in 0..10 {
             shrinking.sample(s as f64, 1000 - s * 10);
         }
-        assert_eq!(shrinking.forecast(60.0, 2000).time_to_full_s, None);
+        assert_eq!(shrinking.forecast(60.0, 2000, 910).time_to_full_s, None);
     }
 
     #[test]
@@ -401,7 +403,7 @@ mod tests {
             used += (rng.next_f64() * 2.0 * 1048576.0) as u64; // mean 1 MiB/s, bursty
             f.sample(s as f64, used);
         }
-        let w = f.forecast(60.0, 1 << 30);
+        let w = f.forecast(60.0, 1 << 30, used);
         let (lo, mid, hi) = (
             w.time_to_full_lo_s.unwrap(),
             w.time_to_full_s.unwrap(),

@@ -99,6 +99,8 @@ pub struct TenantRow {
     /// Malformed requests refused and I/O errors, per second.
     pub rejected_per_s: f64,
     pub io_errors_per_s: f64,
+    /// Writes held for thin-pool space (the pool is full).
+    pub held: u64,
 }
 
 /// At or above this fraction of a reservation or limit, it counts as met or hit: per-second
@@ -188,6 +190,7 @@ pub fn tenant_rows(snap: &Snapshot) -> Vec<TenantRow> {
                 limit: limit.into(),
                 rejected_per_s: d.rejected as f64 / interval,
                 io_errors_per_s: d.io_errors as f64 / interval,
+                held: d.held,
             }
         })
         .collect()
@@ -197,7 +200,7 @@ impl Row for TenantRow {
     const HEADERS: &'static [&'static str] = &[
         "TENANT", "LUN", "DISK", "CONN", "ACTV", "QUED", "READS/s", "WRITES/s", "MBREAD/s",
         "MBWRTN/s", "DAVG/ms", "KAVG/ms", "GAVG/ms", "COST/s", "WEIGHT", "SHR%", "ENT%", "RESV",
-        "LIMIT", "REJ/s", "ERR/s",
+        "LIMIT", "REJ/s", "ERR/s", "HELD",
     ];
 
     fn cells(&self) -> Vec<Cell> {
@@ -223,11 +226,12 @@ impl Row for TenantRow {
             Cell::Text(self.limit.clone()),
             Cell::num(self.rejected_per_s, 0),
             Cell::num(self.io_errors_per_s, 0),
+            Cell::int(self.held),
         ]
     }
 
     fn mood(&self) -> Mood {
-        if !self.connected || self.io_errors_per_s > 0.0 {
+        if !self.connected || self.io_errors_per_s > 0.0 || self.held > 0 {
             Mood::Bad
         } else if self.qued > 0 || self.reservation == "MISS" {
             Mood::Congested
@@ -261,6 +265,9 @@ pub struct LunRow {
     pub paths: usize,
     pub selector: String,
     pub tenants: usize,
+    /// The thin pool it is in and the pool's use, percent of capacity.
+    pub pool: String,
+    pub pool_used_pct: Option<f64>,
 }
 
 pub fn lun_rows(snap: &Snapshot) -> Vec<LunRow> {
@@ -299,15 +306,24 @@ pub fn lun_rows(snap: &Snapshot) -> Vec<LunRow> {
                 paths: l.paths.len(),
                 selector: l.selector.clone(),
                 tenants: l.tenants.len(),
+                pool: pool_of(snap, &l.name).map_or("-".into(), |p| p.name.clone()),
+                pool_used_pct: pool_of(snap, &l.name).map(|p| p.used_pct),
             }
         })
         .collect()
 }
 
+/// The thin pool a LUN is in.
+fn pool_of<'a>(snap: &'a Snapshot, lun: &str) -> Option<&'a weir_broker::thin::PoolSnapshot> {
+    snap.pools
+        .iter()
+        .find(|p| p.luns.iter().any(|l| l.lun == lun))
+}
+
 impl Row for LunRow {
     const HEADERS: &'static [&'static str] = &[
         "LUN", "BACKEND", "SCHED", "POLICY", "DQLEN", "ACTV", "QUED", "IOPS", "MB/s", "QFULL/s",
-        "HALV", "REISS/s", "PATHS", "SELECTOR", "TENANTS",
+        "HALV", "REISS/s", "PATHS", "SELECTOR", "TENANTS", "POOL", "POOL%",
     ];
 
     fn cells(&self) -> Vec<Cell> {
@@ -330,13 +346,18 @@ impl Row for LunRow {
             ),
             Cell::Text(self.selector.clone()),
             Cell::int(self.tenants as u64),
+            Cell::Text(self.pool.clone()),
+            Cell::opt(self.pool_used_pct, 1),
         ]
     }
 
     fn mood(&self) -> Mood {
-        if self.paths_up < self.paths {
+        if self.paths_up < self.paths || self.pool_used_pct.is_some_and(|p| p >= 95.0) {
             Mood::Bad
-        } else if self.qfull_per_s > 0.0 || self.qued > 0 {
+        } else if self.qfull_per_s > 0.0
+            || self.qued > 0
+            || self.pool_used_pct.is_some_and(|p| p >= 85.0)
+        {
             Mood::Congested
         } else {
             Mood::Normal
@@ -509,6 +530,52 @@ pub fn topology_lines(snap: &Snapshot) -> Vec<(String, Mood)> {
             path_lines(&mut out, l, &format!("{stem}   "));
         }
     }
+    for p in &snap.pools {
+        let mood = if p.fs_full || p.used_pct >= 95.0 {
+            Mood::Bad
+        } else if p.used_pct >= 85.0 {
+            Mood::Congested
+        } else {
+            Mood::Normal
+        };
+        let ttf = p
+            .forecast
+            .get(1)
+            .and_then(|f| f.time_to_full_s)
+            .map_or(String::new(), |t| {
+                format!("  full in ~{t:.0} s (10-min rate)")
+            });
+        out.push((
+            format!(
+                "pool {}  {} of {} MiB used ({:.1} %)  overcommit {:.1}×  {}{}{}",
+                p.name,
+                p.used_bytes >> 20,
+                p.capacity_bytes >> 20,
+                p.used_pct,
+                p.overcommit,
+                p.dir.display(),
+                if p.fs_full { "  FILESYSTEM FULL" } else { "" },
+                ttf
+            ),
+            mood,
+        ));
+        for (i, l) in p.luns.iter().enumerate() {
+            let branch = if i + 1 == p.luns.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            out.push((
+                format!(
+                    "{branch} LUN {}  {} of {} MiB allocated",
+                    l.lun,
+                    l.allocated_bytes >> 20,
+                    l.size_bytes >> 20
+                ),
+                Mood::Normal,
+            ));
+        }
+    }
     let unmapped: Vec<_> = snap.luns.iter().filter(|l| l.tenants.is_empty()).collect();
     if !unmapped.is_empty() {
         out.push(("(no disk)".into(), Mood::Congested));
@@ -595,6 +662,7 @@ mod tests {
             rejected: 0,
             io_errors: 0,
             connected: true,
+            held: 0,
         }
     }
 
@@ -655,6 +723,7 @@ mod tests {
                 }],
             }],
             events: Default::default(),
+            pools: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use weir_broker::control::{LunTopology, query};
 use weir_broker::telemetry::TelemetrySample;
+use weir_broker::thin::PoolSnapshot;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
@@ -44,6 +45,8 @@ pub struct Snapshot {
     pub luns: Vec<LunTopology>,
     /// Per LUN, its path events, oldest first.
     pub events: HashMap<String, Vec<PathEvent>>,
+    /// Thin pools.
+    pub pools: Vec<PoolSnapshot>,
 }
 
 /// The state of the link to the broker, for the header line.
@@ -103,6 +106,7 @@ impl ControlSource {
             sample: samples.pop(),
             luns: self.ask("topology")?,
             events: self.ask("paths")?,
+            pools: self.ask("pools")?,
         })
     }
 }
