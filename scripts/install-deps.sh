@@ -22,6 +22,8 @@ want chromium
 # Prometheus and linted by promtool (both in Debian's prometheus package).
 want tmux
 want prometheus
+# The dark-storage report is tested on partition tables and filesystems made by the real tools.
+for p in fdisk e2fsprogs xfsprogs btrfs-progs; do want "$p"; done
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -260,6 +260,13 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
         }
         guests.push((engine, text));
     }
+    if let Some((i, l)) = s.luns.iter().enumerate().find(|(_, l)| l.pool.is_some()) {
+        return Err(format!(
+            "lun[{i}] ({}).pool: weir run does not set up thin pools yet; simulate them with \
+             weir sim, or run them with weir broker's [[pool]] (docs/thin.md)",
+            l.name
+        ));
+    }
     // The broker part must also make a valid simulation (same rules, same messages).
     weir_sched::sim::validate(&to_sim(s, &guests))?;
     if let Some(v) = &s.victim {
@@ -400,12 +407,14 @@ pub fn to_sim(s: &RunScenario, workloads: &[(Engine, String)]) -> SimScenario {
                     },
                     start_s: g.start_s,
                     stop_s: g.duration_s.map(|d| g.start_s + d),
+                    alloc_pct: 0.0,
                 }
             })
             .collect(),
         events: s.events.clone(),
         compare: s.compare.clone(),
         victim: s.victim.clone(),
+        pools: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod path;
 pub mod rng;
 pub mod sim;
+pub mod sim_pool;
 #[cfg(test)]
 mod sim_tests;
 pub mod thin;

@@ -21,6 +21,7 @@ use crate::mclock::TenantPolicy;
 use crate::metrics;
 use crate::path::{MultipathPolicy, PathEvent, PathGroup, PathSelectorKind, PathSet, PathState};
 use crate::rng::SplitMix64;
+use crate::sim_pool::{Admit, Held, PoolFullPolicy, PoolRun, PoolSpec};
 
 /// How often controllers tick and windows are sampled (seconds).
 const TICK_S: f64 = 0.01;
@@ -59,6 +60,9 @@ pub struct SimScenario {
     /// tenants): `victim_p99_ratio` and `victim_p999_ratio`.
     #[serde(default)]
     pub victim: Option<String>,
+    /// Thin pools (`crate::sim_pool`): LUNs naming one share its capacity.
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolSpec>,
 }
 
 fn d_seed() -> u64 {
@@ -123,6 +127,9 @@ pub struct LunSpec {
     pub depth: DepthPolicy,
     #[serde(default)]
     pub scheduler: SchedulerKind,
+    /// The thin pool the LUN is in (`weir sim` only).
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// One path of a LUN.
@@ -180,6 +187,9 @@ pub struct TenantSpec {
     pub start_s: f64,
     #[serde(default)]
     pub stop_s: Option<f64>,
+    /// Percent of its writes that need a new chunk of its LUN's thin pool.
+    #[serde(default)]
+    pub alloc_pct: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -464,6 +474,22 @@ pub struct SimResult {
     pub victim_p999_ratio: Option<f64>,
     /// Aggregate IOPS ÷ the `fifo` run's, when `fifo` is compared.
     pub work_conservation: Option<f64>,
+    /// Thin pools at the end of the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolResult>,
+}
+
+/// A thin pool at the end of a run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PoolResult {
+    pub name: String,
+    pub on_full: PoolFullPolicy,
+    pub capacity_mib: f64,
+    pub used_mib: f64,
+    /// When an allocating write first found no space.
+    pub full_at_s: Option<f64>,
+    /// The most requests waiting for space at once.
+    pub held_max: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -557,6 +583,13 @@ pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> 
         if name == "fifo" {
             for l in &mut variant.luns {
                 l.scheduler = SchedulerKind::Fifo;
+            }
+        } else if let Some(policy) = name.strip_prefix("pool:") {
+            let on_full = PoolFullPolicy::from_name(policy).ok_or_else(|| {
+                format!("compare[{i}]: '{name}': use pool:hold, pool:error or pool:pool-stall")
+            })?;
+            for p in &mut variant.pools {
+                p.on_full = on_full;
             }
         } else if PathSelectorKind::is_selector_name(name) {
             let selector = PathSelectorKind::from_short(name).ok_or_else(|| {
@@ -766,6 +799,35 @@ pub fn render(results: &[(String, SimResult)]) -> String {
              path after theirs failed; failover: longest fault → good answer via another path)"
         );
     }
+    if results.iter().any(|(_, r)| !r.pools.is_empty()) {
+        let _ = writeln!(s, "\nthin pools: completions per second, per tenant");
+        for (name, r) in results {
+            let _ = writeln!(s, "  {name}");
+            for p in &r.pools {
+                let _ = writeln!(
+                    s,
+                    "    pool {} ({:?}): {:.0} of {:.0} MiB used at the end, first full at {}, \
+                     at most {} requests waiting for space",
+                    p.name,
+                    p.on_full,
+                    p.used_mib,
+                    p.capacity_mib,
+                    p.full_at_s.map_or("never".into(), |t| format!("{t:.2} s")),
+                    p.held_max
+                );
+            }
+            for t in &r.tenants {
+                let secs: Vec<String> = t.per_second.iter().map(|n| n.to_string()).collect();
+                let _ = writeln!(
+                    s,
+                    "    {:<12} errors {:>6}  {}",
+                    t.name,
+                    t.errors,
+                    secs.join(" ")
+                );
+            }
+        }
+    }
     s
 }
 
@@ -820,9 +882,27 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
             return Err(format!("lun[{i}].model.servers must be at least 1"));
         }
     }
+    for (i, p) in s.pools.iter().enumerate() {
+        if let Some(problem) = p.problem() {
+            return Err(format!("pool[{i}] ({}): {problem}", p.name));
+        }
+        if s.pools[..i].iter().any(|q| q.name == p.name) {
+            return Err(format!("pool[{i}].name: '{}' names two pools", p.name));
+        }
+    }
+    for (i, l) in s.luns.iter().enumerate() {
+        if let Some(pool) = &l.pool {
+            if !s.pools.iter().any(|p| &p.name == pool) {
+                return Err(format!("lun[{i}].pool: no pool named '{pool}'"));
+            }
+        }
+    }
     for (i, t) in s.tenants.iter().enumerate() {
         if !s.luns.iter().any(|l| l.name == t.lun) {
             return Err(format!("tenant[{i}].lun: no LUN named '{}'", t.lun));
+        }
+        if !(0.0..=100.0).contains(&t.alloc_pct) {
+            return Err(format!("tenant[{i}].alloc_pct must be 0 to 100"));
         }
         if let Some(p) = t.policy.problem() {
             return Err(format!("tenant[{i}] ({}): {p}", t.name));
@@ -929,6 +1009,17 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 first_error_s: None,
                 last_error_s: None,
             }
+        })
+        .collect();
+
+    let mut pools: Vec<PoolRun<Request>> = s.pools.iter().map(PoolRun::new).collect();
+    let lun_pool: Vec<Option<usize>> = s
+        .luns
+        .iter()
+        .map(|l| {
+            l.pool
+                .as_ref()
+                .and_then(|name| s.pools.iter().position(|p| &p.name == name))
         })
         .collect();
 
@@ -1124,6 +1215,32 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     };
                     let lun = t.lun;
                     let local = t.local;
+                    if let Some(p) = lun_pool[lun] {
+                        let alloc = write && t.rng.next_f64() * 100.0 < spec.alloc_pct;
+                        match pools[p].admit(i, alloc, now) {
+                            Admit::Go => {}
+                            Admit::Hold => {
+                                pools[p].hold(Held {
+                                    req,
+                                    tenant: i,
+                                    alloc,
+                                    since: now,
+                                });
+                                continue;
+                            }
+                            Admit::Error => {
+                                // Answered at once; a closed loop comes back after a pause.
+                                let t = &mut tenants[i];
+                                t.errors += 1;
+                                t.first_error_s.get_or_insert(now);
+                                t.last_error_s = Some(now);
+                                if let Workload::Closed { .. } = spec.workload {
+                                    push(&mut heap, now + s.retry_delay_us / 1e6, Ev::Arrival(i));
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     luns[lun].d.enqueue(local, req, bytes, now);
                     dispatch(&mut luns, lun, &mut array, now, s);
                 }
@@ -1132,6 +1249,27 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     dispatch(&mut luns, lun, &mut array, now, s);
                 }
                 Ev::Tick => {
+                    for pool in &mut pools {
+                        let released = pool.tick(now);
+                        for h in released.failed {
+                            let t = &mut tenants[h.tenant];
+                            t.errors += 1;
+                            t.first_error_s.get_or_insert(now);
+                            t.last_error_s = Some(now);
+                            if let Workload::Closed { .. } = s.tenants[h.tenant].workload {
+                                push(
+                                    &mut heap,
+                                    now + s.retry_delay_us / 1e6,
+                                    Ev::Arrival(h.tenant),
+                                );
+                            }
+                        }
+                        for h in released.go {
+                            let (lun, local) = (tenants[h.tenant].lun, tenants[h.tenant].local);
+                            let bytes = h.req.bytes;
+                            luns[lun].d.enqueue(local, h.req, bytes, now);
+                        }
+                    }
                     for lun in 0..luns.len() {
                         let l = &mut luns[lun];
                         let outstanding = l.d.in_flight;
@@ -1227,6 +1365,17 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
         jain: f.jain,
         max_share_error: f.max_share_error,
         mean_share_error: f.mean_share_error,
+        pools: pools
+            .iter()
+            .map(|p| PoolResult {
+                name: p.spec.name.clone(),
+                on_full: p.spec.on_full,
+                capacity_mib: p.capacity_mib(),
+                used_mib: p.used_mib(),
+                full_at_s: p.full_at_s,
+                held_max: p.held_max,
+            })
+            .collect(),
         tenants: tenant_results,
         luns: s
             .luns

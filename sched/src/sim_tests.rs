@@ -15,6 +15,7 @@ fn lun(depth: DepthPolicy, scheduler: SchedulerKind) -> LunSpec {
         model: LunModel::default(),
         depth,
         scheduler,
+        pool: None,
     }
 }
 
@@ -33,6 +34,7 @@ fn closed(name: &str, weight: f64, depth: u32) -> TenantSpec {
         },
         start_s: 0.0,
         stop_s: None,
+        alloc_pct: 0.0,
     }
 }
 
@@ -54,6 +56,7 @@ fn scenario(luns: Vec<LunSpec>, tenants: Vec<TenantSpec>, duration_s: f64) -> Si
         events: vec![],
         compare: vec![],
         victim: None,
+        pools: vec![],
     }
 }
 
@@ -425,6 +428,7 @@ fn shipped(name: &str) -> SimScenario {
     let text = match name {
         "imbalance" => include_str!("../../scenarios/sim-path-imbalance.toml"),
         "failure" => include_str!("../../scenarios/sim-path-failure.toml"),
+        "thin" => include_str!("../../scenarios/sim-thin-pool.toml"),
         _ => unreachable!(),
     };
     toml::from_str(text).unwrap()
@@ -619,4 +623,66 @@ fn a_policy_change_event_replaces_the_window_controller_mid_run() {
     let mut bad = EventSpec::capacity(1.0, "lun0", 50.0);
     bad.depth = Some("aimd".into());
     assert!(bad.action().unwrap_err().contains("one thing"));
+}
+
+/// The margin call, over seeds: the pool runs out at ≈ 4.3 s and grows at 12 s. A pool-wide
+/// stall stops every tenant for those seconds; per-tenant hold stops only the filler, which then
+/// catches up with no error; error fails only the filler's allocating writes.
+#[test]
+fn thin_pool_out_of_space_stalls_everyone_pool_wide_and_only_the_filler_under_hold() {
+    let full = 5..12; // whole seconds inside the out-of-space period
+    for seed in 1..=10 {
+        let mut s = shipped("thin");
+        s.seed = seed;
+        let results = run_compare(&s).unwrap();
+        let by = |policy: &str, tenant: &str| -> TenantResult {
+            let r = &results.iter().find(|(n, _)| n == policy).unwrap().1;
+            r.tenants.iter().find(|t| t.name == tenant).unwrap().clone()
+        };
+        for t in ["filler", "db", "web"] {
+            let stall = by("pool:pool-stall", t);
+            assert!(
+                full.clone().all(|sec| stall.per_second[sec] == 0),
+                "seed {seed}: {t} ran during a pool-wide stall: {:?}",
+                stall.per_second
+            );
+            assert_eq!(stall.errors, 0);
+        }
+        for t in ["db", "web"] {
+            for policy in ["pool:hold", "pool:error"] {
+                // Never stalled: every second at least a quarter of its best (the adaptive
+                // window alone moves it by half on some seeds, an issue of its own).
+                let r = by(policy, t);
+                let min = r.per_second[full.clone()]
+                    .iter()
+                    .min()
+                    .copied()
+                    .unwrap_or(0);
+                let max = r.per_second.iter().max().copied().unwrap_or(0);
+                assert!(
+                    min * 4 > max,
+                    "seed {seed} {policy}: {t} stalled: {:?}",
+                    r.per_second
+                );
+                assert_eq!(r.errors, 0, "seed {seed} {policy}: {t}");
+            }
+        }
+        let held = by("pool:hold", "filler");
+        assert_eq!(held.errors, 0, "seed {seed}: held, never failed");
+        assert!(full.clone().all(|sec| held.per_second[sec] == 0));
+        // ≈ 1550 held writes plus 200/s new ones: the backlog drains within four seconds.
+        let after: u64 = held.per_second[12..16].iter().sum();
+        assert!(
+            after > 2000,
+            "seed {seed}: the backlog after 12 s: {:?}",
+            held.per_second
+        );
+        let failed = by("pool:error", "filler");
+        assert!(failed.errors > 1000, "seed {seed}: {}", failed.errors);
+        let pools = &results[0].1.pools;
+        assert!(
+            pools[0].full_at_s.is_some_and(|t| (3.5..5.0).contains(&t)),
+            "seed {seed}: {pools:?}"
+        );
+    }
 }
