@@ -158,7 +158,10 @@ fn a_path_fails_and_returns_during_write_verify_and_the_guest_sees_nothing() {
         w.write.iops,
         run.report.job("randread").map_or(0.0, |j| j.read.iops)
     );
-    assert!(retries > 0, "requests were in flight on the failed path");
+    // Requests moved: granted ones on the failed path (the disk's retries) or ones the down
+    // port refused before their grant (the LUN counts both). Which kind there is depends on
+    // what was in flight at the fault's instant; at least one of them there must be.
+    assert!(reissued > 0, "requests moved off the failed path");
     // The LUN also counts requests refused by the down port before they were granted (moved
     // without an attempt); the disk counts granted attempts that failed and were sent again.
     assert!(reissued >= retries, "{reissued} < {retries}");

@@ -874,4 +874,48 @@ lun = "shared"
         let e = err(&MULTIPATH.replace("backend='emulated'", "backend='emulated'\nport='a'"));
         assert!(e.contains("not both"), "{e}");
     }
+
+    #[test]
+    fn a_thin_pool_is_checked_field_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let text = |pool: &str, lun_path: &str| {
+            format!(
+                "[[pool]]\nname = 'p'\ndir = '{d}'\n{pool}\n\
+                 [[lun]]\nname = 'l'\npath = '{lun_path}'\nsize = '1MiB'\npool = 'p'\n\
+                 [[disk]]\nsocket = '{d}/s.sock'\nlun = 'l'\n"
+            )
+        };
+        let ok = BrokerConfig::parse(&text("capacity = '4MiB'", &format!("{d}/l.img"))).unwrap();
+        assert_eq!(ok.pools[0].chunk.0, 64 << 10);
+        assert_eq!(ok.pools[0].on_full, OnFull::Hold);
+        let err = |t: String| BrokerConfig::parse(&t).unwrap_err().to_string();
+        let e = err(text("", "/elsewhere/l.img"));
+        assert!(
+            e.contains("lun[0].path") && e.contains("not in pool 'p'"),
+            "{e}"
+        );
+        let e = err(text("chunk = '48KiB'", &format!("{d}/l.img")));
+        assert!(
+            e.contains("pool[0].chunk") && e.contains("power of two"),
+            "{e}"
+        );
+        let e = err(text("thresholds_pct = [90, 80]", &format!("{d}/l.img")));
+        assert!(
+            e.contains("pool[0].thresholds_pct") && e.contains("ascending"),
+            "{e}"
+        );
+        let e = err(text("hold_s = -1", &format!("{d}/l.img")));
+        assert!(e.contains("pool[0].hold_s"), "{e}");
+        let e = err(text("on_full = 'panic'", &format!("{d}/l.img")));
+        assert!(e.contains("on_full"), "{e}");
+        let e = err(text("", &format!("{d}/l.img"))
+            .replace(&format!("dir = '{d}'"), "dir = '/nonexistent-weir'"));
+        assert!(e.contains("pool[0].dir") && e.contains("create it"), "{e}");
+        let e = err(text("", &format!("{d}/l.img")).replace("pool = 'p'", "pool = 'q'"));
+        assert!(
+            e.contains("lun[0].pool") && e.contains("no pool named 'q'"),
+            "{e}"
+        );
+    }
 }

@@ -408,6 +408,7 @@ impl Broker {
             state.disks.clone(),
             dispatcher_list,
             ports,
+            state.pools.clone(),
             Duration::from_secs(1),
         )
         .map_err(|e| BrokerError::Setup(format!("cannot start telemetry: {e}")))?;

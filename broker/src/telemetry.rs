@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::counters::DiskCountersSnapshot;
 use crate::dispatch::{ArrayRuntime, LunDispatcher, PathSnapshot};
 use crate::server::DiskInfo;
+use crate::thin::ThinPool;
 
 /// Samples kept: five minutes.
 pub const TELEMETRY_SECONDS: usize = 300;
@@ -106,6 +107,20 @@ pub struct PortTelemetry {
     pub array: Arc<ArrayRuntime>,
 }
 
+/// One thin pool at the end of an interval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolSample {
+    pub pool: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub used_pct: f64,
+    pub fs_full: bool,
+    /// The 10-minute forecast's time to full, s.
+    pub time_to_full_s: Option<f64>,
+    /// Threshold and full-within events of the interval.
+    pub events: Vec<weir_sched::thin::PoolEvent>,
+}
+
 /// All disks, LUNs and ports over one interval ending `t_s` seconds after the broker started.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TelemetrySample {
@@ -115,6 +130,8 @@ pub struct TelemetrySample {
     pub luns: Vec<LunSample>,
     pub ports: Vec<PortSample>,
     pub paths: Vec<PathSample>,
+    #[serde(default)]
+    pub pools: Vec<PoolSample>,
 }
 
 /// Rates between two counter snapshots taken `dt` seconds apart.
@@ -174,6 +191,7 @@ impl TelemetryRecorder {
         disks: Vec<DiskInfo>,
         luns: Vec<Arc<LunDispatcher>>,
         ports: Vec<PortTelemetry>,
+        pools: Vec<Arc<ThinPool>>,
         period: Duration,
     ) -> std::io::Result<Self> {
         let samples = Arc::new(Mutex::new(VecDeque::with_capacity(TELEMETRY_SECONDS)));
@@ -205,6 +223,8 @@ impl TelemetryRecorder {
                     luns.iter().map(|l| l.path_snapshots()).collect();
                 let mut last: Vec<DiskCountersSnapshot> =
                     disks.iter().map(|d| d.counters.snapshot()).collect();
+                // Per pool, the newest event already reported.
+                let mut pool_seen: Vec<f64> = vec![f64::NEG_INFINITY; pools.len()];
                 let mut next = last_at + period;
                 while !stop2.load(Ordering::SeqCst) {
                     let now = Instant::now();
@@ -282,6 +302,34 @@ impl TelemetryRecorder {
                                     .collect();
                                 *before = now_paths;
                                 out
+                            })
+                            .collect(),
+                        pools: pools
+                            .iter()
+                            .zip(pool_seen.iter_mut())
+                            .map(|(p, seen)| {
+                                let snap = p.snapshot();
+                                let events: Vec<_> = snap
+                                    .events
+                                    .iter()
+                                    .filter(|e| e.at_s > *seen)
+                                    .cloned()
+                                    .collect();
+                                if let Some(e) = events.last() {
+                                    *seen = e.at_s;
+                                }
+                                PoolSample {
+                                    pool: snap.name.clone(),
+                                    capacity_bytes: snap.capacity_bytes,
+                                    used_bytes: snap.used_bytes,
+                                    used_pct: snap.used_pct,
+                                    fs_full: snap.fs_full,
+                                    time_to_full_s: snap
+                                        .forecast
+                                        .get(1)
+                                        .and_then(|f| f.time_to_full_s),
+                                    events,
+                                }
                             })
                             .collect(),
                         ports: ports
@@ -403,6 +451,7 @@ mod tests {
         let (info, _counters) = disk();
         let rec = TelemetryRecorder::start(
             vec![info],
+            Vec::new(),
             Vec::new(),
             Vec::new(),
             Duration::from_millis(100),

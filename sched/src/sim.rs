@@ -572,6 +572,15 @@ struct TenantRun {
     last_error_s: Option<f64>,
 }
 
+impl TenantRun {
+    /// A request of this tenant answered with an I/O error at `now`.
+    fn note_error(&mut self, now: f64) {
+        self.errors += 1;
+        self.first_error_s.get_or_insert(now);
+        self.last_error_s = Some(now);
+    }
+}
+
 /// Runs the scenario once per entry of `compare` (or once as written), in order.
 pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> {
     let mut variants: Vec<(String, SimScenario)> = Vec::new();
@@ -1060,10 +1069,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
         // Requests failed for want of a path are answered (with an error) here.
         for l in &mut luns {
             for req in std::mem::take(&mut l.failed) {
-                let t = &mut tenants[req.tenant];
-                t.errors += 1;
-                t.first_error_s.get_or_insert(now);
-                t.last_error_s = Some(now);
+                tenants[req.tenant].note_error(now);
                 if let Workload::Closed { .. } = s.tenants[req.tenant].workload {
                     // fio with continue_on_error would reissue at once; a short pause keeps a
                     // failing closed loop from spinning at one instant.
@@ -1230,10 +1236,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                             }
                             Admit::Error => {
                                 // Answered at once; a closed loop comes back after a pause.
-                                let t = &mut tenants[i];
-                                t.errors += 1;
-                                t.first_error_s.get_or_insert(now);
-                                t.last_error_s = Some(now);
+                                tenants[i].note_error(now);
                                 if let Workload::Closed { .. } = spec.workload {
                                     push(&mut heap, now + s.retry_delay_us / 1e6, Ev::Arrival(i));
                                 }
@@ -1252,10 +1255,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     for pool in &mut pools {
                         let released = pool.tick(now);
                         for h in released.failed {
-                            let t = &mut tenants[h.tenant];
-                            t.errors += 1;
-                            t.first_error_s.get_or_insert(now);
-                            t.last_error_s = Some(now);
+                            tenants[h.tenant].note_error(now);
                             if let Workload::Closed { .. } = s.tenants[h.tenant].workload {
                                 push(
                                     &mut heap,

@@ -697,6 +697,7 @@ mod tests {
                 }],
                 ports: Vec::new(),
                 paths: Vec::new(),
+                pools: Vec::new(),
             }),
             luns: vec![LunTopology {
                 name: "l".into(),
