@@ -141,13 +141,29 @@ fn a_real_out_of_space_holds_only_the_filler_and_growing_the_pool_lets_it_finish
     let pools = query(&control, "pools").unwrap();
     assert_eq!(pools[0]["overcommit"].as_f64(), Some(4.0), "{pools}");
 
-    // The neighbour writes its 6 MiB, then reads and overwrites them: its baseline.
+    // The neighbour writes its 6 MiB, then reads and overwrites them: its baseline, taken
+    // while another guest reads disk a (a guest's vCPU costs the host a core whatever it does,
+    // so the baseline has the same two guests as the run under test; only the pool differs).
     let neighbour = "probe.verify=1 probe.size_mib=6 probe.iodepth=8 probe.rw=randrw \
                      probe.runtime_ms=3000";
+    let control_guest = probe(
+        &probe_elf,
+        dir.path(),
+        "a.sock",
+        "probe.iodepth=16 probe.rw=randread probe.runtime_ms=60000 probe.mode=irq",
+        "control",
+    );
+    wait_until("the control guest reading", Duration::from_secs(30), || {
+        disk_counters(&control, "filler")["reads"].as_u64() > Some(1000)
+    });
     let before = probe(&probe_elf, dir.path(), "b.sock", neighbour, "before")
         .wait(Duration::from_secs(60))
         .unwrap();
     assert_eq!((before.report.errors, before.report.verify_errors), (0, 0));
+    drop(control_guest);
+    wait_until("disk a free", Duration::from_secs(10), || {
+        query(&control, "stats").unwrap()[0]["connected"] == false
+    });
 
     // The filler writes (and will verify) its whole 32 MiB: the tmpfs runs out.
     let filler = probe(
