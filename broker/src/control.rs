@@ -72,6 +72,14 @@ pub struct PathTopology {
     pub device: Option<PathBuf>,
 }
 
+/// The name a value serialises to (a kebab-case enum's variant, as the control API writes it).
+pub fn serde_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// The `stats` answer.
 pub fn stats(state: &BrokerState) -> Vec<DiskStats> {
     state
@@ -97,17 +105,8 @@ pub fn topology(state: &BrokerState) -> Vec<LunTopology> {
             (l, d)
         })
         .map(|(l, d)| LunTopology {
-            backend: if d.is_some_and(|d| d.emulated()) {
-                "emulated".into()
-            } else {
-                "file".into()
-            },
-            scheduler: d.map_or(String::new(), |d| {
-                serde_json::to_value(d.scheduler)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            }),
+            backend: d.map_or("file", |d| d.backend()).into(),
+            scheduler: d.map_or(String::new(), |d| serde_name(&d.scheduler)),
             depth_policy: d.map_or(String::new(), |d| d.depth_policy()),
             tenants: state
                 .disks

@@ -352,6 +352,11 @@ impl LunDispatcher {
         self.array.is_some()
     }
 
+    /// `emulated` (the array model decides completion times) or `file`.
+    pub fn backend(&self) -> &'static str {
+        if self.emulated() { "emulated" } else { "file" }
+    }
+
     /// Queues request `slot` of `owner` (tenant `tenant`).
     pub fn enqueue(
         &self,

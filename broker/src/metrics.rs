@@ -14,6 +14,7 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, TextEncoder};
 
+use crate::control::serde_name;
 use crate::counters::{DiskCounters, LATENCY_BUCKETS_US, LatencyHistogram};
 use crate::request::REJECTION_CLASSES;
 use crate::server::BrokerState;
@@ -281,17 +282,14 @@ pub fn gather(state: &BrokerState) -> Vec<MetricFamily> {
         let c = &lun.counters;
         let l = |x: &AtomicU64| x.load(Ordering::Relaxed) as f64;
         let name = [("lun", lun.name.as_str())];
-        let scheduler = serde_json::to_value(lun.scheduler)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let scheduler = serde_name(&lun.scheduler);
         let (depth_policy, selector) = (lun.depth_policy(), lun.selector());
         f.gauge(
             "weir_lun_info",
             "The LUN's policies (always 1): scheduler, window policy and path selector.",
             &[
                 ("lun", lun.name.as_str()),
-                ("backend", if lun.emulated() { "emulated" } else { "file" }),
+                ("backend", lun.backend()),
                 ("scheduler", scheduler.as_str()),
                 ("depth_policy", depth_policy.as_str()),
                 ("selector", selector.as_str()),
@@ -335,10 +333,7 @@ pub fn gather(state: &BrokerState) -> Vec<MetricFamily> {
             l(&c.reissued),
         );
         for p in lun.path_snapshots() {
-            let state_name = serde_json::to_value(p.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let state_name = serde_name(&p.state);
             let labels = [("lun", lun.name.as_str()), ("path", p.name.as_str())];
             f.gauge(
                 "weir_path_up",
@@ -350,10 +345,7 @@ pub fn gather(state: &BrokerState) -> Vec<MetricFamily> {
                     1.0
                 },
             );
-            let group = serde_json::to_value(p.group)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let group = serde_name(&p.group);
             f.gauge(
                 "weir_path_info",
                 "The path's state, ALUA-like group and emulated port (always 1).",

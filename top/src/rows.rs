@@ -14,6 +14,7 @@
 //! limit, or one asking for less than its share (demand-limited), may rightly sit off it.
 
 use serde::Serialize;
+use weir_broker::control::serde_name;
 use weir_broker::telemetry::DiskSample;
 use weir_sched::path::PathState;
 
@@ -408,9 +409,9 @@ pub fn path_rows(snap: &Snapshot) -> Vec<PathRow> {
                 lun: l.name.clone(),
                 path: p.path.name.clone(),
                 port: p.path.port.clone().unwrap_or_else(|| "-".into()),
-                group: enum_name(&p.path.group),
+                group: serde_name(&p.path.group),
                 // The topology's state is the newest (it is read after the sample).
-                state: enum_name(&p.path.state),
+                state: serde_name(&p.path.state),
                 iops: s.map_or(0.0, |s| s.iops),
                 mb_s: s.map_or(0.0, |s| s.mib_s * 1.048576),
                 actv: p.path.stats.in_flight,
@@ -421,14 +422,6 @@ pub fn path_rows(snap: &Snapshot) -> Vec<PathRow> {
         }
     }
     rows
-}
-
-/// A kebab-case enum's serialised name.
-fn enum_name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 impl Row for PathRow {
@@ -607,13 +600,13 @@ fn path_lines(out: &mut Vec<(String, Mood)>, l: &weir_broker::control::LunTopolo
         } else {
             "├─"
         };
-        let state = enum_name(&p.path.state);
+        let state = serde_name(&p.path.state);
         out.push((
             format!(
                 "{indent}{branch} path {}  {}  {}{}{}",
                 p.path.name,
                 state,
-                enum_name(&p.path.group),
+                serde_name(&p.path.group),
                 p.path
                     .port
                     .as_ref()
