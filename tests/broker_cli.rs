@@ -8,6 +8,13 @@ fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
 }
 
+/// `weir broker --config CFG`, to run or spawn.
+fn broker(cfg: &std::path::Path) -> Command {
+    let mut c = weir();
+    c.arg("broker").arg("--config").arg(cfg);
+    c
+}
+
 fn write_config(dir: &std::path::Path, text: &str) -> PathBuf {
     let p = dir.join("broker.toml");
     std::fs::write(&p, text).unwrap();
@@ -21,12 +28,7 @@ fn a_bad_config_names_the_field_and_the_fix() {
         dir.path(),
         "[[lun]]\nname = \"a\"\npath = \"/tmp/x.img\"\n[[disk]]\nsocket = \"/tmp/s.sock\"\nlun = \"b\"\n",
     );
-    let out = weir()
-        .arg("broker")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = broker(&cfg).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -35,12 +37,7 @@ fn a_bad_config_names_the_field_and_the_fix() {
     );
 
     let cfg = write_config(dir.path(), "[[lun]]\nname = \"a\"\npth = \"/tmp/x.img\"\n");
-    let out = weir()
-        .arg("broker")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = broker(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("unknown field `pth`"),
@@ -61,12 +58,7 @@ fn an_existing_socket_is_refused_unless_replace() {
             sock.display().to_string()
         ),
     );
-    let out = weir()
-        .arg("broker")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = broker(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must refuse");
     assert!(
@@ -75,10 +67,7 @@ fn an_existing_socket_is_refused_unless_replace() {
     );
 
     // With --replace it serves, and SIGTERM stops it cleanly, removing the socket.
-    let mut child = weir()
-        .arg("broker")
-        .arg("--config")
-        .arg(&cfg)
+    let mut child = broker(&cfg)
         .arg("--replace")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -123,12 +112,7 @@ fn metrics_listen_serves_metrics_and_refuses_the_rest_and_a_bad_address_is_named
         dir.path(),
         &format!("metrics_listen = \"localhost:9464\"\n{lun_and_disk}"),
     );
-    let out = weir()
-        .arg("broker")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = broker(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("metrics_listen") && err.contains("127.0.0.1:9464"),
@@ -144,10 +128,7 @@ fn metrics_listen_serves_metrics_and_refuses_the_rest_and_a_bad_address_is_named
         dir.path(),
         &format!("metrics_listen = \"127.0.0.1:{port}\"\n{lun_and_disk}"),
     );
-    let mut child = weir()
-        .arg("broker")
-        .arg("--config")
-        .arg(&cfg)
+    let mut child = broker(&cfg)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -290,14 +290,15 @@ impl ThinPool {
     /// A discard or write-zeroes with unmap punched `[offset, offset + len)`: frees the chunks
     /// it covered whole and wakes the writers waiting for space.
     pub fn released(&self, lun: usize, offset: u64, len: u64) {
-        let freed = self
-            .lock()
+        let mut st = self.lock();
+        let freed = st
             .luns
             .get_mut(lun)
             .map_or(0, |l| l.map.release(offset, len));
         if freed > 0 {
             // Punching holes gave the filesystem room back, whatever it said before.
-            self.lock().fs_full_at_free = None;
+            st.fs_full_at_free = None;
+            drop(st);
             self.wake();
         }
     }
