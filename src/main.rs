@@ -273,9 +273,8 @@ fn bench(command: BenchCommand) -> Result<()> {
             println!("host: {accel}");
             let image = ImageStore::from_env().ensure(false, &mut std::io::stdout())?;
             let job = match job {
-                Some(p) => {
-                    fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?
-                }
+                Some(p) => weir_sched::check::read_config_text(&p)
+                    .with_context(|| format!("read {}", p.display()))?,
                 None => weir_lab::bench::RANDREAD_JOB.to_string(),
             };
             let work_dir =
@@ -303,7 +302,7 @@ fn bench(command: BenchCommand) -> Result<()> {
 }
 
 fn sim(path: &std::path::Path, json: bool, seed: Option<u64>) -> Result<()> {
-    let text = fs::read_to_string(path)
+    let text = weir_sched::check::read_config_text(path)
         .with_context(|| format!("cannot read scenario {}", path.display()))?;
     // A `weir run` scenario (with [[guest]] entries) simulates too.
     let mut scenario: weir_sched::sim::SimScenario = if text.contains("[[guest]]") {
@@ -362,7 +361,7 @@ fn guest(args: GuestArgs) -> Result<()> {
     let job_path = args
         .job
         .unwrap_or_else(|| PathBuf::from("scenarios/fio/quick.fio"));
-    let job = fs::read_to_string(&job_path).with_context(|| {
+    let job = weir_sched::check::read_config_text(&job_path).with_context(|| {
         format!(
             "cannot read fio job {} (give one with --job FILE)",
             job_path.display()

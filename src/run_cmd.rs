@@ -24,7 +24,7 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<()> {
     let virt = HostVirtualization::detect();
     let hw = virt.linux_boots_under_kvm();
-    let text = std::fs::read_to_string(&args.scenario)
+    let text = weir_sched::check::read_config_text(&args.scenario)
         .with_context(|| format!("cannot read scenario {}", args.scenario.display()))?;
     let s = scenario::load(&args.scenario).map_err(anyhow::Error::msg)?;
     let r = scenario::resolve(&s, &args.scenario, hw)

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 use weir_sched::array::LunModel;
+use weir_sched::check;
 use weir_sched::depth::DepthPolicy;
 use weir_sched::mclock::TenantPolicy;
 use weir_sched::path::{MultipathPolicy, PathGroup};
@@ -33,6 +34,14 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("broker config: {field}: {message}")]
     Invalid { field: String, message: String },
+}
+
+/// A problem from `weir_sched::check` ("field: message") as a config error.
+fn field_problem(problem: String) -> ConfigError {
+    match problem.split_once(": ") {
+        Some((field, message)) => invalid(field, message),
+        None => invalid("config", problem),
+    }
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -399,10 +408,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 impl BrokerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            weir_sched::check::read_config_text(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
@@ -449,6 +459,16 @@ impl BrokerConfig {
             ));
         }
         self.metrics_addr()?;
+        // Ports first: LUNs refer to them.
+        for (i, p) in self.ports.iter().enumerate() {
+            check::within(&format!("port[{i}]"), p).map_err(field_problem)?;
+            if self.ports[..i].iter().any(|q| q.name == p.name) {
+                return Err(invalid(
+                    format!("port[{i}].name"),
+                    format!("'{}' names two ports", p.name),
+                ));
+            }
+        }
         let mut pools: HashMap<&str, &PoolConfig> = HashMap::new();
         for (i, pool) in self.pools.iter().enumerate() {
             pool.validate(i)?;
@@ -565,12 +585,10 @@ impl BrokerConfig {
                 return Err(invalid(format!("lun[{i}]"), problem));
             }
             if let Some(m) = &lun.model {
-                if m.servers == 0 {
-                    return Err(invalid(
-                        format!("lun[{i}].model.servers"),
-                        "must be at least 1",
-                    ));
-                }
+                check::within(&format!("lun[{i}].model"), m).map_err(field_problem)?;
+            }
+            if let Some(d) = &lun.depth {
+                check::within(&format!("lun[{i}].depth"), d).map_err(field_problem)?;
             }
             if let Some(ByteSize(size)) = lun.size {
                 if size == 0 || size % 512 != 0 {
@@ -644,7 +662,11 @@ impl BrokerConfig {
             if !(e.at_s.is_finite() && e.at_s >= 0.0) {
                 return Err(invalid(format!("event[{i}].at_s"), "must be 0 or more"));
             }
-            match e.action().map_err(|m| invalid(format!("event[{i}]"), m))? {
+            let action = e.action().map_err(|m| invalid(format!("event[{i}]"), m))?;
+            if let EventAction::Policy { depth: Some(d), .. } = &action {
+                check::within(&format!("event[{i}].depth"), d).map_err(field_problem)?;
+            }
+            match action {
                 EventAction::Capacity { lun, .. } => match luns.get(lun.as_str()) {
                     None => {
                         return Err(invalid(
@@ -678,20 +700,6 @@ impl BrokerConfig {
                         ));
                     }
                 }
-            }
-        }
-        for (i, p) in self.ports.iter().enumerate() {
-            if p.queue_limit == 0 || p.budget == Some(0) {
-                return Err(invalid(
-                    format!("port[{i}]"),
-                    "queue_limit and budget must be at least 1",
-                ));
-            }
-            if !(p.latency_us.is_finite() && p.latency_us >= 0.0) {
-                return Err(invalid(
-                    format!("port[{i}].latency_us"),
-                    "must be 0 or more",
-                ));
             }
         }
         for (name, count) in users {
@@ -873,6 +881,42 @@ lun = "shared"
         assert!(e.contains("names two paths"), "{e}");
         let e = err(&MULTIPATH.replace("backend='emulated'", "backend='emulated'\nport='a'"));
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn numbers_the_scheduler_cannot_use_are_refused_by_field() {
+        // Each of these was accepted before and reached the scheduler thread: min > max
+        // panicked its clamp, a zero bandwidth or depth stalled the LUN, NaN and negative
+        // service times broke the array model.
+        let lun = |extra: &str| {
+            MULTIPATH.replace(
+                "backend='emulated'\n",
+                &format!("backend='emulated'\n{extra}\n"),
+            )
+        };
+        for (extra, field) in [
+            (
+                "depth={ policy='latency', target_ms=5, min=64, max=8 }",
+                "lun[0].depth.min",
+            ),
+            ("depth={ policy='fixed', depth=0 }", "lun[0].depth.depth"),
+            ("model={ unit_mib_per_s=0 }", "lun[0].model.unit_mib_per_s"),
+            ("model={ read_base_us=-5 }", "lun[0].model.read_base_us"),
+            ("model={ write_base_us=nan }", "lun[0].model.write_base_us"),
+            (
+                "depth={ policy='adaptive', period_s=inf }",
+                "lun[0].depth.period_s",
+            ),
+        ] {
+            let e = err(&lun(extra));
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        let e = err(&MULTIPATH.replace("latency_us=300", "latency_us=-1"));
+        assert!(e.contains("port[1].latency_us"), "{e}");
+        let e = err(&MULTIPATH.replace("name='b'", "name='a'"));
+        assert!(e.contains("names two ports"), "{e}");
+        // BUSY at the knee (0 waiting slots) is a real array's behaviour and stays allowed.
+        BrokerConfig::parse(&lun("model={ busy_threshold=0 }")).unwrap();
     }
 
     #[test]

@@ -39,6 +39,7 @@ use weir_sched::rng::SplitMix64;
 use weir_sched::sim::SchedulerKind;
 
 use crate::lun::LunStore;
+use crate::path_probe::{PROBE_WAIT, PathProber, ProbeOutcome};
 
 /// Delay before a request the array refused is offered again.
 pub const RETRY_DELAY_S: f64 = 0.001;
@@ -251,6 +252,8 @@ pub struct LunDispatcher {
     routes: Vec<PathRoute>,
     /// The store the path checker probes (file paths).
     store: Option<Arc<LunStore>>,
+    /// The checker's probes of file paths, each on its own thread (`crate::path_probe`).
+    prober: PathProber,
     state: Mutex<DispatchState>,
     pub counters: DispatchCounters,
     /// Some path has an injected error rate (checked on every completion without the lock).
@@ -284,6 +287,7 @@ impl LunDispatcher {
             budget: None,
             routes,
             store: None,
+            prober: PathProber::new(1),
             state: Mutex::new(DispatchState {
                 d: LunDispatch::new(scheduler, tenants, CostModel::default(), depth, paths),
                 events_logged: 0,
@@ -319,6 +323,7 @@ impl LunDispatcher {
             st.d.paths = PathSet::new(&groups, policy);
             st.file_faults = vec![FileFault::default(); routes.len()];
         }
+        self.prober = PathProber::new(routes.len());
         self.routes = routes;
         self.store = store;
         self
@@ -547,26 +552,60 @@ impl LunDispatcher {
     }
 
     /// Path checker: probes failed paths when due (emulated: the port answers; file: a real
-    /// 512-byte read through the path's own descriptor).
+    /// direct read through the path's own descriptor). The probes run without the LUN's lock,
+    /// and a file probe is waited for at most `PROBE_WAIT`: a hung path must not freeze the
+    /// LUN's tenants nor the scheduler thread that serves every LUN.
     pub fn check_paths(&self, now: f64) {
+        let (to_probe, faults) = {
+            let st = self.lock();
+            if now < st.d.paths.next_check() {
+                return;
+            }
+            let failed: Vec<usize> = (0..self.routes.len())
+                .filter(|i| st.d.paths.state(*i) == PathState::Failed)
+                .collect();
+            (failed, st.file_faults.clone())
+        };
+        let answers: Vec<(usize, bool)> = to_probe
+            .into_iter()
+            .map(|i| (i, self.probe_path(i, &faults)))
+            .collect();
         let mut st = self.lock();
-        if now < st.d.paths.next_check() {
-            return;
-        }
-        let faults = st.file_faults.clone();
         st.d.paths.check(now, |i| {
-            if faults.get(i).is_some_and(|f| f.down) {
-                return false;
-            }
-            match (
-                &self.array,
-                self.routes.get(i).and_then(|r| r.port.as_ref()),
-            ) {
-                (Some((array, _)), Some((port, _))) => array.probe(*port),
-                _ => self.store.as_ref().is_none_or(|s| s.probe(i)),
-            }
+            answers
+                .iter()
+                .find(|(k, _)| *k == i)
+                .is_some_and(|(_, ok)| *ok)
         });
         self.log_path_events(&mut st);
+    }
+
+    /// One probe of path `i`: does it answer now?
+    fn probe_path(&self, i: usize, faults: &[FileFault]) -> bool {
+        if faults.get(i).is_some_and(|f| f.down) {
+            return false;
+        }
+        if let (Some((array, _)), Some((port, _))) = (
+            &self.array,
+            self.routes.get(i).and_then(|r| r.port.as_ref()),
+        ) {
+            return array.probe(*port);
+        }
+        let Some(store) = &self.store else {
+            return true;
+        };
+        let outcome = match store.probe_file(i) {
+            Ok(file) => self.prober.probe(i, file, store.size_bytes, PROBE_WAIT),
+            Err(e) => ProbeOutcome::Failed(format!("cannot open a probe descriptor: {e}")),
+        };
+        if !outcome.ok() {
+            log::debug!(
+                "LUN '{}' path '{}': probe: {outcome:?}",
+                self.name,
+                self.routes[i].name
+            );
+        }
+        outcome.ok()
     }
 
     /// Injects a fault on a path without an emulated port (`path` by name).

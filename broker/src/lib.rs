@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod lun;
 pub mod metrics;
 pub mod metrics_http;
+pub mod path_probe;
 pub mod request;
 pub mod server;
 pub mod telemetry;

@@ -207,23 +207,14 @@ impl LunStore {
         self.paths.get(path).map(|p| p.device.as_path())
     }
 
-    /// The path checker's probe: one 512-byte read at offset 0 through path `path`'s own
-    /// descriptor (a TEST UNIT READY stand-in that really touches the store).
-    pub fn probe(&self, path: usize) -> bool {
-        let Some(p) = self.paths.get(path) else {
-            return false;
-        };
-        let mut buf = [0u8; 512];
-        // SAFETY: reads at most 512 bytes into `buf`, which outlives the call.
-        let n = unsafe {
-            libc::pread(
-                p.buffered.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-            )
-        };
-        n >= 0
+    /// The path checker's own descriptor onto path `path` (a dup, so a probe that outlives
+    /// the LUN reads from a descriptor nobody reuses): the direct one when the store took
+    /// O_DIRECT, so the page cache cannot answer for a dead device (`crate::path_probe`).
+    pub fn probe_file(&self, path: usize) -> std::io::Result<File> {
+        let p = self.paths.get(path).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no path {path}"))
+        })?;
+        p.direct.as_ref().unwrap_or(&p.buffered).try_clone()
     }
 
     pub fn capacity_sectors(&self) -> u64 {

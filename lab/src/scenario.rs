@@ -129,7 +129,7 @@ pub struct Resolved {
 }
 
 pub fn load(path: &Path) -> Result<RunScenario, String> {
-    let text = std::fs::read_to_string(path)
+    let text = weir_sched::check::read_config_text(path)
         .map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         let hint = if text.contains("[[tenant]]") {
@@ -146,9 +146,9 @@ pub fn load(path: &Path) -> Result<RunScenario, String> {
 /// `hw_virt` whether Linux can run under KVM here.
 pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, String> {
     let base = file.parent().unwrap_or(Path::new("."));
-    if !(s.duration_s.is_finite() && s.duration_s > 0.0) {
-        return Err("duration_s must be positive".into());
-    }
+    use weir_sched::check::{self, MAX_DURATION_S};
+    check::positive("duration_s", s.duration_s, MAX_DURATION_S)?;
+    check::number("warmup_s", s.warmup_s, 0.0, MAX_DURATION_S)?;
     if s.repeat == 0 || s.repeat > 20 {
         return Err("repeat must be 1 to 20".into());
     }
@@ -186,13 +186,18 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
         if let Some(p) = d.policy.problem() {
             return Err(format!("guest[{i}].disk[0]: {p}"));
         }
-        if g.start_s.is_nan()
-            || g.start_s < 0.0
-            || g.duration_s.is_some_and(|d| d.is_nan() || d <= 0.0)
-        {
-            return Err(format!(
-                "guest[{i}]: start_s must be ≥ 0 and duration_s positive"
-            ));
+        check::number(
+            &format!("guest[{i}].start_s"),
+            g.start_s,
+            0.0,
+            MAX_DURATION_S,
+        )?;
+        if let Some(d) = g.duration_s {
+            check::positive(&format!("guest[{i}].duration_s"), d, MAX_DURATION_S)?;
+        }
+        check::count(&format!("guest[{i}].vcpus"), u64::from(g.vcpus), 1, 64)?;
+        if let Some(m) = g.memory_mib {
+            check::count(&format!("guest[{i}].memory_mib"), u64::from(m), 16, 65536)?;
         }
         let w = &g.workload;
         let given = [w.fio.is_some(), w.fio_file.is_some(), w.probe.is_some()]
@@ -242,7 +247,7 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
             } else {
                 base.join(f)
             };
-            std::fs::read_to_string(&p)
+            weir_sched::check::read_config_text(&p)
                 .map_err(|e| format!("guest[{i}].workload.fio_file {}: {e}", p.display()))?
         } else {
             w.probe.clone().unwrap_or_default()
@@ -258,6 +263,7 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
                 );
             }
         }
+        shape(&text).map_err(|e| format!("guest[{i}].workload: {e}"))?;
         guests.push((engine, text));
     }
     if let Some((i, l)) = s.luns.iter().enumerate().find(|(_, l)| l.pool.is_some()) {
@@ -267,8 +273,14 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
             l.name
         ));
     }
-    // The broker part must also make a valid simulation (same rules, same messages).
-    weir_sched::sim::validate(&to_sim(s, &guests))?;
+    // The broker part must also make a valid simulation (same rules, same messages); a
+    // guest is the simulation's tenant of the same index.
+    weir_sched::sim::validate(&to_sim(s, &guests)).map_err(|e| {
+        match e.strip_prefix("tenant[") {
+            Some(rest) => format!("guest[{rest} (from its disk and workload)"),
+            None => e,
+        }
+    })?;
     if let Some(v) = &s.victim {
         if !s.guests.iter().any(|g| &g.name == v) {
             return Err(format!("victim: no guest named '{v}'"));
@@ -322,7 +334,9 @@ pub fn luns_for(s: &RunScenario, policy: &str) -> Vec<LunSpec> {
 }
 
 /// A fio job's or probe workload's shape, for the simulation: (iodepth, bytes, read %, rate).
-fn shape(text: &str) -> (u32, u64, f64, f64) {
+/// Forms it does not model (`bs=4k-64k`, `bssplit`) leave the default; numbers it cannot hold
+/// are errors, naming the option.
+fn shape(text: &str) -> Result<(u32, u64, f64, f64), String> {
     let mut depth = 1u32;
     let mut bs = 4096u64;
     let mut read = 100.0;
@@ -337,7 +351,16 @@ fn shape(text: &str) -> (u32, u64, f64, f64) {
         let k = k.trim_start_matches("probe.");
         match k {
             "iodepth" => depth = v.parse().unwrap_or(depth),
-            "bs" => bs = crate::scenario::size(v).unwrap_or(bs),
+            "bs" => match size(v) {
+                Ok(n) => bs = n,
+                Err(SizeError::TooLarge) => {
+                    return Err(format!(
+                        "{tok}: larger than any request weir models ({} bytes at most)",
+                        weir_sched::check::MAX_REQUEST_BYTES
+                    ));
+                }
+                Err(SizeError::NotASize) => {}
+            },
             "rw" | "readwrite" => rw = v.to_string(),
             "rwmixread" => mix = v.parse().ok(),
             "rate_iops" => rate = v.parse().unwrap_or(0.0),
@@ -349,19 +372,37 @@ fn shape(text: &str) -> (u32, u64, f64, f64) {
     } else if rw.contains("rw") || rw == "randrw" {
         read = mix.unwrap_or(50.0);
     }
-    (depth.max(1), bs, read, rate)
+    Ok((depth.max(1), bs, read, rate))
 }
 
-fn size(v: &str) -> Option<u64> {
+#[derive(Debug, PartialEq)]
+enum SizeError {
+    /// Not `N`, `Nk`, `Nm` or `Ng`.
+    NotASize,
+    /// A size, but beyond `MAX_REQUEST_BYTES`.
+    TooLarge,
+}
+
+/// A fio size (`4096`, `4k`, `1m`, `1g`; fio's k is 1024).
+fn size(v: &str) -> Result<u64, SizeError> {
     let v = v.trim().to_ascii_lowercase();
     let (n, mult) = if let Some(n) = v.strip_suffix('k') {
-        (n, 1024)
+        (n, 1u64 << 10)
     } else if let Some(n) = v.strip_suffix('m') {
         (n, 1 << 20)
+    } else if let Some(n) = v.strip_suffix('g') {
+        (n, 1 << 30)
     } else {
         (v.as_str(), 1)
     };
-    n.parse::<u64>().ok().map(|x| x * mult)
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SizeError::NotASize);
+    }
+    n.parse::<u64>()
+        .ok()
+        .and_then(|x| x.checked_mul(mult))
+        .filter(|x| *x <= weir_sched::check::MAX_REQUEST_BYTES)
+        .ok_or(SizeError::TooLarge)
 }
 
 /// The scenario as a simulation: each guest becomes a tenant with its workload's shape
@@ -382,7 +423,7 @@ pub fn to_sim(s: &RunScenario, workloads: &[(Engine, String)]) -> SimScenario {
             .map(|(i, g)| {
                 let (depth, bytes, read_pct, rate) = workloads
                     .get(i)
-                    .map(|(_, t)| shape(t))
+                    .and_then(|(_, t)| shape(t).ok())
                     .unwrap_or((1, 4096, 100.0, 0.0));
                 TenantSpec {
                     name: g.name.clone(),
@@ -489,5 +530,30 @@ weight = 2
         );
         assert!(e.contains("exactly one of fio"), "{e}");
         assert!(toml::from_str::<RunScenario>(&GOOD.replace("duration_s", "duraton_s")).is_err());
+    }
+
+    #[test]
+    fn inputs_that_overflowed_or_read_forever_are_refused() {
+        let bad = |from: &str, to: &str| {
+            let s: RunScenario = toml::from_str(&GOOD.replacen(from, to, 1)).unwrap();
+            resolve(&s, Path::new("x.toml"), false).unwrap_err()
+        };
+        // 99999999999999999 KiB wrapped silently in release and panicked in debug.
+        let e = bad("bs=8k", "bs=99999999999999999k");
+        assert!(e.starts_with("guest[1].workload: bs="), "{e}");
+        let e = bad(
+            "workload = { fio = \"[b]\\nrw=randwrite\\nbs=8k\\niodepth=16\\n\" }",
+            "workload = { fio_file = \"/dev/zero\" }",
+        );
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = bad("duration_s = 10", "duration_s = inf");
+        assert!(e.starts_with("duration_s"), "{e}");
+        let e = bad("duration_s = 10", "duration_s = 1e15");
+        assert!(e.starts_with("duration_s"), "{e}");
+        let e = bad("iodepth=16", "iodepth=16 rate_iops=1e300");
+        assert!(e.starts_with("guest[1].workload.rate_iops"), "{e}");
+        assert_eq!(size("4k"), Ok(4096));
+        assert_eq!(size("1g"), Ok(1 << 30));
+        assert_eq!(size("4k-64k"), Err(SizeError::NotASize));
     }
 }

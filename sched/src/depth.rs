@@ -308,13 +308,15 @@ impl QueueDepthController {
     }
 
     fn bounds(&self) -> (f64, f64) {
-        match &self.policy {
-            DepthPolicy::Fixed { depth } => (f64::from(*depth), f64::from(*depth)),
-            DepthPolicy::Aimd { min, max, .. } => (f64::from(*min), f64::from(*max)),
-            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => {
-                (f64::from(p.min), f64::from(p.max))
-            }
-        }
+        let (min, max) = match &self.policy {
+            DepthPolicy::Fixed { depth } => (*depth, *depth),
+            DepthPolicy::Aimd { min, max, .. } => (*min, *max),
+            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => (p.min, p.max),
+        };
+        // Every config reader refuses min > max or 0 (`crate::check`); a controller built
+        // around that still must not panic in `f64::clamp` on the scheduler thread.
+        let min = min.max(1);
+        (f64::from(min), f64::from(max.max(min)))
     }
 
     /// Ends the start-up sweep: the target is the latency of the smallest window that
@@ -530,6 +532,26 @@ impl QueueDepthController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_out_of_order_do_not_panic_the_latency_law() {
+        // Refused by every config reader, but the controller itself must survive it: before,
+        // `f64::clamp(64, 8)` panicked on the first latency update.
+        let mut c = QueueDepthController::new(DepthPolicy::Latency(LatencyParams {
+            target_ms: Some(5.0),
+            min: 64,
+            max: 8,
+            ..LatencyParams::default()
+        }));
+        for i in 1..50 {
+            let now = f64::from(i) * 0.1;
+            for _ in 0..100 {
+                c.on_completion(now, c.epoch(), Outcome::Good, 0.004);
+            }
+            c.tick(now, 8);
+        }
+        assert_eq!(c.window(), 64);
+    }
 
     #[test]
     fn short_forms_parse() {

@@ -10,6 +10,7 @@
 //! - [`rng`]: a small seeded generator for simulations.
 
 pub mod array;
+pub mod check;
 pub mod cost;
 pub mod depth;
 pub mod dispatch;

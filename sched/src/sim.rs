@@ -14,6 +14,7 @@ use std::collections::BinaryHeap;
 use serde::{Deserialize, Serialize};
 
 use crate::array::{Admission, EmulatedArray, LunModel, PortFault, PortModel};
+use crate::check;
 use crate::cost::CostModel;
 use crate::depth::{DepthPolicy, QueueDepthController};
 use crate::dispatch::{Dispatch, LunDispatch, Source, Step};
@@ -338,8 +339,8 @@ impl EventSpec {
                 let pct = self.capacity_pct.ok_or(
                     "a lun event needs capacity_pct (percent of the model), depth or selector",
                 )?;
-                if !(pct.is_finite() && pct > 0.0) {
-                    return Err("capacity_pct must be positive".into());
+                if !(pct.is_finite() && pct > 0.0 && pct <= 1000.0) {
+                    return Err("capacity_pct must be a positive percentage, at most 1000".into());
                 }
                 Ok(EventAction::Capacity {
                     lun: lun.clone(),
@@ -842,18 +843,26 @@ pub fn render(results: &[(String, SimResult)]) -> String {
 
 /// Problems with a scenario, naming the entry and field.
 pub fn validate(s: &SimScenario) -> Result<(), String> {
-    if s.duration_s.is_nan() || s.duration_s <= 0.0 {
-        return Err("duration_s must be positive".into());
-    }
-    if s.warmup_s < 0.0 || s.warmup_s >= s.duration_s {
+    check::positive("duration_s", s.duration_s, check::MAX_DURATION_S)?;
+    if !(s.warmup_s >= 0.0 && s.warmup_s < s.duration_s) {
         return Err("warmup_s must be at least 0 and less than duration_s".into());
     }
+    check::number(
+        "retry_delay_us",
+        s.retry_delay_us,
+        0.0,
+        check::MAX_SERVICE_US,
+    )?;
+    check::within("cost", &s.cost)?;
+    unique("port", s.ports.iter().map(|p| p.name.as_str()))?;
+    unique("lun", s.luns.iter().map(|l| l.name.as_str()))?;
+    unique("tenant", s.tenants.iter().map(|t| t.name.as_str()))?;
     for (i, p) in s.ports.iter().enumerate() {
-        if !(p.latency_us.is_finite() && p.latency_us >= 0.0) {
-            return Err(format!("port[{i}].latency_us must be 0 or more"));
-        }
+        check::within(&format!("port[{i}]"), p)?;
     }
     for (i, l) in s.luns.iter().enumerate() {
+        check::within(&format!("lun[{i}].model"), &l.model)?;
+        check::within(&format!("lun[{i}].depth"), &l.depth)?;
         match (&l.port, l.paths.is_empty()) {
             (Some(_), false) => {
                 return Err(format!(
@@ -887,9 +896,6 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
         if let Some(p) = l.multipath.problem() {
             return Err(format!("lun[{i}].{p}"));
         }
-        if l.model.servers == 0 {
-            return Err(format!("lun[{i}].model.servers must be at least 1"));
-        }
     }
     for (i, p) in s.pools.iter().enumerate() {
         if let Some(problem) = p.problem() {
@@ -916,18 +922,34 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
         if let Some(p) = t.policy.problem() {
             return Err(format!("tenant[{i}] ({}): {p}", t.name));
         }
-        match &t.workload {
-            Workload::Closed { depth: 0, .. } => {
-                return Err(format!("tenant[{i}].workload.depth must be at least 1"));
-            }
-            Workload::Open { rate_iops, .. } if rate_iops.is_nan() || *rate_iops <= 0.0 => {
-                return Err(format!("tenant[{i}].workload.rate_iops must be positive"));
-            }
-            _ => {}
+        check::within(&format!("tenant[{i}].workload"), &t.workload)?;
+        check::number(
+            &format!("tenant[{i}].start_s"),
+            t.start_s,
+            0.0,
+            check::MAX_DURATION_S,
+        )?;
+        if let Some(stop) = t.stop_s {
+            check::number(
+                &format!("tenant[{i}].stop_s"),
+                stop,
+                t.start_s,
+                check::MAX_DURATION_S,
+            )?;
         }
     }
     for (i, e) in s.events.iter().enumerate() {
-        match e.action().map_err(|m| format!("event[{i}]: {m}"))? {
+        check::number(
+            &format!("event[{i}].at_s"),
+            e.at_s,
+            0.0,
+            check::MAX_DURATION_S,
+        )?;
+        let action = e.action().map_err(|m| format!("event[{i}]: {m}"))?;
+        if let EventAction::Policy { depth: Some(d), .. } = &action {
+            check::within(&format!("event[{i}].depth"), d)?;
+        }
+        match action {
             EventAction::Capacity { lun, .. } if !s.luns.iter().any(|l| l.name == lun) => {
                 return Err(format!("event[{i}].lun: no LUN named '{lun}'"));
             }
@@ -938,6 +960,22 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
                 return Err(format!("event[{i}].lun: no LUN named '{lun}'"));
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Names given twice among `kind` entries.
+fn unique<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, n) in names.enumerate() {
+        if n.is_empty() {
+            return Err(format!("{kind}[{i}].name: must not be empty"));
+        }
+        if !seen.insert(n) {
+            return Err(format!(
+                "{kind}[{i}].name: '{n}' is used twice; names must be unique"
+            ));
         }
     }
     Ok(())

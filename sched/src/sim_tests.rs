@@ -599,6 +599,51 @@ fn scenario_errors_name_the_field() {
 }
 
 #[test]
+fn numbers_the_engine_cannot_hold_are_refused_before_it_runs() {
+    // Each of these panicked, aborted or grew memory without bound before it was checked.
+    let base = || shipped("failure");
+    let mut s = base();
+    s.duration_s = f64::INFINITY;
+    assert!(validate(&s).unwrap_err().starts_with("duration_s"));
+    let mut s = base();
+    s.duration_s = 1e15;
+    assert!(validate(&s).unwrap_err().starts_with("duration_s"));
+    let mut s = base();
+    s.luns[0].depth = DepthPolicy::Latency(crate::depth::LatencyParams {
+        target_ms: Some(5.0),
+        min: 64,
+        max: 8,
+        ..Default::default()
+    });
+    assert!(
+        validate(&s).unwrap_err().starts_with("lun[0].depth.min"),
+        "{:?}",
+        validate(&s)
+    );
+    let mut s = base();
+    s.tenants[0].workload = Workload::Open {
+        rate_iops: f64::INFINITY,
+        bytes: 4096,
+        read_pct: 100.0,
+    };
+    assert!(
+        validate(&s)
+            .unwrap_err()
+            .starts_with("tenant[0].workload.rate_iops")
+    );
+    let mut s = base();
+    s.luns[0].model.unit_mib_per_s = 0.0;
+    assert!(
+        validate(&s)
+            .unwrap_err()
+            .starts_with("lun[0].model.unit_mib_per_s")
+    );
+    let mut s = base();
+    s.tenants.push(s.tenants[0].clone());
+    assert!(validate(&s).unwrap_err().contains("used twice"));
+}
+
+#[test]
 fn a_policy_change_event_replaces_the_window_controller_mid_run() {
     let mut s = scenario(
         vec![lun(DepthPolicy::Fixed { depth: 32 }, SchedulerKind::Mclock)],
