@@ -176,3 +176,79 @@ fn metrics_listen_serves_metrics_and_refuses_the_rest_and_a_bad_address_is_named
     }
     assert!(child.wait().unwrap().success());
 }
+
+/// Starts `weir broker` on `cfg` and waits for it to say it is ready.
+fn start_ready(cfg: &std::path::Path) -> std::process::Child {
+    let mut child = broker(cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("weir broker ready"))),
+        "the broker never became ready"
+    );
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+#[test]
+fn the_control_socket_is_its_owners_and_an_image_has_one_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("broker.ctl");
+    let image = dir.path().join("a.img");
+    let cfg_text = |sock: &str, ctl: &std::path::Path| {
+        format!(
+            "control_socket = {:?}\n[[lun]]\nname = \"a\"\npath = {:?}\nsize = \"1MiB\"\n\
+             [[disk]]\nsocket = {:?}\nlun = \"a\"\n",
+            ctl.display().to_string(),
+            image.display().to_string(),
+            dir.path().join(sock).display().to_string()
+        )
+    };
+    let cfg = write_config(dir.path(), &cfg_text("a.sock", &control));
+    let mut first = start_ready(&cfg);
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&control).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
+
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Another user who gets past the file mode (opened up on purpose here) is refused by
+        // its credentials.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let client = "import socket,sys\n\
+                      s=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+                      s.sendall(b'stats\\n')\nprint(s.makefile().readline())";
+        let out = std::os::unix::process::CommandExt::uid(&mut Command::new("python3"), 65534)
+            .args(["-c", client])
+            .arg(&control)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("uid 65534 may not use"),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reply = weir_broker::control::query(&control, "stats").unwrap();
+    assert!(reply.is_array(), "{reply}");
+
+    // A second broker on the same image is refused, naming the image and why.
+    let cfg2 = dir.path().join("second.toml");
+    std::fs::write(&cfg2, cfg_text("b.sock", &dir.path().join("b.ctl"))).unwrap();
+    let out = broker(&cfg2).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("in use by another process"),
+        "{err}"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+}

@@ -3,11 +3,13 @@
 //! Commands: `stats` (per-disk counters), `topology` (disk → LUN → backing store),
 //! `telemetry [N]` (the last N per-second samples). Documented in `docs/broker.md`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -299,7 +301,11 @@ impl ControlServer {
             std::fs::remove_file(path)?;
         }
         let listener = UnixListener::bind(path)?;
+        // The control socket changes the broker (faults, pools): its owner only. A peer that
+        // connected in the moment before the chmod is still refused by its credentials.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
+        let connections = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -308,11 +314,24 @@ impl ControlServer {
                 while !stop2.load(Ordering::SeqCst) {
                     match listener.accept() {
                         Ok((stream, _)) => {
+                            if let Err(why) = admit(&stream, &connections) {
+                                log::warn!("control socket: refused a connection: {why}");
+                                let reply = serde_json::json!({ "error": why }).to_string();
+                                let _ = (&stream).write_all(format!("{reply}\n").as_bytes());
+                                continue;
+                            }
                             let state = state.clone();
                             let telemetry = telemetry.clone();
-                            let _ = std::thread::Builder::new()
+                            let count = connections.clone();
+                            let spawned = std::thread::Builder::new()
                                 .name("control-conn".into())
-                                .spawn(move || serve(stream, &state, &telemetry));
+                                .spawn(move || {
+                                    serve(stream, &state, &telemetry);
+                                    count.fetch_sub(1, Ordering::SeqCst);
+                                });
+                            if spawned.is_err() {
+                                connections.fetch_sub(1, Ordering::SeqCst);
+                            }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20))
@@ -340,14 +359,75 @@ impl ControlServer {
     }
 }
 
+/// Connections served at once; more wait for one to end (a local client cannot make the
+/// broker spawn threads without bound).
+const MAX_CONNECTIONS: usize = 16;
+/// The longest command line: commands are a few words.
+const MAX_COMMAND_BYTES: u64 = 4096;
+
+/// Whether a connection may be served: the broker's own user or root, and a free place.
+fn admit(stream: &UnixStream, connections: &AtomicUsize) -> Result<(), String> {
+    let uid = peer_uid(stream).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if uid != me && uid != 0 {
+        return Err(format!(
+            "uid {uid} may not use this broker's control socket (owner uid {me})"
+        ));
+    }
+    if connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        connections.fetch_sub(1, Ordering::SeqCst);
+        return Err(format!(
+            "{MAX_CONNECTIONS} control connections are open; close one"
+        ));
+    }
+    Ok(())
+}
+
+/// The connected peer's user (SO_PEERCRED).
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
 fn serve(stream: UnixStream, state: &BrokerState, telemetry: &TelemetryHandle) {
     let _ = stream.set_nonblocking(false);
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
-    let reader = BufReader::new(stream);
-    for line in reader.lines() {
-        let Ok(line) = line else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        match (&mut reader).take(MAX_COMMAND_BYTES).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if !line.ends_with('\n') && line.len() as u64 >= MAX_COMMAND_BYTES {
+            let reply = serde_json::json!({
+                "error": format!("command longer than {MAX_COMMAND_BYTES} bytes")
+            });
+            let _ = writer.write_all(format!("{reply}\n").as_bytes());
+            return;
+        }
+        let line = line.trim_end_matches(['\n', '\r']).to_string();
         if writer
             .write_all(format!("{}\n", answer(state, telemetry, &line)).as_bytes())
             .is_err()

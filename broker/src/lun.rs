@@ -36,6 +36,11 @@ pub enum LunError {
     },
     #[error("LUN '{lun}': {path} does not exist; give lun.size so the broker can create it")]
     MissingNoSize { lun: String, path: PathBuf },
+    #[error(
+        "LUN '{lun}': {path} is in use by another process (another weir broker, or QEMU): \
+         two writers would corrupt it; stop the other or give this LUN another image"
+    )]
+    Locked { lun: String, path: PathBuf },
     #[error("LUN '{lun}': {path} has size 0")]
     Empty { lun: String, path: PathBuf },
     #[error("LUN '{lun}': {context}: {source}")]
@@ -73,10 +78,8 @@ struct PathFds {
     buffered: File,
 }
 
-// BLKGETSIZE64 = _IOR(0x12, 114, size_t); BLKDISCARD = _IO(0x12, 119); BLKZEROOUT = _IO(0x12, 127).
+// BLKGETSIZE64 = _IOR(0x12, 114, size_t).
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKDISCARD: libc::c_ulong = 0x1277;
-const BLKZEROOUT: libc::c_ulong = 0x127f;
 
 impl LunStore {
     pub fn open(cfg: &LunConfig) -> Result<Self, LunError> {
@@ -97,6 +100,19 @@ impl LunStore {
             opts.create(true);
         }
         let buffered = opts.open(&path).map_err(open_err)?;
+        match lock_image(&buffered, cfg.read_only) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+                return Err(LunError::Locked { lun: name, path });
+            }
+            Err(source) => {
+                return Err(LunError::Io {
+                    lun: name,
+                    context: format!("lock {}", path.display()),
+                    source,
+                });
+            }
+        }
         let meta = buffered.metadata().map_err(open_err)?;
         let block_device = meta.file_type().is_block_device();
         let mut actual = if block_device {
@@ -202,6 +218,15 @@ impl LunStore {
         }
     }
 
+    /// The descriptor for a path's FLUSH, DISCARD and WRITE_ZEROES: its buffered one (an
+    /// fdatasync through it flushes the page cache too; fallocate and discard take no
+    /// alignment).
+    pub fn path_control_fd(&self, path: usize) -> RawFd {
+        self.paths
+            .get(path)
+            .map_or(self.buffered.as_raw_fd(), |p| p.buffered.as_raw_fd())
+    }
+
     /// The device path `path` opens.
     pub fn path_device(&self, path: usize) -> Option<&Path> {
         self.paths.get(path).map(|p| p.device.as_path())
@@ -229,30 +254,35 @@ impl LunStore {
         }
     }
 
-    pub fn buffered_fd(&self) -> RawFd {
-        self.buffered.as_raw_fd()
-    }
-
     pub fn direct_io(&self) -> bool {
         self.direct.is_some()
-    }
-
-    /// Discards or zeroes a range of a block device (ioctls; files use fallocate via io_uring).
-    pub fn block_device_range(&self, zero: bool, offset: u64, len: u64) -> std::io::Result<()> {
-        let range: [u64; 2] = [offset, len];
-        let req = if zero { BLKZEROOUT } else { BLKDISCARD };
-        // SAFETY: the fd is an open block device; the ioctl reads two u64s from `range`, which
-        // lives across the call.
-        let rc = unsafe { libc::ioctl(self.buffered.as_raw_fd(), req, range.as_ptr()) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Takes an open-file-description lock on the whole image: exclusive for a writable LUN,
+/// shared for a read-only one. It lives as long as the descriptor (the broker's lifetime, or
+/// until the LUN is dropped) and, unlike a process lock, is not lost when another descriptor
+/// of the same file closes. QEMU takes OFD locks on its images too, so a broker and a QEMU
+/// writing one image refuse each other as well.
+fn lock_image(file: &File, read_only: bool) -> std::io::Result<()> {
+    // SAFETY: an all-zero flock is a valid value (start 0, length 0: the whole file).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = if read_only {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    } as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads the flock `lock` points at, which outlives the call.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn block_device_size(fd: RawFd) -> std::io::Result<u64> {
@@ -284,6 +314,25 @@ mod tests {
             lun.direct_io(),
             "O_DIRECT works on this machine's filesystems"
         );
+    }
+
+    #[test]
+    fn a_second_writer_of_one_image_is_refused_and_readers_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("one.img");
+        let first = LunStore::open(&cfg(&p, Some(1 << 20))).unwrap();
+        let e = LunStore::open(&cfg(&p, Some(1 << 20))).unwrap_err();
+        assert!(matches!(e, LunError::Locked { .. }), "{e}");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+        drop(first);
+        let ro = |p: &Path| LunConfig::file("l", p, None, true);
+        let a = LunStore::open(&ro(&p)).unwrap();
+        let _b = LunStore::open(&ro(&p)).unwrap();
+        assert!(matches!(
+            LunStore::open(&cfg(&p, None)),
+            Err(LunError::Locked { .. })
+        ));
+        drop(a);
     }
 
     #[test]

@@ -33,6 +33,10 @@ use crate::request::{
 use crate::thin::{Reservation, ThinPool};
 
 pub type GuestMem = GuestMemoryMmap<()>;
+
+/// The longest a disconnecting guest's (or a stopping broker's) in-flight requests are
+/// waited for.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
 
 /// What all queues of one disk share.
@@ -75,8 +79,23 @@ enum Op {
         /// The iovecs of the SQE in flight; must outlive it.
         iovecs: Vec<libc::iovec>,
     },
-    /// fsync/fallocate: completes when every SQE has.
-    Simple { pending: u32 },
+    /// FLUSH, DISCARD or WRITE_ZEROES: one SQE per range (one for a flush); completes when
+    /// every SQE has. Described here, submitted when the dispatcher grants it, on the path it
+    /// chose.
+    Simple {
+        what: SimpleOp,
+        pending: u32,
+        /// The first error among this attempt's SQEs.
+        error: Option<String>,
+    },
+}
+
+enum SimpleOp {
+    Flush,
+    Ranges {
+        zero: bool,
+        ranges: Vec<crate::request::SectorRange>,
+    },
 }
 
 struct Inflight {
@@ -163,6 +182,12 @@ pub struct QueueWorker {
     draining: bool,
     /// Writes waiting for thin-pool space, oldest first, with when they were first held.
     held: VecDeque<(usize, Instant)>,
+    /// Granted requests io_uring refused to take, with why: answered IOERR at the next
+    /// chance (nothing will complete them).
+    unsubmitted: Vec<(usize, String)>,
+    /// Which descriptor heads are in flight: a guest that offers one twice is refused the
+    /// second time, so slots never outnumber the queue's size.
+    heads_in_flight: Vec<bool>,
 }
 
 impl QueueWorker {
@@ -183,6 +208,8 @@ impl QueueWorker {
             inbox,
             draining: false,
             held: VecDeque::new(),
+            unsubmitted: Vec::new(),
+            heads_in_flight: vec![false; usize::from(queue_size)],
         })
     }
 
@@ -210,9 +237,27 @@ impl QueueWorker {
         let guard = mem.memory();
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(&*guard) {
+            let head = chain.head_index();
+            if self
+                .heads_in_flight
+                .get(usize::from(head))
+                .is_none_or(|busy| *busy)
+            {
+                // The guest offered a head it has not got back (or one beyond the queue):
+                // answering it would put one head in the used ring twice. Its driver is
+                // broken; drop the chain, say so, and keep the queue going.
+                let name = &self.ctx.name;
+                self.ctx.bad_requests.warn(|| {
+                    format!(
+                        "disk {name}: the guest offered head {head} while it is in flight; ignored"
+                    )
+                });
+                continue;
+            }
             let parsed = parse_chain(chain, &*guard, &self.ctx.limits);
             used |= self.dispatch(parsed, queue, &guard)?;
         }
+        used |= self.answer_unsubmitted(queue);
         self.ctx
             .dispatcher
             .pump(self.ctx.clock.now(), Some(&self.inbox));
@@ -321,90 +366,55 @@ impl QueueWorker {
                 Ok(false)
             }
             BlkRequest::Flush => {
-                let slot = self.alloc(Inflight::new(
-                    head,
-                    status_addr,
-                    kind,
-                    used_len_ok,
-                    0,
-                    Op::Simple { pending: 1 },
-                    guard.clone(),
-                ));
-                let sqe = opcode::Fsync::new(types::Fd(self.ctx.lun.buffered_fd()))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-                    .user_data(slot as u64);
-                self.push(&sqe)?;
+                let what = SimpleOp::Flush;
+                self.enqueue_simple(head, status_addr, kind, used_len_ok, what, guard);
                 Ok(false)
             }
             BlkRequest::Discard { ranges } | BlkRequest::WriteZeroes { ranges } => {
                 let zero = kind == RequestKind::WriteZeroes;
-                if self.ctx.lun.block_device {
-                    let mut status = VIRTIO_BLK_S_OK;
-                    for r in &ranges {
-                        let res = self.ctx.lun.block_device_range(
-                            zero,
-                            r.sector * SECTOR_SIZE,
-                            u64::from(r.sectors) * SECTOR_SIZE,
-                        );
-                        if let Err(e) = res {
-                            self.io_error(head, &e.to_string());
-                            status = VIRTIO_BLK_S_IOERR;
-                        }
-                    }
-                    self.answer_now(
-                        queue,
-                        guard,
-                        head,
-                        status_addr,
-                        status,
-                        kind,
-                        parsed.used_len(status),
-                    );
-                    return Ok(true);
-                }
-                let thin = self.ctx.thin.is_some();
-                let mut inflight = Inflight::new(
-                    head,
-                    status_addr,
-                    kind,
-                    used_len_ok,
-                    0,
-                    Op::Simple {
-                        pending: ranges.len() as u32,
-                    },
-                    guard.clone(),
-                );
-                if thin {
-                    inflight.punched = ranges
-                        .iter()
-                        .map(|r| (r.sector * SECTOR_SIZE, u64::from(r.sectors) * SECTOR_SIZE))
-                        .collect();
-                }
-                let slot = self.alloc(inflight);
-                for r in ranges {
-                    // A discard may drop the blocks (a hole reads back as zeroes); a
-                    // write-zeroes keeps them allocated unless the guest allowed unmapping —
-                    // except on a thin LUN, where zeroes are a hole (as dm-thin does it): the
-                    // guest reads zeroes either way and the pool gets its chunks back.
-                    let mode = if !zero || r.unmap || thin {
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-                    } else {
-                        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-                    };
-                    let sqe = opcode::Fallocate::new(
-                        types::Fd(self.ctx.lun.buffered_fd()),
-                        u64::from(r.sectors) * SECTOR_SIZE,
-                    )
-                    .offset(r.sector * SECTOR_SIZE)
-                    .mode(mode)
-                    .build()
-                    .user_data(slot as u64);
-                    self.push(&sqe)?;
-                }
+                let what = SimpleOp::Ranges { zero, ranges };
+                self.enqueue_simple(head, status_addr, kind, used_len_ok, what, guard);
                 Ok(false)
             }
         }
+    }
+
+    /// A FLUSH, DISCARD or WRITE_ZEROES goes through the dispatcher like a read or write: it
+    /// takes a place in the LUN's window (a cache flush is array work too), the path the
+    /// selector picks, failover when that path fails.
+    fn enqueue_simple(
+        &mut self,
+        head: u16,
+        status_addr: GuestAddress,
+        kind: RequestKind,
+        used_len_ok: u32,
+        what: SimpleOp,
+        guard: &GuestMemoryLoadGuard<GuestMem>,
+    ) {
+        let punched = match (&what, self.ctx.thin.is_some()) {
+            (SimpleOp::Ranges { ranges, .. }, true) => ranges
+                .iter()
+                .map(|r| (r.sector * SECTOR_SIZE, u64::from(r.sectors) * SECTOR_SIZE))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut inflight = Inflight::new(
+            head,
+            status_addr,
+            kind,
+            used_len_ok,
+            0,
+            Op::Simple {
+                what,
+                pending: 0,
+                error: None,
+            },
+            guard.clone(),
+        );
+        inflight.punched = punched;
+        inflight.sched = Some(Scheduled::default());
+        let slot = self.alloc(inflight);
+        self.enqueue(slot);
     }
 
     /// Answers a request that needs no I/O (or finished synchronously) on the spot.
@@ -427,6 +437,9 @@ impl QueueWorker {
     }
 
     fn alloc(&mut self, mut inflight: Inflight) -> usize {
+        if let Some(busy) = self.heads_in_flight.get_mut(usize::from(inflight.head)) {
+            *busy = true;
+        }
         if inflight.sched.is_none() {
             inflight.started = Some(inflight.submitted);
         }
@@ -446,7 +459,9 @@ impl QueueWorker {
         }
     }
 
-    fn push(&mut self, sqe: &squeue::Entry) -> Result<(), WorkerError> {
+    /// Queues one SQE, handing full submission queues to the kernel. An error here is the
+    /// request's (the caller answers it IOERR), never the queue's.
+    fn push(&mut self, sqe: &squeue::Entry) -> std::io::Result<()> {
         loop {
             // SAFETY: every buffer an SQE points at (iovec arrays in `Op::Rw`, guest memory
             // kept mapped by the request's memory guard) lives in `self.slots` until the
@@ -455,12 +470,90 @@ impl QueueWorker {
             if pushed.is_ok() {
                 return Ok(());
             }
-            self.ring.submit().map_err(WorkerError::Submit)?;
+            self.ring.submit()?;
         }
     }
 
+    /// Starts (or restarts) the I/O of a granted request.
+    fn submit(&mut self, slot: usize) {
+        let simple = matches!(
+            self.slots.get(slot),
+            Some(Some(Inflight {
+                op: Op::Simple { .. },
+                ..
+            }))
+        );
+        let result = if simple {
+            self.submit_simple(slot)
+        } else {
+            self.submit_rw(slot)
+        };
+        if let Err(e) = result {
+            // Nothing will come back from io_uring for this request: answer it at the next
+            // chance (the callers hold no queue here).
+            self.unsubmitted.push((slot, e.to_string()));
+        }
+    }
+
+    /// Submits a FLUSH, DISCARD or WRITE_ZEROES on its path: `fdatasync`, or one `fallocate`
+    /// (files, and write-zeroes on block devices) or block-layer discard per range.
+    fn submit_simple(&mut self, slot: usize) -> std::io::Result<()> {
+        let lun = self.ctx.lun.clone();
+        let thin = self.ctx.thin.is_some();
+        let Some(Some(inflight)) = self.slots.get_mut(slot) else {
+            return Ok(());
+        };
+        let path = inflight.sched.as_ref().map_or(0, |s| s.path);
+        inflight.started.get_or_insert_with(Instant::now);
+        let fd = types::Fd(lun.path_control_fd(path));
+        let Op::Simple {
+            what,
+            pending,
+            error,
+        } = &mut inflight.op
+        else {
+            return Ok(());
+        };
+        *error = None;
+        let sqes: Vec<squeue::Entry> = match what {
+            SimpleOp::Flush => vec![
+                opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+            ],
+            SimpleOp::Ranges { zero, ranges } => ranges
+                .iter()
+                .map(|r| {
+                    let (offset, len) =
+                        (r.sector * SECTOR_SIZE, u64::from(r.sectors) * SECTOR_SIZE);
+                    range_sqe(fd, lun.block_device, *zero, r.unmap, thin, offset, len)
+                })
+                .collect(),
+        };
+        *pending = sqes.len() as u32;
+        let total = sqes.len() as u32;
+        for (i, sqe) in sqes.into_iter().enumerate() {
+            if let Err(e) = self.push(&sqe.user_data(slot as u64)) {
+                if i == 0 {
+                    return Err(e);
+                }
+                // Some are in flight: the request ends when they do, with this error.
+                if let Some(Some(Inflight {
+                    op: Op::Simple { pending, error, .. },
+                    ..
+                })) = self.slots.get_mut(slot)
+                {
+                    *pending = i as u32;
+                    *error = Some(format!("submitting range {} of {total}: {e}", i + 1));
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// (Re)submits the rest of a read or write from where it stands.
-    fn submit_rw(&mut self, slot: usize) -> Result<(), WorkerError> {
+    fn submit_rw(&mut self, slot: usize) -> std::io::Result<()> {
         let lun = self.ctx.lun.clone();
         let Some(Some(inflight)) = self.slots.get_mut(slot) else {
             return Ok(());
@@ -536,6 +629,7 @@ impl QueueWorker {
             .dispatcher
             .pump(self.ctx.clock.now(), Some(&self.inbox));
         used |= self.drain_inbox(queue)?;
+        used |= self.answer_unsubmitted(queue);
         self.flush_submissions()?;
         Ok(used)
     }
@@ -562,7 +656,7 @@ impl QueueWorker {
                             .counters
                             .queued
                             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                        self.submit_rw(slot)?;
+                        self.submit(slot);
                     }
                 }
                 InboxEvent::ModelDone { slot, ok } => {
@@ -608,7 +702,8 @@ impl QueueWorker {
         let Some(Some(inflight)) = self.slots.get(slot) else {
             return;
         };
-        let (bytes, write) = (inflight.bytes, inflight.kind == RequestKind::Write);
+        // The array model serves a flush, discard or write-zeroes as a write of no data.
+        let (bytes, write) = (inflight.bytes, inflight.kind != RequestKind::Read);
         self.ctx
             .counters
             .queued
@@ -836,22 +931,28 @@ impl QueueWorker {
                     retry = *done < *total;
                 }
             }
-            Op::Simple { pending } => {
+            Op::Simple {
+                what,
+                pending,
+                error: first_error,
+            } => {
                 *pending = pending.saturating_sub(1);
-                if res < 0 {
-                    error = Some(std::io::Error::from_raw_os_error(-res).to_string());
+                let bdev_discard = matches!(what, SimpleOp::Ranges { zero: false, .. })
+                    && self.ctx.lun.block_device;
+                if bdev_discard && (res == -libc::EOPNOTSUPP || res == -libc::EINVAL) {
+                    // A discard is advisory (the device "may" deallocate): a device or kernel
+                    // without it leaves the data, which the guest may not rely on anyway.
+                    self.ctx.bad_requests.warn(|| {
+                        "block device does not take discards; answering them OK".to_string()
+                    });
+                } else if res < 0 && first_error.is_none() {
+                    *first_error = Some(std::io::Error::from_raw_os_error(-res).to_string());
                 }
-                retry = *pending > 0;
-                if retry {
-                    if error.is_some() {
-                        inflight.status = VIRTIO_BLK_S_IOERR;
-                    }
+                if *pending > 0 {
                     // Wait for the request's other SQEs.
-                    if let Some(e) = error.take() {
-                        self.io_error(head, &e);
-                    }
                     return Ok(false);
                 }
+                error = first_error.take();
             }
         }
         let multipath = self.ctx.dispatcher.multipath() && !self.draining;
@@ -876,7 +977,7 @@ impl QueueWorker {
                 _ => {}
             }
         } else if retry {
-            self.submit_rw(slot)?;
+            self.submit(slot);
             return Ok(false);
         }
         // A dispatched request on an emulated LUN is answered when the model is done too.
@@ -930,11 +1031,17 @@ impl QueueWorker {
             ..Scheduled::default()
         };
         inflight.status = VIRTIO_BLK_S_OK;
-        if let Op::Rw { done, direct, .. } = &mut inflight.op {
-            *done = 0;
-            *direct = true;
+        match &mut inflight.op {
+            Op::Rw { done, direct, .. } => {
+                *done = 0;
+                *direct = true;
+            }
+            Op::Simple { pending, error, .. } => {
+                *pending = 0;
+                *error = None;
+            }
         }
-        let (bytes, write) = (inflight.bytes, matches!(inflight.kind, RequestKind::Write));
+        let (bytes, write) = (inflight.bytes, inflight.kind != RequestKind::Read);
         self.ctx
             .counters
             .queued
@@ -967,6 +1074,9 @@ impl QueueWorker {
             return false;
         };
         self.free.push(slot);
+        if let Some(busy) = self.heads_in_flight.get_mut(usize::from(inflight.head)) {
+            *busy = false;
+        }
         if let Some(Scheduled {
             granted: Some((epoch, dispatched_at)),
             path,
@@ -1028,6 +1138,20 @@ impl QueueWorker {
         true
     }
 
+    /// Answers IOERR the granted requests io_uring would not take.
+    fn answer_unsubmitted(&mut self, queue: &mut Queue) -> bool {
+        let mut used = false;
+        for (slot, why) in std::mem::take(&mut self.unsubmitted) {
+            if let Some(Some(inflight)) = self.slots.get_mut(slot) {
+                inflight.status = VIRTIO_BLK_S_IOERR;
+                let head = inflight.head;
+                self.io_error(head, &format!("io_uring refused the request: {why}"));
+                used |= self.finish(slot, queue);
+            }
+        }
+        used
+    }
+
     fn io_error(&self, head: u16, what: &str) {
         self.ctx
             .counters
@@ -1067,9 +1191,10 @@ impl QueueWorker {
                     .counters
                     .queued
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                self.submit_rw(slot)?;
+                self.submit(slot);
             }
         }
+        used |= self.answer_unsubmitted(queue);
         self.flush_submissions()?;
         // Requests whose I/O is done but whose array-model service is not: nothing will come
         // from io_uring for them, and the model is not waited for any more. Answer them now.
@@ -1087,10 +1212,68 @@ impl QueueWorker {
         for slot in model_waits {
             used |= self.settle(slot, queue)?;
         }
+        let deadline = Instant::now() + DRAIN_LIMIT;
         while self.in_flight() > 0 {
-            self.ring.submit_and_wait(1).map_err(WorkerError::Submit)?;
+            if Instant::now() >= deadline {
+                // A store that does not answer (a hung path, a dead NFS server) must not hold
+                // the disk's thread and the broker's shutdown forever. The requests stay in
+                // their slots, guest memory mapped, so a late completion writes nowhere else.
+                log::error!(
+                    "disk {}: {} requests still in flight after {} s of draining; giving up on them",
+                    self.ctx.name,
+                    self.in_flight(),
+                    DRAIN_LIMIT.as_secs()
+                );
+                break;
+            }
+            let wait = types::Timespec::new().nsec(200_000_000);
+            let args = types::SubmitArgs::new().timespec(&wait);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                Err(e) => return Err(WorkerError::Submit(e)),
+            }
             used |= self.reap(queue)?;
         }
         Ok(used)
     }
+}
+
+/// `_IO(0x12, 0)`: the block layer's asynchronous discard through io_uring (Linux 6.12).
+const BLOCK_URING_CMD_DISCARD: u32 = 0x1200;
+
+/// The SQE for one range of a DISCARD or WRITE_ZEROES.
+///
+/// Files: a discard punches a hole (reads back zeroes); a write-zeroes zeroes the range and
+/// keeps it allocated unless the guest allowed unmapping, except on a thin LUN, where zeroes
+/// are a hole (as dm-thin does it) so the pool gets its chunks back. Block devices: a discard
+/// is the block layer's own discard, asynchronous through io_uring; a write-zeroes is
+/// `fallocate(ZERO_RANGE)`, which the block layer turns into WRITE ZEROES (io_uring runs it on
+/// its workers: never a blocking ioctl on the queue's thread).
+fn range_sqe(
+    fd: types::Fd,
+    block_device: bool,
+    zero: bool,
+    unmap: bool,
+    thin: bool,
+    offset: u64,
+    len: u64,
+) -> squeue::Entry {
+    if block_device && !zero {
+        let mut cmd = [0u8; 16];
+        cmd[..8].copy_from_slice(&len.to_ne_bytes());
+        return opcode::UringCmd16::new(fd, BLOCK_URING_CMD_DISCARD)
+            .addr(Some(offset))
+            .cmd(cmd)
+            .build();
+    }
+    let mode = if block_device || (zero && !unmap && !thin) {
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+    } else {
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+    };
+    opcode::Fallocate::new(fd, len)
+        .offset(offset)
+        .mode(mode)
+        .build()
 }

@@ -248,6 +248,17 @@ impl VirtioMmio {
                 return;
             }
         }
+        if v & STATUS_DRIVER_OK != 0 && !self.active && v & STATUS_FEATURES_OK == 0 {
+            // A version-2 device runs only on features the driver confirmed (virtio 1.x
+            // §3.1.1): DRIVER_OK before FEATURES_OK would activate it on whatever half-written
+            // feature words the registers hold. Refuse until the driver resets.
+            log::warn!(
+                "{}: the driver set DRIVER_OK without FEATURES_OK; the device needs a reset",
+                self.name
+            );
+            self.status |= STATUS_NEEDS_RESET;
+            return;
+        }
         self.status = v;
         if v & STATUS_DRIVER_OK != 0 && !self.active && v & STATUS_FAILED == 0 {
             match self.device.activate(self.driver_features, &self.queues) {
@@ -396,5 +407,33 @@ mod tests {
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
         );
         assert_eq!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_does_not_activate() {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut t = VirtioMmio::new("t", Box::new(Fake(seen.clone())));
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, REG_QUEUE_SEL, 0);
+        w(&mut t, REG_QUEUE_NUM, 128);
+        w(&mut t, REG_QUEUE_READY, 1);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
+        );
+        assert!(seen.lock().unwrap().activated.is_none());
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_DRIVER_OK, 0);
+        // After a reset the proper sequence works.
+        w(&mut t, REG_STATUS, 0);
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        w(&mut t, REG_STATUS, 0xf);
+        assert!(seen.lock().unwrap().activated.is_some());
     }
 }
