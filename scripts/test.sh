@@ -17,3 +17,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 (cd guest-images/probe && cargo fmt -- --check && cargo clippy --release --quiet -- -D warnings \
     && cargo build --release --quiet)
 cargo test --workspace --release -- --nocapture
+# Every fuzz target for a few seconds from its seed corpus (the campaign runs by hand:
+# docs/fuzzing.md).
+scripts/fuzz.sh --smoke

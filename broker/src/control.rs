@@ -237,7 +237,8 @@ fn pool_command(state: &BrokerState, args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> String {
+/// The JSON answer to one command line.
+pub fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -> String {
     let mut words = command.split_whitespace();
     if command.trim_start().starts_with("fault") {
         let _ = words.next();

@@ -87,6 +87,17 @@ impl BlkDeviceSpec {
         f
     }
 
+    /// A frontend's GET_CONFIG: `size` bytes from `offset` (vhost caps `size` at its config
+    /// message's 256 bytes); bytes past the config space read as zero.
+    pub fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.config_space();
+        let start = (offset as usize).min(config.len());
+        let end = start.saturating_add(size as usize).min(config.len());
+        let mut out = config[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
     /// `struct virtio_blk_config` (virtio 1.2 §5.2.4), little-endian, up to
     /// `write_zeroes_may_unmap` and its padding.
     pub fn config_space(&self) -> Vec<u8> {
@@ -340,12 +351,7 @@ impl VhostUserBackend for BlkDevice {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.inner.spec.config_space();
-        let start = (offset as usize).min(config.len());
-        let end = start.saturating_add(size as usize).min(config.len());
-        let mut out = config[start..end].to_vec();
-        out.resize(size as usize, 0);
-        out
+        self.inner.spec.read_config(offset, size)
     }
 
     fn update_memory(&self, mem: GuestMemAtomic) -> io::Result<()> {

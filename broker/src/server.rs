@@ -133,6 +133,15 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Answers one control command as the control socket would (for tools and fuzzing in
+    /// the same process).
+    pub fn control_answer(&self, command: &str) -> String {
+        match &self.telemetry {
+            Some(t) => crate::control::answer(&self.handle.state, &t.handle(), command),
+            None => serde_json::json!({ "error": "the broker is stopping" }).to_string(),
+        }
+    }
+
     /// Opens every LUN and listens on every disk socket; returns once all are listening.
     pub fn start(config: &BrokerConfig, replace: bool) -> Result<Self, BrokerError> {
         let mut luns: HashMap<String, Arc<LunStore>> = HashMap::new();
