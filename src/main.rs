@@ -221,6 +221,7 @@ fn image(command: ImageCommand) -> Result<()> {
 }
 
 fn broker(args: BrokerArgs) -> Result<()> {
+    use weir_broker::sandbox::SeccompMode;
     let config = BrokerConfig::load(&args.config)?;
     // Before any thread starts, so that every broker thread inherits the blocked signals and
     // only the signal thread sees them.
@@ -242,6 +243,15 @@ fn broker(args: BrokerArgs) -> Result<()> {
     }
     if let Some(addr) = broker.metrics_addr() {
         println!("metrics http://{addr}/metrics");
+    }
+    let mode = SeccompMode::from_env(if config.seccomp {
+        SeccompMode::Enforce
+    } else {
+        SeccompMode::Off
+    });
+    weir_broker::sandbox::install(mode)?;
+    if mode != SeccompMode::Enforce {
+        println!("seccomp filter: {mode:?}");
     }
     println!("weir broker ready");
     broker.wait();

@@ -180,6 +180,9 @@ pub fn run(args: VmArgs) -> Result<()> {
     let mut private_config = BrokerConfig {
         control_socket: None,
         metrics_listen: None,
+        // The private broker shares the VMM's process, which needs KVM's ioctls and more:
+        // the filter is the standalone broker's.
+        seccomp: false,
         pools: Vec::new(),
         ports: Vec::new(),
         luns: Vec::new(),

@@ -211,6 +211,12 @@ fn the_control_socket_is_its_owners_and_an_image_has_one_broker() {
     };
     let cfg = write_config(dir.path(), &cfg_text("a.sock", &control));
     let mut first = start_ready(&cfg);
+    // The broker runs under its seccomp filter (broker/src/sandbox.rs).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", first.id())).unwrap();
+    assert!(
+        status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+        "no seccomp filter: {status}"
+    );
 
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&control).unwrap().permissions().mode() & 0o777;

@@ -61,6 +61,9 @@ pub struct BrokerConfig {
     /// `host:port` to serve Prometheus' `/metrics` on (e.g. "127.0.0.1:9464"); none: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// The seccomp filter on the broker's threads (`broker/src/sandbox.rs`); off only to debug.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
     /// Ports of the emulated array (only LUNs with `backend = "emulated"` sit behind one).
     #[serde(default, rename = "port")]
     pub ports: Vec<PortConfig>,

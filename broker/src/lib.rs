@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod path_probe;
 pub mod request;
+pub mod sandbox;
 pub mod server;
 pub mod telemetry;
 pub mod thin;
