@@ -214,7 +214,9 @@ fn the_control_socket_is_its_owners_and_an_image_has_one_broker() {
     // The broker runs under its seccomp filter (broker/src/sandbox.rs).
     let status = std::fs::read_to_string(format!("/proc/{}/status", first.id())).unwrap();
     assert!(
-        status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
         "no seccomp filter: {status}"
     );
 

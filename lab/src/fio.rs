@@ -103,15 +103,18 @@ impl FioReport {
     /// "you need to specify size=") into the same output before the JSON; those are kept in
     /// [`FioReport::preamble`].
     pub fn parse(text: &str) -> Result<Self, FioParseError> {
+        // Offsets from the text itself (`split_inclusive` keeps each line's own terminator):
+        // a guest's serial console ends lines in "\r\n", which `lines()` would hide and so
+        // shift every offset after it — into the middle of a character, even.
         let start = text
-            .lines()
+            .split_inclusive('\n')
             .scan(0usize, |offset, line| {
                 let at = *offset;
-                *offset += line.len() + 1;
+                *offset += line.len();
                 Some((at, line))
             })
             .find(|(_, line)| line.trim_start().starts_with('{'))
-            .map(|(at, _)| at)
+            .map(|(at, line)| at + (line.len() - line.trim_start().len()))
             .ok_or_else(|| FioParseError::NoJson(text.chars().take(400).collect()))?;
         let mut report: FioReport = serde_json::from_str(&text[start..])?;
         if report.jobs.is_empty() {
@@ -182,6 +185,30 @@ mod tests {
         assert!(j.write.is_empty());
         assert_eq!(j.options.get("bs").map(String::as_str), Some("4k"));
         assert!(r.failed_jobs().is_empty());
+    }
+
+    #[test]
+    fn a_serial_consoles_crlf_lines_and_multibyte_text_before_the_json_parse() {
+        // Found by the lab_outputs fuzz target: offsets counted with `lines()` were one short
+        // per "\r\n" line, so the JSON was cut wrong — or the cut fell inside a character and
+        // panicked.
+        let crlf = format!(
+            "fio: héllo\r\nwarn: ✓ ok\r\n{}",
+            SAMPLE.replace('\n', "\r\n")
+        );
+        let r = FioReport::parse(&crlf).unwrap();
+        assert_eq!(r.job("rr").unwrap().read.total_ios, 1000);
+        assert_eq!(r.preamble.len(), 3);
+        let indented = format!("x\n   {SAMPLE}");
+        assert!(FioReport::parse(&indented).is_ok());
+        // The fuzzer's input, as it was: an error, not a panic.
+        let found = [
+            120u8, 10, 10, 10, 10, 10, 8, 10, 10, 10, 17, 158, 10, 10, 10, 0, 0, 0, 0, 0, 255, 255,
+            13, 13, 13, 10, 8, 42, 10, 10, 10, 10, 10, 10, 10, 10, 101, 255, 255, 255, 255, 255,
+            255, 115, 112, 255, 255, 13, 13, 13, 10, 10, 10, 10, 98, 125, 246, 10, 123, 34, 106,
+            10, 10, 0, 78, 10, 62, 62, 62, 45, 10, 10, 17, 158, 10, 10, 114,
+        ];
+        assert!(FioReport::parse(&String::from_utf8_lossy(&found)).is_err());
     }
 
     #[test]
