@@ -119,6 +119,9 @@ pub struct ProbeReport {
     pub hostile: Vec<HostileResult>,
     pub interrupts: u64,
     pub notifies: u64,
+    /// Empty kicks sent by `probe.kick_flood_ms` (a hostile neighbour).
+    #[serde(default)]
+    pub flood_kicks: u64,
     pub errors: u64,
     pub verify_errors: u64,
 }

@@ -325,6 +325,12 @@ impl Blk {
         }
     }
 
+    /// A kick with nothing new in the avail ring: what a hostile (or broken) driver floods
+    /// the device with.
+    pub fn empty_kick(&mut self) {
+        w32(self.base, QUEUE_NOTIFY, 0);
+    }
+
     pub fn avail_idx(&self) -> u16 {
         self.avail_idx
     }

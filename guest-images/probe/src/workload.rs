@@ -545,6 +545,23 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
         return false;
     }
     let hostile_results = (o.num("hostile", 0) != 0).then(|| hostile(&mut blk, &job));
+    // A neighbour that only burns its vCPU: `spin_ms` with no kicks, `kick_flood_ms` kicking
+    // the device with nothing to do as fast as it can (the broker must not let that starve
+    // other guests).
+    let spin_ms = o.num("spin_ms", 0);
+    let flood_ms = o.num("kick_flood_ms", 0);
+    let mut flood_kicks = 0u64;
+    for (ms, kick) in [(spin_ms, false), (flood_ms, true)] {
+        let end = rdtsc() + ms * job.tsc_khz;
+        while ms > 0 && rdtsc() < end {
+            if kick {
+                blk.empty_kick();
+                flood_kicks += 1;
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+    }
     crate::console::print(format_args!(
         "<<<WEIR:PROBE-JSON:BEGIN>>>\n{{\"probe\":\"weir-probe\",\"boot\":\"{}\",\"mode\":\"{}\",\"device\":{{\"base\":{},\"irq\":{},\"capacity_sectors\":{},\"queue_size\":{},\"event_idx\":{},\"read_only\":{},\"seg_max\":{}}},\"phases\":[",
         if pvh { "pvh" } else { "linux64" },
@@ -580,9 +597,10 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
         }
     }
     crate::console::print(format_args!(
-        "],\"interrupts\":{},\"notifies\":{},\"errors\":{},\"verify_errors\":{}}}\n<<<WEIR:PROBE-JSON:END>>>\n",
+        "],\"interrupts\":{},\"notifies\":{},\"flood_kicks\":{},\"errors\":{},\"verify_errors\":{}}}\n<<<WEIR:PROBE-JSON:END>>>\n",
         irq_count(),
         blk.notifies,
+        flood_kicks,
         errors,
         verify_errors
     ));
