@@ -94,11 +94,22 @@ fn victim_p99_us(
         .filter(|s| s["disks"][1]["read_iops"].as_f64().unwrap_or(0.0) > 100.0)
         .filter_map(|s| s["luns"][0]["window"].as_f64())
         .collect();
-    let mean_window = windows.iter().sum::<f64>() / windows.len().max(1) as f64;
+    // No sample is no figure: an empty mean (or a missing p99 read as 0) would pass any "less
+    // than" below.
+    assert!(
+        windows.len() >= 3,
+        "the aggressor was busy in only {} telemetry seconds",
+        windows.len()
+    );
+    let mean_window = windows.iter().sum::<f64>() / windows.len() as f64;
     let v = victim.report.job("victim").unwrap();
     let a = aggr.report.job("aggressor").unwrap();
     (
-        v.read.clat_ns.percentile_ns(99.0).unwrap_or(0) as f64 / 1000.0,
+        v.read
+            .clat_ns
+            .percentile_ns(99.0)
+            .expect("the victim's fio reported a p99") as f64
+            / 1000.0,
         a.read.iops,
         mean_window,
     )

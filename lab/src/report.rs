@@ -8,6 +8,7 @@ use std::path::Path;
 use weir_sched::metrics;
 
 use crate::results::{PolicyResult, Results};
+use crate::summary::fmt_us;
 
 fn label(p: &PolicyResult, repeats: bool) -> String {
     if repeats {
@@ -71,15 +72,15 @@ pub fn terminal(r: &Results) -> String {
         for (t, mark) in rows {
             let _ = writeln!(
                 s,
-                "{:<20} {:<12} {:>6} {:>9.0} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>6}{mark}",
+                "{:<20} {:<12} {:>6} {:>9.0} {:>8.1} {:>9} {:>9} {:>9} {:>6}{mark}",
                 label(p, repeats),
                 t.name,
                 t.weight,
                 t.iops,
                 t.mbps,
-                t.lat_us.p50,
-                t.lat_us.p99,
-                t.lat_us.p999,
+                fmt_us(t.lat_us.p50),
+                fmt_us(t.lat_us.p99),
+                fmt_us(t.lat_us.p999),
                 t.errors,
             );
         }
@@ -420,15 +421,15 @@ pub fn html(r: &Results, tel: &[(String, u32, serde_json::Value)]) -> String {
         for t in &p.tenants {
             let _ = write!(
                 h,
-                "<tr><td>{}{}</td><td>{}</td><td>{:.0}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td></tr>",
+                "<tr><td>{}{}</td><td>{}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&t.name),
                 if t.ok { "" } else { " (failed)" },
                 t.weight,
                 t.iops,
                 t.mbps,
-                t.lat_us.p50,
-                t.lat_us.p99,
-                t.lat_us.p999,
+                fmt_us(t.lat_us.p50),
+                fmt_us(t.lat_us.p99),
+                fmt_us(t.lat_us.p999),
                 t.errors
             );
         }

@@ -50,9 +50,11 @@ pub struct GuestFailure {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Latency {
-    pub p50: f64,
-    pub p99: f64,
-    pub p999: f64,
+    /// `None` (`null` in results.json, "n/a" in tables) when the guest reported no such
+    /// percentile: a missing figure must never read as the best possible one (0 µs).
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,7 +131,10 @@ pub fn finish(policies: &mut [PolicyResult], victim: Option<&str>) {
         });
         if let (Some(v), Some(solo)) = (victim, &solo) {
             if let Some(t) = p.tenants.iter().find(|t| t.name == v && t.ok) {
-                let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+                let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                    (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                    _ => None,
+                };
                 p.metrics.victim_p99_ratio = ratio(t.lat_us.p99, solo.lat_us.p99);
                 p.metrics.victim_p999_ratio = ratio(t.lat_us.p999, solo.lat_us.p999);
             }
@@ -162,9 +167,9 @@ mod tests {
             iops,
             mbps: 0.0,
             lat_us: Latency {
-                p50: p99 / 2.0,
-                p99,
-                p999: p99 * 2.0,
+                p50: Some(p99 / 2.0),
+                p99: Some(p99),
+                p999: Some(p99 * 2.0),
             },
             errors: 0,
             ok: true,

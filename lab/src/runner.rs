@@ -236,10 +236,16 @@ fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressB
             let Some(image) = &env.image else {
                 return Outcome::Failed("the Linux guest image is not built".into());
             };
-            let job = format!(
-                "[global]\nruntime={}\ntime_based=1\nrandseed={seed}\n{}",
-                g.duration_s, g.text
-            );
+            // A verifying job keeps its own size/loops; the duration is then its time limit
+            // (docs/scenarios.md).
+            let job = if crate::fiojob::verifies(&g.text) {
+                format!("[global]\nrandseed={seed}\n{}", g.text)
+            } else {
+                format!(
+                    "[global]\nruntime={}\ntime_based=1\nrandseed={seed}\n{}",
+                    g.duration_s, g.text
+                )
+            };
             let mut spec = LinuxGuestSpec::new(
                 &g.name,
                 image,
@@ -340,7 +346,7 @@ fn tenant_from(
                 } else {
                     &j.write
                 };
-                let us = |p: f64| d.clat_ns.percentile_ns(p).unwrap_or(0) as f64 / 1000.0;
+                let us = |p: f64| d.clat_ns.percentile_ns(p).map(|ns| ns as f64 / 1000.0);
                 t.lat_us = Latency {
                     p50: us(50.0),
                     p99: us(99.0),
@@ -361,10 +367,12 @@ fn tenant_from(
             if let Some(p) = r.phases.last() {
                 t.iops = p.iops;
                 t.mbps = p.mib_s * 1.048576;
+                // A phase that completed nothing has no percentiles (the probe prints 0s).
+                let us = |v: u64| (p.ios > 0).then_some(v as f64);
                 t.lat_us = Latency {
-                    p50: p.lat_us.p50 as f64,
-                    p99: p.lat_us.p99 as f64,
-                    p999: p.lat_us.p999 as f64,
+                    p50: us(p.lat_us.p50),
+                    p99: us(p.lat_us.p99),
+                    p999: us(p.lat_us.p999),
                 };
                 t.cdf = vec![
                     (50.0, p.lat_us.p50 as f64),

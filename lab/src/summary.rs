@@ -64,8 +64,9 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-fn fmt_us(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
+/// A latency figure in µs, or "n/a" when there is none: a missing figure never prints as 0.
+pub fn fmt_us(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into())
 }
 
 /// A table of one run's jobs.
