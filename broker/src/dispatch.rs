@@ -152,8 +152,8 @@ struct Ticket {
 struct DispatchState {
     /// The dispatch state and rule `weir sim` runs too.
     d: LunDispatch<Ticket>,
-    /// Path events already logged.
-    events_logged: usize,
+    /// Path events already logged (a sequence number: `PathSet::event_count`).
+    events_logged: u64,
     /// Faults injected on paths without an array model.
     file_faults: Vec<FileFault>,
     rng: SplitMix64,
@@ -472,7 +472,7 @@ impl LunDispatcher {
                 log::warn!("{line}");
             }
         }
-        st.events_logged = st.d.paths.events().len();
+        st.events_logged = st.d.paths.event_count();
     }
 
     /// A granted request finished well (its I/O and, when emulated, the model's service), on

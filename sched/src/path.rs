@@ -271,8 +271,15 @@ pub struct PathSet {
     /// Since when no path is usable.
     no_path_since: Option<f64>,
     next_check: f64,
+    /// The latest events, at most `EVENTS_KEPT` (between `EVENTS_KEPT` and twice that before a
+    /// trim): a path flapping for weeks must not grow the broker's memory.
     events: Vec<PathEvent>,
+    /// Events trimmed from the front so far.
+    events_dropped: u64,
 }
+
+/// Path events a `PathSet` keeps (the latest ones); older ones were logged when they happened.
+pub const EVENTS_KEPT: usize = 4096;
 
 impl PathSet {
     /// `paths` are `(group, in-flight cap)` in configuration order.
@@ -294,6 +301,16 @@ impl PathSet {
             no_path_since: None,
             next_check: 0.0,
             events: Vec::new(),
+            events_dropped: 0,
+        }
+    }
+
+    fn record(&mut self, e: PathEvent) {
+        self.events.push(e);
+        if self.events.len() >= 2 * EVENTS_KEPT {
+            let excess = self.events.len() - EVENTS_KEPT;
+            self.events.drain(..excess);
+            self.events_dropped += excess as u64;
         }
     }
 
@@ -341,14 +358,21 @@ impl PathSet {
         self.paths.get(i).map(|p| &p.stats)
     }
 
-    /// Every path event so far, oldest first.
+    /// The path events kept (the latest, oldest first).
     pub fn events(&self) -> &[PathEvent] {
         &self.events
     }
 
-    /// Path events from index `from` on (for callers that forward them as they come).
-    pub fn events_since(&self, from: usize) -> &[PathEvent] {
-        self.events.get(from..).unwrap_or(&[])
+    /// Events recorded so far, trimmed ones included: the sequence number of the next one.
+    pub fn event_count(&self) -> u64 {
+        self.events_dropped + self.events.len() as u64
+    }
+
+    /// The kept events from sequence number `from` on (for callers that forward them as they
+    /// come; events trimmed before they asked are gone).
+    pub fn events_since(&self, from: u64) -> &[PathEvent] {
+        let start = usize::try_from(from.saturating_sub(self.events_dropped)).unwrap_or(usize::MAX);
+        self.events.get(start..).unwrap_or(&[])
     }
 
     /// True while at least one path is usable.
@@ -511,7 +535,7 @@ impl PathSet {
             return false;
         }
         p.health = Health::Failed;
-        self.events.push(PathEvent {
+        self.record(PathEvent {
             at: now,
             path: i,
             what: "failed",
@@ -544,7 +568,7 @@ impl PathSet {
             if !probe(i) {
                 if let Health::Returning { .. } = health {
                     self.paths[i].health = Health::Failed;
-                    self.events.push(PathEvent {
+                    self.record(PathEvent {
                         at: now,
                         path: i,
                         what: "probe-failed",
@@ -562,7 +586,7 @@ impl PathSet {
             match health {
                 Health::Failed if self.policy.failback_s > 0.0 => {
                     self.paths[i].health = Health::Returning { since: now };
-                    self.events.push(PathEvent {
+                    self.record(PathEvent {
                         at: now,
                         path: i,
                         what: "returning",
@@ -585,7 +609,7 @@ impl PathSet {
     fn restore(&mut self, i: usize, now: f64) {
         self.paths[i].health = Health::Up;
         self.paths[i].last_activity = now;
-        self.events.push(PathEvent {
+        self.record(PathEvent {
             at: now,
             path: i,
             what: "restored",
@@ -756,6 +780,30 @@ mod tests {
                 "restored"
             ]
         );
+    }
+
+    #[test]
+    fn a_path_flapping_for_ever_keeps_a_bounded_event_list() {
+        let mut s = PathSet::new(
+            &[(PathGroup::Optimized, 4), (PathGroup::Optimized, 4)],
+            MultipathPolicy {
+                failback_s: 0.0,
+                checker_interval_s: 1.0,
+                ..MultipathPolicy::default()
+            },
+        );
+        let mut seen = 0u64;
+        for i in 0..20_000 {
+            let t = f64::from(i);
+            s.on_failure(0, t, "io error");
+            s.check(t + 0.5, |_| true);
+            let new = s.events_since(seen).len() as u64;
+            seen += new;
+            assert_eq!(seen, s.event_count(), "a forwarder sees every event once");
+        }
+        assert_eq!(s.event_count(), 40_000);
+        assert!(s.events().len() < 2 * EVENTS_KEPT);
+        assert_eq!(s.events().last().unwrap().what, "restored");
     }
 
     #[test]
