@@ -238,6 +238,9 @@ fn a_real_prometheus_scrapes_the_broker_and_the_histogram_agrees_with_fio() {
         std::thread::sleep(Duration::from_millis(2500));
         let mid = reads();
         let v = prom.query("weir_disk_ops_total{op=\"read\",tenant=\"vm\",lun=\"lun0\"}");
+        // Long enough for several reads (a TCG guest at QD1 does one every few ms): a query
+        // answered faster than one read must not look like fio's end.
+        std::thread::sleep(Duration::from_millis(300));
         let after = reads();
         if after == mid {
             break; // fio has finished: the exact check below covers it

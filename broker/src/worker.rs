@@ -236,9 +236,7 @@ impl QueueWorker {
     ) -> Result<bool, WorkerError> {
         let guard = mem.memory();
         let mut used = false;
-        let mut popped = 0usize;
         while let Some(chain) = queue.pop_descriptor_chain(&*guard) {
-            popped += 1;
             let head = chain.head_index();
             if self
                 .heads_in_flight
@@ -260,13 +258,9 @@ impl QueueWorker {
             used |= self.dispatch(parsed, queue, &guard)?;
         }
         used |= self.answer_unsubmitted(queue);
-        if popped > 0 {
-            // Only a kick that brought requests takes the LUN's shared lock: a guest flooding
-            // empty kicks burns its own queue thread, not its neighbours' dispatcher.
-            self.ctx
-                .dispatcher
-                .pump(self.ctx.clock.now(), Some(&self.inbox));
-        }
+        self.ctx
+            .dispatcher
+            .pump(self.ctx.clock.now(), Some(&self.inbox));
         used |= self.drain_inbox(queue)?;
         self.flush_submissions()?;
         Ok(used)
