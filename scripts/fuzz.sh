@@ -17,10 +17,11 @@ cd "$(dirname "$0")/.."
 
 secs=300
 runs=-1
+smoke=0
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --smoke) secs=${WEIR_FUZZ_SMOKE_SECS:-5}; shift ;;
+    --smoke) secs=${WEIR_FUZZ_SMOKE_SECS:-5}; smoke=1; shift ;;
     --time) secs="$2"; shift 2 ;;
     --runs) runs="$2"; secs=86400; shift 2 ;;
     -h|--help) sed -n 2,14p "$0"; exit 0 ;;
@@ -28,8 +29,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-smoke=0
-[ "$secs" != 300 ] && [ "$runs" = -1 ] && [ "$secs" -le 60 ] && smoke=1
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   if [ $smoke = 1 ]; then
     # cargo-fuzz needs nightly's sanitizer flags; a machine without it skips the smoke, loudly.

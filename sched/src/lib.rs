@@ -3,6 +3,8 @@
 //! Everything here takes the current time as an argument (seconds, `f64`), so the same code
 //! runs in the broker on the real clock and in `weir sim` on a virtual clock, seeded and
 //! deterministic. This crate holds:
+//! - [`check`]: the validator every config and scenario goes through (and the one bounded
+//!   config-file read, the crate's only I/O);
 //! - [`cost`]: what one request costs, by size (a linear model);
 //! - [`mclock`]: per-tenant reservation, limit and weight tags (mClock, OSDI '10) and the
 //!   dispatch rule;
