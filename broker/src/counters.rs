@@ -105,6 +105,9 @@ pub struct DiskCounters {
     /// Work completed in the scheduler's cost units (`weir_sched::cost`, a 4 KiB request = 1),
     /// in thousandths: what weights divide, so shares are judged in it.
     pub cost_milli: AtomicU64,
+    /// Requests a previous broker process had taken and not answered, resubmitted by this one
+    /// from the frontend's inflight region after a restart.
+    pub resubmitted: AtomicU64,
     pub latency: LatencyHistograms,
 }
 
@@ -141,6 +144,8 @@ pub struct DiskCountersSnapshot {
     pub held_total: u64,
     #[serde(default)]
     pub space_errors: u64,
+    #[serde(default)]
+    pub resubmitted: u64,
 }
 
 impl DiskCounters {
@@ -204,6 +209,7 @@ impl DiskCounters {
             held: l(&self.held),
             held_total: l(&self.held_total),
             space_errors: l(&self.space_errors),
+            resubmitted: l(&self.resubmitted),
         }
     }
 }

@@ -1,21 +1,19 @@
 //! The vhost-user-blk device one guest disk is served as: features, config space, and the
-//! glue between vhost-user-backend's vring threads and the queue workers.
+//! glue between the queue threads ([`crate::vhost_session`]) and the queue workers.
 //!
-//! One worker thread per virtqueue (`queues_per_thread`), each owning its queue's io_uring.
-//! The io_uring completion eventfd of each worker is registered in that thread's epoll set, so
-//! kicks and completions are handled on the same thread without locks being contended.
+//! One thread per virtqueue, each owning its queue's io_uring. The io_uring completion eventfd
+//! of each worker is in that thread's epoll set, so kicks and completions are handled on the
+//! same thread without locks being contended.
 
 use std::io;
 use std::sync::{Arc, Mutex, RwLock};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost::vhost_user::message::VhostUserVirtioFeatures;
+use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+
+use crate::inflight::QueueInflight;
 
 use crate::request::{DiskLimits, SECTOR_SIZE};
 use crate::worker::{DiskContext, GuestMemAtomic, QueueWorker, WorkerError};
@@ -132,16 +130,15 @@ struct DeviceInner {
     spec: BlkDeviceSpec,
     ctx: Arc<DiskContext>,
     mem: RwLock<GuestMemAtomic>,
-    event_idx: Mutex<bool>,
     workers: Vec<Mutex<QueueWorker>>,
-    /// The vrings as the vring threads last handed them to us, kept so that in-flight requests
-    /// can be answered after those threads have stopped.
+    /// The vrings of the current session, kept so that in-flight requests can be answered
+    /// after its queue threads have stopped.
     vrings: Mutex<Vec<Option<VringRwLock<GuestMemAtomic>>>>,
-    exit_events: Vec<Mutex<Option<(EventConsumer, EventNotifier)>>>,
 }
 
-/// The vhost-user-blk backend of one guest connection. Cheap to clone (the vring threads each
-/// hold one); a new one is made per connection so no state leaks between guests.
+/// The vhost-user-blk device of one guest connection: its queue workers and what it offers.
+/// Cheap to clone (the queue threads each hold one); a new one is made per connection so no
+/// state leaks between guests. [`crate::vhost_session`] speaks the protocol around it.
 #[derive(Clone)]
 pub struct BlkDevice {
     inner: Arc<DeviceInner>,
@@ -151,35 +148,18 @@ impl BlkDevice {
     pub fn new(spec: BlkDeviceSpec, ctx: Arc<DiskContext>) -> Result<Self, WorkerError> {
         let queues = spec.num_queues as usize;
         let mut workers = Vec::new();
-        let mut exit_events = Vec::new();
         for _ in 0..spec.num_queues {
             workers.push(Mutex::new(QueueWorker::new(ctx.clone(), spec.queue_size)?));
-            let pair =
-                new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(WorkerError::Uring)?;
-            exit_events.push(Mutex::new(Some(pair)));
         }
         Ok(BlkDevice {
             inner: Arc::new(DeviceInner {
                 spec,
                 ctx,
                 mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
-                event_idx: Mutex::new(false),
                 workers,
                 vrings: Mutex::new(vec![None; queues]),
-                exit_events,
             }),
         })
-    }
-
-    /// The epoll token of queue `q`'s io_uring completion event in its thread's handler.
-    pub fn completion_token(&self, q: usize) -> u64 {
-        // 0..num_queues are the vrings, num_queues is the exit/enable event.
-        self.inner.spec.num_queues as u64 + 1 + q as u64
-    }
-
-    /// The epoch token of queue `q`'s dispatcher inbox.
-    pub fn inbox_token(&self, q: usize) -> u64 {
-        2 * self.inner.spec.num_queues as u64 + 1 + q as u64
     }
 
     pub fn inbox_fd(&self, q: usize) -> Option<i32> {
@@ -196,39 +176,99 @@ impl BlkDevice {
             .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).completion_fd())
     }
 
+    pub fn features(&self) -> u64 {
+        self.inner.spec.features()
+    }
+
+    pub fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.inner.spec.read_config(offset, size)
+    }
+
+    pub fn max_queue_size(&self) -> u16 {
+        self.inner.spec.queue_size
+    }
+
+    pub fn update_memory(&self, mem: GuestMemAtomic) {
+        *self.inner.mem.write().unwrap_or_else(|p| p.into_inner()) = mem;
+    }
+
+    pub(crate) fn remember_vring(&self, q: usize, vring: VringRwLock<GuestMemAtomic>) {
+        if let Some(slot) = self
+            .inner
+            .vrings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(q)
+        {
+            *slot = Some(vring);
+        }
+    }
+
+    /// Queue `q` tracks its requests in `part` from now on, and resubmits `heads` first.
+    pub(crate) fn track_inflight(&self, q: usize, part: QueueInflight, heads: Vec<u16>) {
+        if let Some(worker) = self.inner.workers.get(q) {
+            worker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .track_inflight(part, heads);
+        }
+    }
+
+    /// A kick on queue `q`.
+    pub(crate) fn kicked(&self, q: usize, vring: &VringRwLock<GuestMemAtomic>) -> io::Result<()> {
+        self.inner
+            .ctx
+            .counters
+            .kicks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.service_queue(q, vring, false)
+    }
+
+    /// Completions, dispatcher grants, or a start: reap and take what is new.
+    pub(crate) fn service(&self, q: usize, vring: &VringRwLock<GuestMemAtomic>) -> io::Result<()> {
+        self.service_queue(q, vring, true)
+    }
+
     pub fn num_queues(&self) -> usize {
         self.inner.spec.num_queues as usize
     }
 
     /// Finishes every request still in flight on every queue and signals the guest: used when
-    /// the guest disconnects or the broker stops, after the vring threads have exited.
+    /// the guest disconnects or the broker stops, after the queue threads have exited.
     pub fn drain(&self) {
-        let vrings = self
+        for q in 0..self.num_queues() {
+            self.drain_queue(q);
+        }
+    }
+
+    /// Finishes every request in flight on queue `q` and signals the guest.
+    pub fn drain_queue(&self, q: usize) {
+        let vring = self
             .inner
             .vrings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (q, vring) in vrings.iter().enumerate() {
-            let Some(vring) = vring else { continue };
-            let Some(worker) = self.inner.workers.get(q) else {
-                continue;
-            };
-            let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
-            if worker.in_flight() == 0 {
-                continue;
+            .get(q)
+            .cloned()
+            .flatten();
+        let Some(vring) = vring else { return };
+        let Some(worker) = self.inner.workers.get(q) else {
+            return;
+        };
+        let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
+        if worker.in_flight() == 0 {
+            return;
+        }
+        let used = {
+            let mut state = vring.get_mut();
+            worker.drain(state.get_queue_mut())
+        };
+        match used {
+            Ok(true) => {
+                let _ = vring.signal_used_queue();
             }
-            let used = {
-                let mut state = vring.get_mut();
-                worker.drain(state.get_queue_mut())
-            };
-            match used {
-                Ok(true) => {
-                    let _ = vring.signal_used_queue();
-                }
-                Ok(false) => {}
-                Err(e) => log::error!("disk {}: draining queue {q}: {e}", self.inner.ctx.name),
-            }
+            Ok(false) => {}
+            Err(e) => log::error!("disk {}: draining queue {q}: {e}", self.inner.ctx.name),
         }
     }
 
@@ -267,8 +307,8 @@ impl BlkDevice {
         {
             let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
             let mut state = vring.get_mut();
-            let ready = state.get_queue().ready();
-            if !ready {
+            let ready = state.get_queue().ready() && state.is_enabled();
+            if !ready && !completions {
                 let name = &self.inner.ctx.name;
                 let in_flight = worker.in_flight();
                 self.inner.ctx.bad_requests.warn(|| {
@@ -316,93 +356,5 @@ impl BlkDevice {
             vring.signal_used_queue()?;
         }
         Ok(())
-    }
-}
-
-impl VhostUserBackend for BlkDevice {
-    type Bitmap = ();
-    type Vring = VringRwLock<GuestMemAtomic>;
-
-    fn num_queues(&self) -> usize {
-        self.inner.spec.num_queues as usize
-    }
-
-    fn max_queue_size(&self) -> usize {
-        self.inner.spec.queue_size as usize
-    }
-
-    fn features(&self) -> u64 {
-        self.inner.spec.features()
-    }
-
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-    }
-
-    fn set_event_idx(&self, enabled: bool) {
-        *self
-            .inner
-            .event_idx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = enabled;
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.inner.spec.read_config(offset, size)
-    }
-
-    fn update_memory(&self, mem: GuestMemAtomic) -> io::Result<()> {
-        *self.inner.mem.write().unwrap_or_else(|p| p.into_inner()) = mem;
-        Ok(())
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.inner.spec.num_queues).map(|q| 1u64 << q).collect()
-    }
-
-    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        self.inner
-            .exit_events
-            .get(thread_index)?
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    fn handle_event(
-        &self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[Self::Vring],
-        thread_id: usize,
-    ) -> io::Result<()> {
-        // Each thread owns exactly one queue: queue index == thread id.
-        let Some(vring) = vrings.first() else {
-            return Ok(());
-        };
-        {
-            let mut known = self.inner.vrings.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(slot @ None) = known.get_mut(thread_id) {
-                *slot = Some(vring.clone());
-            }
-        }
-        let nq = self.inner.spec.num_queues as usize;
-        let d = device_event as usize;
-        if d < nq {
-            self.inner
-                .ctx
-                .counters
-                .kicks
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.service_queue(thread_id, vring, false)
-        } else if d > nq && (d - nq - 1 == thread_id || d - nq - 1 == nq + thread_id) {
-            // io_uring completions or dispatcher/model events for this thread's queue.
-            self.service_queue(thread_id, vring, true)
-        } else {
-            Ok(())
-        }
     }
 }

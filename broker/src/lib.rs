@@ -14,6 +14,7 @@ pub mod counters;
 pub mod dark;
 pub mod device;
 pub mod dispatch;
+pub mod inflight;
 pub mod lun;
 pub mod metrics;
 pub mod metrics_http;
@@ -23,6 +24,7 @@ pub mod sandbox;
 pub mod server;
 pub mod telemetry;
 pub mod thin;
+pub mod vhost_session;
 pub mod worker;
 
 #[cfg(test)]

@@ -173,6 +173,12 @@ fn disk_families(f: &mut Families, tenant: &str, lun: &str, disk: &str, c: &Disk
         &base,
         l(&c.path_retries),
     );
+    f.counter(
+        "weir_disk_resubmitted_total",
+        "Requests a previous broker process left in flight, resubmitted after a restart.",
+        &base,
+        l(&c.resubmitted),
+    );
     f.gauge(
         "weir_disk_held_writes",
         "Writes held now for thin-pool space (this tenant's allocating writes only).",

@@ -287,6 +287,20 @@ where
     M::Target: GuestMemoryBackend + Sized,
 {
     let head = chain.head_index();
+    parse_descriptors(head, chain, mem, limits)
+}
+
+/// [`parse_chain`] for a chain walked some other way (a request resubmitted after a restart is
+/// found by its head, not popped from the avail ring: see [`ChainAt`]).
+pub fn parse_descriptors<M>(
+    head: u16,
+    chain: impl Iterator<Item = Descriptor>,
+    mem: &M,
+    limits: &DiskLimits,
+) -> ParsedChain
+where
+    M: GuestMemoryBackend,
+{
     let mut readable: Vec<GuestRange> = Vec::new();
     let mut writable: Vec<GuestRange> = Vec::new();
     let mut count = 0usize;
@@ -548,3 +562,69 @@ pub fn sub_ranges(ranges: &[GuestRange], offset: u64, len: u64) -> Vec<GuestRang
     }
     out
 }
+/// The descriptors of the chain that starts at `head` in the descriptor table at `table`
+/// (`size` entries), walked exactly as `virtio_queue::DescriptorChain` walks a popped chain:
+/// one level of indirect table (a multiple of 16 bytes, at most 65 535 entries), a `next`
+/// beyond the table ends the chain, and no more descriptors than the table holds are yielded
+/// (a loop ends), nor more than 2³² bytes in all. Used to resubmit a request a previous broker
+/// had in flight, which is known by its head only.
+pub struct ChainAt<'m, M> {
+    mem: &'m M,
+    table: GuestAddress,
+    size: u16,
+    next: u16,
+    ttl: u16,
+    indirect: bool,
+    bytes: u32,
+}
+
+impl<'m, M: GuestMemoryBackend> ChainAt<'m, M> {
+    pub fn new(mem: &'m M, table: GuestAddress, size: u16, head: u16) -> Self {
+        ChainAt {
+            mem,
+            table,
+            size,
+            next: head,
+            ttl: size,
+            indirect: false,
+            bytes: 0,
+        }
+    }
+}
+
+impl<M: GuestMemoryBackend> Iterator for ChainAt<'_, M> {
+    type Item = Descriptor;
+
+    fn next(&mut self) -> Option<Descriptor> {
+        if self.ttl == 0 || self.next >= self.size {
+            return None;
+        }
+        let at = self
+            .table
+            .checked_add(u64::from(self.next) * DESCRIPTOR_LEN)?;
+        let desc: Descriptor = self.mem.read_obj(at).ok()?;
+        if desc.refers_to_indirect_table() {
+            // Indirect tables do not nest (virtio 1.2 §2.7.5.3.1).
+            if self.indirect || u64::from(desc.len()) % DESCRIPTOR_LEN != 0 {
+                return None;
+            }
+            let entries = u64::from(desc.len()) / DESCRIPTOR_LEN;
+            self.size = u16::try_from(entries).ok()?;
+            self.table = desc.addr();
+            self.next = 0;
+            self.ttl = self.size;
+            self.indirect = true;
+            return self.next();
+        }
+        self.bytes = self.bytes.checked_add(desc.len())?;
+        if desc.has_next() {
+            self.next = desc.next();
+            self.ttl -= 1;
+        } else {
+            self.ttl = 0;
+        }
+        Some(desc)
+    }
+}
+
+const DESCRIPTOR_LEN: u64 = 16;

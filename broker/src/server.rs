@@ -16,10 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use thiserror::Error;
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
+use vhost::vhost_user::{BackendListener, Listener};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use weir_sched::array::{EmulatedArray, LunModel, PortModel};
 use weir_sched::mclock::TenantPolicy;
@@ -39,6 +36,7 @@ use crate::request::ID_BYTES;
 use crate::telemetry::PortTelemetry;
 use crate::telemetry::TelemetryRecorder;
 use crate::thin::{PoolThread, ThinPool};
+use crate::vhost_session::VhostSession;
 use crate::worker::DiskContext;
 
 #[derive(Debug, Error)]
@@ -102,7 +100,7 @@ struct StopSignal {
     requested: AtomicBool,
     event: EventFd,
     /// The live guest connections, to cut on shutdown.
-    connections: Mutex<HashMap<usize, ShutdownHandle>>,
+    connections: Mutex<HashMap<usize, std::os::unix::net::UnixStream>>,
 }
 
 impl BrokerHandle {
@@ -116,7 +114,7 @@ impl BrokerHandle {
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            handle.shutdown();
+            let _ = handle.shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -584,25 +582,20 @@ impl DiskServer {
     fn serve_one(&mut self, stop: &StopSignal) -> Result<(), String> {
         let device =
             BlkDevice::new(self.spec.clone(), self.ctx.clone()).map_err(|e| e.to_string())?;
-        let mut daemon = VhostUserDaemon::new(
-            format!("weir-disk-{}", self.index),
-            device.clone(),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
-        .map_err(|e| format!("cannot create vhost-user daemon: {e:?}"))?;
-        for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
-            let fd = device.completion_fd(q).ok_or("missing queue worker")?;
-            handler
-                .register_listener(fd, EventSet::IN, device.completion_token(q))
-                .map_err(|e| format!("cannot register io_uring completions of queue {q}: {e}"))?;
-            let inbox = device.inbox_fd(q).ok_or("missing queue worker")?;
-            handler
-                .register_listener(inbox, EventSet::IN, device.inbox_token(q))
-                .map_err(|e| format!("cannot register the dispatcher inbox of queue {q}: {e}"))?;
-        }
-        daemon
-            .start(&mut self.listener)
-            .map_err(|e| format!("accepting a guest failed: {e:?}"))?;
+        let session = VhostSession::new(device.clone(), &format!("disk-{}", self.index))
+            .map_err(|e| format!("cannot start the queue threads: {e}"))?;
+        let session = Arc::new(Mutex::new(session));
+        let mut handler = {
+            let mut listener = BackendListener::new(&mut self.listener, session.clone())
+                .map_err(|e| format!("cannot listen: {e}"))?;
+            loop {
+                match listener.accept() {
+                    Ok(Some(h)) => break h,
+                    Ok(None) => continue,
+                    Err(e) => return Err(format!("accepting a guest failed: {e}")),
+                }
+            }
+        };
         self.info
             .counters
             .connections
@@ -610,37 +603,45 @@ impl DiskServer {
         self.info.connected.store(true, Ordering::SeqCst);
         self.stamp();
         log::info!("disk {}: guest connected", self.ctx.name);
-        if let Some(h) = daemon.shutdown_handle() {
+        if let Ok(conn) = handler.try_clone_connection() {
+            // A shutdown requested while we were accepting must still cut this connection.
+            if stop.requested.load(Ordering::SeqCst) {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
             stop.connections
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(self.index, h.clone());
-            // A shutdown requested while we were accepting must still cut this connection.
-            if stop.requested.load(Ordering::SeqCst) {
-                h.shutdown();
-            }
+                .insert(self.index, conn);
         }
-        let result = daemon.wait();
+        let error = loop {
+            if let Err(e) = handler.handle_request() {
+                break e;
+            }
+        };
         stop.connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.index);
-        // Dropping the daemon stops and joins its vring threads; only then may the in-flight
-        // requests be finished from here without racing them.
-        drop(daemon);
+        drop(handler);
+        // The queue threads stop first; only then may the in-flight requests be finished from
+        // here without racing them.
+        session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop_threads();
         let pending = device.in_flight();
         device.drain();
+        drop(session);
         self.info.connected.store(false, Ordering::SeqCst);
         self.stamp();
         log::info!(
             "disk {}: guest disconnected ({}); {pending} in-flight requests finished",
             self.ctx.name,
-            match &result {
-                Ok(()) => "cleanly".to_string(),
-                Err(vhost_user_backend::Error::HandleRequest(
-                    vhost::vhost_user::Error::Disconnected,
-                )) => "socket closed".to_string(),
-                Err(e) => format!("{e:?}"),
+            match &error {
+                vhost::vhost_user::Error::Disconnected
+                | vhost::vhost_user::Error::PartialMessage => "socket closed".to_string(),
+                e if stop.requested.load(Ordering::SeqCst) => format!("broker stopping: {e}"),
+                e => e.to_string(),
             }
         );
         Ok(())

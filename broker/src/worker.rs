@@ -25,10 +25,11 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::config::OnFull;
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::dispatch::{BrokerClock, Inbox, InboxEvent, LunDispatcher};
+use crate::inflight::QueueInflight;
 use crate::lun::LunStore;
 use crate::request::{
     BlkRequest, DiskLimits, GuestRange, ID_BYTES, ParsedChain, RequestKind, SECTOR_SHIFT,
-    SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, parse_chain,
+    SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, parse_chain, parse_descriptors,
 };
 use crate::thin::{Reservation, ThinPool};
 
@@ -188,6 +189,11 @@ pub struct QueueWorker {
     /// Which descriptor heads are in flight: a guest that offers one twice is refused the
     /// second time, so slots never outnumber the queue's size.
     heads_in_flight: Vec<bool>,
+    /// The shared inflight region's part for this queue, when the frontend negotiated one:
+    /// every taken head is marked there until its used element is published.
+    inflight: Option<QueueInflight>,
+    /// Heads a previous broker had in flight, to take before the avail ring (oldest first).
+    resubmit: Vec<u16>,
 }
 
 impl QueueWorker {
@@ -210,6 +216,8 @@ impl QueueWorker {
             held: VecDeque::new(),
             unsubmitted: Vec::new(),
             heads_in_flight: vec![false; usize::from(queue_size)],
+            inflight: None,
+            resubmit: Vec::new(),
         })
     }
 
@@ -227,6 +235,18 @@ impl QueueWorker {
         self.slots.len() - self.free.len()
     }
 
+    /// Tracks this queue's requests in `inflight` from now on, and takes `resubmit` (the heads
+    /// a previous broker left in flight, oldest first) before anything new in the avail ring.
+    pub fn track_inflight(&mut self, inflight: QueueInflight, resubmit: Vec<u16>) {
+        self.inflight = Some(inflight);
+        self.resubmit = resubmit;
+    }
+
+    /// Heads waiting to be resubmitted.
+    pub fn resubmit_pending(&self) -> usize {
+        self.resubmit.len()
+    }
+
     /// Pops and handles every available chain. Returns true when entries were added to the
     /// used ring (rejections and synchronous requests answer at once).
     pub fn process_available(
@@ -236,6 +256,26 @@ impl QueueWorker {
     ) -> Result<bool, WorkerError> {
         let guard = mem.memory();
         let mut used = false;
+        if !self.resubmit.is_empty() {
+            let table = GuestAddress(queue.desc_table());
+            let size = queue.size();
+            for head in std::mem::take(&mut self.resubmit) {
+                if self
+                    .heads_in_flight
+                    .get(usize::from(head))
+                    .is_none_or(|busy| *busy)
+                {
+                    continue;
+                }
+                let chain = crate::request::ChainAt::new(&*guard, table, size, head);
+                let parsed = parse_descriptors(head, chain, &*guard, &self.ctx.limits);
+                self.ctx
+                    .counters
+                    .resubmitted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                used |= self.dispatch(parsed, queue, &guard)?;
+            }
+        }
         while let Some(chain) = queue.pop_descriptor_chain(&*guard) {
             let head = chain.head_index();
             if self
@@ -253,6 +293,9 @@ impl QueueWorker {
                     )
                 });
                 continue;
+            }
+            if let Some(inflight) = &mut self.inflight {
+                inflight.begin(head);
             }
             let parsed = parse_chain(chain, &*guard, &self.ctx.limits);
             used |= self.dispatch(parsed, queue, &guard)?;
@@ -1165,7 +1208,14 @@ impl QueueWorker {
     }
 
     fn add_used(&self, queue: &mut Queue, mem: &GuestMem, head: u16, len: u32) {
-        if let Err(e) = queue.add_used(mem, head, len) {
+        if let Some(inflight) = &self.inflight {
+            inflight.before_used(head);
+        }
+        let result = queue.add_used(mem, head, len);
+        if let Some(inflight) = &self.inflight {
+            inflight.after_used(head, queue.next_used());
+        }
+        if let Err(e) = result {
             let name = &self.ctx.name;
             self.ctx
                 .bad_requests
