@@ -31,6 +31,8 @@ pub enum BrokerProcessError {
 #[derive(Debug)]
 pub struct BrokerProcess {
     child: Option<Child>,
+    /// Processes replaced by [`restart`](Self::restart) while running, reaped on drop.
+    previous: Vec<Child>,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub control_socket: Option<PathBuf>,
@@ -53,10 +55,31 @@ impl BrokerProcess {
         let config_path = work_dir.join("broker.toml");
         fs::write(&config_path, config_toml).map_err(io("write broker.toml"))?;
         let log_path = work_dir.join("broker.log");
-        let mut child = Command::new(binary)
-            .arg("broker")
-            .arg("--config")
-            .arg(&config_path)
+        fs::File::create(&log_path).map_err(io("create broker.log"))?;
+        let mut process = BrokerProcess {
+            child: None,
+            previous: Vec::new(),
+            config_path,
+            log_path,
+            control_socket,
+        };
+        process.spawn(binary, false)?;
+        Ok(process)
+    }
+
+    /// Starts the broker process (again), appending to its log, and waits until it is ready.
+    /// `replace`: pass `--replace` (take over the sockets a dead or running broker left).
+    fn spawn(&mut self, binary: &Path, replace: bool) -> Result<(), BrokerProcessError> {
+        let io = |context: &str| {
+            let context = context.to_string();
+            move |source| BrokerProcessError::Io { context, source }
+        };
+        let mut command = Command::new(binary);
+        command.arg("broker").arg("--config").arg(&self.config_path);
+        if replace {
+            command.arg("--replace");
+        }
+        let mut child = command
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -73,7 +96,10 @@ impl BrokerProcess {
         let stderr = child.stderr.take();
         let (tx, rx) = mpsc::channel::<String>();
         // Both streams go to the log file; the stdout reader also reports readiness.
-        let log = fs::File::create(&log_path).map_err(io("create broker.log"))?;
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .map_err(io("open broker.log"))?;
         let log2 = log.try_clone().map_err(io("dup broker.log"))?;
         if let Some(out) = stdout {
             std::thread::spawn(move || copy_lines(out, log, Some(tx)));
@@ -89,18 +115,31 @@ impl BrokerProcess {
                 Err(_) => break false,
             }
         };
-        let mut process = BrokerProcess {
-            child: Some(child),
-            config_path,
-            log_path: log_path.clone(),
-            control_socket,
-        };
+        self.child = Some(child);
         if !ready {
-            process.stop();
-            let text = fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(BrokerProcessError::NotReady(timeout, text));
+            self.stop();
+            return Err(BrokerProcessError::NotReady(timeout, self.log()));
         }
-        Ok(process)
+        Ok(())
+    }
+
+    /// SIGKILL: the broker dies with whatever it had in flight (a crash, for the tests of
+    /// restart and reconnect).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new broker on the same config with `--replace` (after [`kill`](Self::kill),
+    /// or beside a running one for a handover) and waits until it is ready.
+    pub fn restart(&mut self, binary: &Path) -> Result<(), BrokerProcessError> {
+        if let Some(old) = self.child.take() {
+            // A handover: the old process exits by itself once the new one took over.
+            self.previous.push(old);
+        }
+        self.spawn(binary, true)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -134,6 +173,10 @@ impl BrokerProcess {
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.stop();
+        for mut old in self.previous.drain(..) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
     }
 }
 

@@ -87,6 +87,10 @@ pub struct ProbePhase {
     pub mib_s: f64,
     pub errors: u64,
     pub verify_errors: u64,
+    /// Used entries for requests not in flight: answered twice, or never posted (older
+    /// probes do not report it).
+    #[serde(default)]
+    pub unexpected: u64,
     pub lat_us: LatencyUs,
 }
 

@@ -66,6 +66,9 @@ pub enum GuestRunError {
     },
 }
 
+/// How often QEMU tries a vhost-user socket again after its backend went away.
+pub const VHOST_RECONNECT_MS: u32 = 20;
+
 /// A disk the guest sees, in the order given (`/dev/vda`, `/dev/vdb`, …).
 #[derive(Debug, Clone)]
 pub enum GuestDisk {
@@ -201,7 +204,13 @@ impl LinuxGuestSpec {
                 GuestDisk::VhostUser { socket, queues } => {
                     push(&[
                         "-chardev",
-                        &format!("socket,id=vu{i},path={}", socket.display()),
+                        // reconnect-ms: when the broker dies (or is replaced) QEMU connects
+                        // again by itself and hands the new one the inflight region, so the
+                        // guest sees a stall, not an error.
+                        &format!(
+                            "socket,id=vu{i},path={},reconnect-ms={VHOST_RECONNECT_MS}",
+                            socket.display()
+                        ),
                     ]);
                     push(&[
                         "-device",

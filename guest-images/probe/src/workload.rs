@@ -155,6 +155,8 @@ struct PhaseResult {
     verify_errors: u64,
     lat_sum_us: u64,
     lat_max_us: u64,
+    /// Used entries for heads not in flight (answered twice, or never posted).
+    unexpected: u64,
 }
 
 struct Job {
@@ -181,6 +183,10 @@ fn run_phase(blk: &mut Blk, job: &Job, p: &Phase, rng: &mut Rng) -> PhaseResult 
     let mut seq = 0u64;
     // Per slot: (block, is_read, submit tsc).
     let mut slots = [(0u64, false, 0u64); 256];
+    // Per slot: posted and not yet answered. A device that answers a request twice (or one
+    // never posted) is counted as an error, not believed: a restarted backend must answer
+    // each request exactly once.
+    let mut busy = [false; 256];
     let mut free: [u16; 256] = [0; 256];
     debug_assert!(job.depth as usize <= slots.len());
     let mut nfree = job.depth as usize;
@@ -195,6 +201,7 @@ fn run_phase(blk: &mut Blk, job: &Job, p: &Phase, rng: &mut Rng) -> PhaseResult 
         verify_errors: 0,
         lat_sum_us: 0,
         lat_max_us: 0,
+        unexpected: 0,
     };
     let start = rdtsc();
     let per_io = (job.tsc_khz * 1000).checked_div(job.rate_iops).unwrap_or(0);
@@ -241,6 +248,7 @@ fn run_phase(blk: &mut Blk, job: &Job, p: &Phase, rng: &mut Rng) -> PhaseResult 
                 fill(buf, block * spb, job.seed);
             }
             slots[slot as usize] = (block, is_read, rdtsc());
+            busy[slot as usize] = true;
             blk.post_rw(
                 slot,
                 if is_read { T_IN } else { T_OUT },
@@ -272,6 +280,12 @@ fn run_phase(blk: &mut Blk, job: &Job, p: &Phase, rng: &mut Rng) -> PhaseResult 
                 return;
             };
             let slot = head / 3;
+            if head % 3 != 0 || !busy.get(slot as usize).copied().unwrap_or(false) {
+                r.errors += 1;
+                r.unexpected += 1;
+                return;
+            }
+            busy[slot as usize] = false;
             let lat = us(rdtsc() - t, tsc_khz);
             hist[bucket(lat)] += 1;
             r.lat_sum_us += lat;
@@ -315,7 +329,7 @@ fn print_phase(p: &Phase, r: &PhaseResult, job: &Job, first: bool) {
     let secs = r.cycles as f64 / (job.tsc_khz.max(1) as f64 * 1000.0);
     let iops = if secs > 0.0 { r.ios as f64 / secs } else { 0.0 };
     crate::console::print(format_args!(
-        "{}{{\"name\":\"{}\",\"bs\":{},\"iodepth\":{},\"ios\":{},\"bytes\":{},\"seconds\":{:.4},\"iops\":{:.1},\"mib_s\":{:.2},\"errors\":{},\"verify_errors\":{},\"lat_us\":{{\"mean\":{:.1},\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
+        "{}{{\"name\":\"{}\",\"bs\":{},\"iodepth\":{},\"ios\":{},\"bytes\":{},\"seconds\":{:.4},\"iops\":{:.1},\"mib_s\":{:.2},\"errors\":{},\"verify_errors\":{},\"unexpected\":{},\"lat_us\":{{\"mean\":{:.1},\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
         if first { "" } else { "," },
         p.name,
         job.bs,
@@ -327,6 +341,7 @@ fn print_phase(p: &Phase, r: &PhaseResult, job: &Job, first: bool) {
         r.bytes as f64 / secs.max(1e-9) / 1048576.0,
         r.errors,
         r.verify_errors,
+        r.unexpected,
         r.lat_sum_us as f64 / r.ios.max(1) as f64,
         percentile(0.50, r.ios),
         percentile(0.99, r.ios),

@@ -1,0 +1,275 @@
+//! The broker is not a single point of failure: killed (SIGKILL) under load and started again,
+//! it takes its guests back with no error — a probe guest under `weir vm` and a Linux guest
+//! under QEMU running fio with verify — resubmitting what the dead broker had in flight from
+//! the frontends' inflight regions. The stall each restart costs the guests is measured.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use weir_broker::control::query;
+use weir_lab::broker::BrokerProcess;
+use weir_lab::fiojob::with_target;
+use weir_lab::probe::{self, ProbeVm};
+use weir_lab::qemu::{GuestDisk, LinuxGuestSpec};
+use weir_lab::testenv;
+use weir_sched::rng::SplitMix64;
+use weir_vmm::host::{HostVirtualization, KvmFlavour};
+
+fn weir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weir"))
+}
+
+fn probe_setup(test: &str) -> Option<PathBuf> {
+    let missing = match HostVirtualization::detect().flavour {
+        KvmFlavour::Unavailable { reason } => Some(reason),
+        _ => None,
+    };
+    if !testenv::can_run(test, missing) {
+        return None;
+    }
+    Some(probe::build().expect("the probe guest builds"))
+}
+
+/// A broker config with one file LUN and disk per name (`<name>.img`, `<name>.sock`).
+fn config(dir: &Path, names: &[&str], mib: u64) -> (String, PathBuf) {
+    let control = dir.join("broker.ctl");
+    let mut c = format!("control_socket = {:?}\n", control.display().to_string());
+    for name in names {
+        c.push_str(&format!(
+            "[[lun]]\nname = \"{name}\"\npath = {:?}\nsize = \"{mib}MiB\"\n\
+             [[disk]]\nsocket = {:?}\nlun = \"{name}\"\ntenant = \"{name}\"\n",
+            dir.join(format!("{name}.img")).display().to_string(),
+            dir.join(format!("{name}.sock")).display().to_string(),
+        ));
+    }
+    (c, control)
+}
+
+fn writes_of(control: &Path, disk: usize) -> u64 {
+    query(control, "stats")
+        .ok()
+        .and_then(|s| s[disk]["counters"]["writes"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Kills the broker `times` times at seeded random moments `gap` apart, each time starting a
+/// new one at once; returns kill → ready per restart.
+fn kill_and_restart(
+    broker: &mut BrokerProcess,
+    seed: u64,
+    times: usize,
+    gap: (Duration, Duration),
+) -> Vec<Duration> {
+    let mut rng = SplitMix64::new(seed);
+    let mut downtime = Vec::new();
+    for _ in 0..times {
+        let span = gap.1.saturating_sub(gap.0).as_secs_f64();
+        std::thread::sleep(gap.0 + Duration::from_secs_f64(span * rng.next_f64()));
+        let killed = Instant::now();
+        broker.kill();
+        broker.restart(&weir()).expect("the broker starts again");
+        downtime.push(killed.elapsed());
+    }
+    downtime
+}
+
+/// The requests each restarted broker resubmitted, from its log.
+fn resubmissions(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split("resubmitting ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn lines(text: &str, what: &str) -> String {
+    text.lines()
+        .filter(|l| l.contains(what))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn probe_checks(run: &weir_lab::probe::ProbeRun, broker: &BrokerProcess, restarts: usize) {
+    assert_eq!(run.exit_code, Some(0), "{}\n{}", run.vmm_log, broker.log());
+    assert_eq!(
+        (run.report.errors, run.report.verify_errors),
+        (0, 0),
+        "{}",
+        run.vmm_log
+    );
+    for phase in &run.report.phases {
+        assert_eq!(
+            phase.unexpected, 0,
+            "a request was answered twice: {phase:?}"
+        );
+        assert!(
+            phase.lat_us.max < 1_000_000,
+            "{}: the longest request waited {} µs (≥ 1 s)",
+            phase.name,
+            phase.lat_us.max
+        );
+    }
+    assert!(
+        run.vmm_log.matches("backend back after").count() >= restarts,
+        "the guest reconnected {restarts} times:\n{}",
+        run.vmm_log
+    );
+}
+
+#[test]
+fn a_probe_guest_under_weir_vm_survives_three_broker_kills_with_no_error() {
+    let Some(probe) = probe_setup("broker_restart_probe") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, control) = config(dir.path(), &["p"], 64);
+    let mut broker =
+        BrokerProcess::start(&weir(), &c, Some(control.clone()), dir.path()).expect("starts");
+    let vm = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[format!("socket={}", dir.path().join("p.sock").display())],
+        "probe.verify=1 probe.iodepth=16 probe.rw=randrw probe.runtime_ms=9000",
+        dir.path(),
+        "vm",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writes_of(&control, 0) < 500 {
+        assert!(Instant::now() < deadline, "the guest never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let downtime = kill_and_restart(
+        &mut broker,
+        0x5eed,
+        3,
+        (Duration::from_millis(500), Duration::from_millis(1500)),
+    );
+    let run = vm
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\nbroker:\n{}", broker.log()));
+    let log = broker.log();
+    eprintln!(
+        "kill → ready {downtime:?}; resubmitted {:?}; guest: {}\n{}",
+        resubmissions(&log),
+        run.report
+            .phases
+            .iter()
+            .map(|p| format!("{} {} IOs, max {} µs", p.name, p.ios, p.lat_us.max))
+            .collect::<Vec<_>>()
+            .join("; "),
+        lines(&run.vmm_log, "backend back"),
+    );
+    probe_checks(&run, &broker, 3);
+    assert!(run.report.phase("randrw").expect("randrw").ios > 1000);
+    // At queue depth 16 under load something is in flight at each kill.
+    assert!(
+        resubmissions(&log).iter().sum::<u64>() > 0,
+        "nothing was resubmitted:\n{log}"
+    );
+}
+
+/// The issue's case: a Linux guest under QEMU writing with fio `verify=crc32c` at QD32 and a
+/// probe guest under `weir vm` with verify, through one broker SIGKILLed and restarted 3 times
+/// at seeded random moments: no I/O error, no verify error, no request answered twice, and no
+/// request waits a second.
+#[test]
+fn fio_with_verify_under_qemu_and_a_probe_survive_three_broker_kills() {
+    let Some((image, accel)) = common::linux_guest_setup("broker_restart_qemu") else {
+        return;
+    };
+    let Some(probe) = probe_setup("broker_restart_qemu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, control) = config(dir.path(), &["fio", "p"], 64);
+    let mut broker =
+        BrokerProcess::start(&weir(), &c, Some(control.clone()), dir.path()).expect("starts");
+    let mut spec = LinuxGuestSpec::new(
+        "fio",
+        &image,
+        &with_target(&common::verify_then_read_job(32, 3), "/dev/vda"),
+        accel,
+        dir.path(),
+    );
+    spec.memory_mib = 384;
+    spec.fio_timeout = Duration::from_secs(300);
+    spec.disks.push(GuestDisk::VhostUser {
+        socket: dir.path().join("fio.sock"),
+        queues: 1,
+    });
+    let fio = spec.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while writes_of(&control, 0) < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "fio never wrote:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let vm = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[format!("socket={}", dir.path().join("p.sock").display())],
+        "probe.verify=1 probe.iodepth=16 probe.rw=randrw probe.runtime_ms=6000 probe.rate_iops=5000",
+        dir.path(),
+        "vm",
+    )
+    .unwrap();
+    while writes_of(&control, 1) < 500 {
+        assert!(Instant::now() < deadline, "the probe never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let downtime = kill_and_restart(
+        &mut broker,
+        0xfeed,
+        3,
+        (Duration::from_millis(700), Duration::from_millis(1500)),
+    );
+    let run = vm
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("probe: {e}\nbroker:\n{}", broker.log()));
+    let fio = fio
+        .wait()
+        .unwrap_or_else(|e| panic!("fio: {e}\nbroker:\n{}", broker.log()));
+    let log = broker.log();
+    let w = fio.report.job("randwrite-verify").expect("the write job");
+    let r = fio.report.job("randread").expect("the read job");
+    eprintln!(
+        "kill → ready {downtime:?}; resubmitted {:?}; fio write max {:.1} ms ({} IOs), read max          {:.1} ms; probe: {}",
+        resubmissions(&log),
+        w.write.clat_ns.max as f64 / 1e6,
+        w.write.total_ios,
+        r.read.clat_ns.max as f64 / 1e6,
+        run.report
+            .phases
+            .iter()
+            .map(|p| format!("{} {} IOs, max {} µs", p.name, p.ios, p.lat_us.max))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    assert_eq!(
+        w.error, 0,
+        "fio write/verify error (a verify failure is EILSEQ)"
+    );
+    assert_eq!(r.error, 0, "fio read error");
+    assert_eq!(w.write.io_bytes, 64 << 20, "every block written once");
+    for (what, max_ns) in [
+        ("write", w.write.clat_ns.max),
+        ("verify", w.read.clat_ns.max),
+        ("read", r.read.clat_ns.max),
+    ] {
+        assert!(
+            max_ns < 1_000_000_000,
+            "fio {what}: the longest request took {:.0} ms (≥ 1 s)",
+            max_ns as f64 / 1e6
+        );
+    }
+    probe_checks(&run, &broker, 3);
+    let stats = query(&control, "stats").unwrap();
+    for disk in stats.as_array().unwrap() {
+        assert_eq!(disk["counters"]["io_errors"], 0, "{disk}");
+    }
+}
