@@ -113,7 +113,8 @@ struct BrokerArgs {
     /// Broker configuration (TOML; see docs/broker.md).
     #[arg(long)]
     config: PathBuf,
-    /// Take over sockets that already exist (a broker that died left them behind).
+    /// Take over from a running broker on the same control socket (it finishes its in-flight
+    /// I/O and exits; guests reconnect to this one), or take the sockets a dead one left.
     #[arg(long)]
     replace: bool,
 }
@@ -220,12 +221,27 @@ fn image(command: ImageCommand) -> Result<()> {
     Ok(())
 }
 
+/// How long `--replace` waits for the running broker to finish its I/O and exit (its own drain
+/// limit is 30 s).
+const HANDOVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(40);
+
 fn broker(args: BrokerArgs) -> Result<()> {
     use weir_broker::sandbox::SeccompMode;
     let config = BrokerConfig::load(&args.config)?;
     // Before any thread starts, so that every broker thread inherits the blocked signals and
     // only the signal thread sees them.
     let signals = block_termination_signals().context("cannot block SIGINT/SIGTERM")?;
+    if args.replace {
+        if let Some(control) = &config.control_socket {
+            let asked = std::time::Instant::now();
+            if let Some(pid) = weir_broker::server::take_over(control, HANDOVER_LIMIT)? {
+                println!(
+                    "took over from broker pid {pid} ({:.0} ms after asking)",
+                    asked.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+        }
+    }
     let broker = Broker::start(&config, args.replace)?;
     signals.shutdown_on_signal(broker.handle());
     for disk in &broker.handle().state.disks {

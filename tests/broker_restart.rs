@@ -273,3 +273,111 @@ fn fio_with_verify_under_qemu_and_a_probe_survive_three_broker_kills() {
         assert_eq!(disk["counters"]["io_errors"], 0, "{disk}");
     }
 }
+
+/// The reconnect gaps `weir vm` logged ("backend back after N ms"), in ms.
+fn reconnect_gaps_ms(vmm_log: &str) -> Vec<u64> {
+    vmm_log
+        .lines()
+        .filter_map(|l| l.split("backend back after ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// `weir broker --replace` beside a running broker under the same load: the old one finishes
+/// what it has in flight and exits, the new one takes the guests; 3 handovers, no error, and
+/// the guests wait for the new broker no more than 200 ms each time.
+#[test]
+fn replace_hands_the_guests_over_under_load_with_a_short_stall() {
+    let Some((image, accel)) = common::linux_guest_setup("broker_replace") else {
+        return;
+    };
+    let Some(probe) = probe_setup("broker_replace") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, control) = config(dir.path(), &["fio", "p"], 64);
+    let mut broker =
+        BrokerProcess::start(&weir(), &c, Some(control.clone()), dir.path()).expect("starts");
+    let mut spec = LinuxGuestSpec::new(
+        "fio",
+        &image,
+        &with_target(&common::verify_then_read_job(32, 3), "/dev/vda"),
+        accel,
+        dir.path(),
+    );
+    spec.memory_mib = 384;
+    spec.fio_timeout = Duration::from_secs(300);
+    spec.disks.push(GuestDisk::VhostUser {
+        socket: dir.path().join("fio.sock"),
+        queues: 1,
+    });
+    let fio = spec.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while writes_of(&control, 0) < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "fio never wrote:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let vm = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[format!("socket={}", dir.path().join("p.sock").display())],
+        "probe.verify=1 probe.iodepth=16 probe.rw=randrw probe.runtime_ms=6000 probe.rate_iops=5000",
+        dir.path(),
+        "vm",
+    )
+    .unwrap();
+    while writes_of(&control, 1) < 500 {
+        assert!(Instant::now() < deadline, "the probe never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rng = SplitMix64::new(0xa11ce);
+    let mut handover = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700 + rng.below(800)));
+        let asked = Instant::now();
+        broker.restart(&weir()).expect("the new broker takes over");
+        handover.push(asked.elapsed());
+    }
+    let run = vm
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("probe: {e}\nbroker:\n{}", broker.log()));
+    let fio = fio
+        .wait()
+        .unwrap_or_else(|e| panic!("fio: {e}\nbroker:\n{}", broker.log()));
+    let log = broker.log();
+    let w = fio.report.job("randwrite-verify").expect("the write job");
+    let r = fio.report.job("randread").expect("the read job");
+    let gaps = reconnect_gaps_ms(&run.vmm_log);
+    eprintln!(
+        "--replace → ready {handover:?}; weir vm reconnect gaps {gaps:?} ms; {}; fio write max \
+         {:.1} ms, verify max {:.1} ms, read max {:.1} ms; probe: {}",
+        lines(&log, "took over from"),
+        w.write.clat_ns.max as f64 / 1e6,
+        w.read.clat_ns.max as f64 / 1e6,
+        r.read.clat_ns.max as f64 / 1e6,
+        run.report
+            .phases
+            .iter()
+            .map(|p| format!("{} {} IOs, max {} µs", p.name, p.ios, p.lat_us.max))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    assert_eq!(
+        w.error, 0,
+        "fio write/verify error (a verify failure is EILSEQ)"
+    );
+    assert_eq!(r.error, 0, "fio read error");
+    assert_eq!(w.write.io_bytes, 64 << 20, "every block written once");
+    probe_checks(&run, &broker, 3);
+    assert_eq!(gaps.len(), 3, "{}", run.vmm_log);
+    for gap in &gaps {
+        assert!(*gap <= 200, "the guest waited {gap} ms for the new broker");
+    }
+    // A handover leaves nothing in flight for the next broker: the old one answered it all.
+    assert_eq!(resubmissions(&log).iter().sum::<u64>(), 0, "{log}");
+    assert_eq!(log.matches("took over from broker pid").count(), 3, "{log}");
+}

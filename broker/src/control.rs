@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::EventFd;
 
 use weir_sched::array::PortFault;
 
@@ -259,6 +260,12 @@ pub fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -
         };
     }
     let result = match (words.next().unwrap_or(""), words.next()) {
+        ("handover", None) => {
+            // `weir broker --replace` beside this one: it waits for this process to exit.
+            log::warn!("handover requested: finishing in-flight I/O and exiting");
+            state.request_stop();
+            Ok(serde_json::json!({ "ok": "handing over", "pid": std::process::id() }).to_string())
+        }
         ("dark", None) => serde_json::to_string(&crate::dark::report(state)),
         ("pools", None) => serde_json::to_string(
             &state.pools.iter().map(|p| p.snapshot()).collect::<Vec<_>>(),
@@ -272,7 +279,7 @@ pub fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -
             Err(_) => Ok(serde_json::json!({ "error": format!("telemetry takes a count of seconds, not '{n}'") }).to_string()),
         },
         (other, _) => Ok(serde_json::json!({
-            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'pools', 'pool grow NAME SIZE', 'dark', 'telemetry [N]' or 'fault TARGET FAULT'", other)
+            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'pools', 'pool grow NAME SIZE', 'dark', 'telemetry [N]', 'fault TARGET FAULT' or 'handover'", other)
         })
         .to_string()),
     };
@@ -282,6 +289,8 @@ pub fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -
 pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Written on stop: wakes the accept loop's poll.
+    wake: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -309,6 +318,8 @@ impl ControlServer {
         let connections = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let wake2 = wake.clone();
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
@@ -335,9 +346,9 @@ impl ControlServer {
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            // Wake at once for the next client, and at least every 250 ms to
-                            // see a stop (a fixed sleep here cost every command up to 20 ms).
-                            wait_readable(&listener, 250);
+                            // Wake at once for the next client or a stop (a fixed sleep here
+                            // cost every command up to 20 ms; a poll timeout, every stop).
+                            wait_readable(&listener, &wake2);
                         }
                         Err(e) => {
                             log::warn!("control socket: {e}");
@@ -349,12 +360,14 @@ impl ControlServer {
         Ok(ControlServer {
             path: path.to_path_buf(),
             stop,
+            wake,
             thread: Some(thread),
         })
     }
 
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -387,15 +400,22 @@ fn admit(stream: &UnixStream, connections: &AtomicUsize) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits until `listener` has a connection to accept, at most `ms` milliseconds.
-fn wait_readable(listener: &UnixListener, ms: i32) {
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll reads and writes the one pollfd `fd` points at, which outlives the call.
-    unsafe { libc::poll(&mut fd, 1, ms) };
+/// Waits until `listener` has a connection to accept or `wake` is written (a stop).
+fn wait_readable(listener: &UnixListener, wake: &EventFd) {
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: poll reads and writes the two pollfds `fds` holds, which outlive the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
 }
 
 /// The connected peer's user (SO_PEERCRED).

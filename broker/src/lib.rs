@@ -22,6 +22,7 @@ pub mod path_probe;
 pub mod request;
 pub mod sandbox;
 pub mod server;
+pub mod stopper;
 pub mod telemetry;
 pub mod thin;
 pub mod vhost_session;

@@ -254,6 +254,12 @@ impl LunStore {
         }
     }
 
+    /// Releases the image lock before the broker exits (after its last I/O was answered), so
+    /// a broker taking over can open the image at once.
+    pub fn release_lock(&self) {
+        unlock_image(&self.buffered);
+    }
+
     pub fn direct_io(&self) -> bool {
         self.direct.is_some()
     }
@@ -283,6 +289,18 @@ fn lock_image(file: &File, read_only: bool) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Gives the image's lock up (a broker handing over, its I/O all answered): at once, where
+/// closing the descriptors releases it only when the kernel drops the last reference (an
+/// io_uring instance still being torn down holds one).
+fn unlock_image(file: &File) {
+    // SAFETY: an all-zero flock is a valid value (start 0, length 0: the whole file).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_UNLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads the flock `lock` points at, which outlives the call.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
 }
 
 fn block_device_size(fd: RawFd) -> std::io::Result<u64> {

@@ -87,6 +87,17 @@ pub struct BrokerState {
     pub clock: BrokerClock,
     /// Thin pools, in config order.
     pub pools: Vec<Arc<ThinPool>>,
+    /// Stops the broker (a control `handover`, a signal, [`BrokerHandle::shutdown`]).
+    stop: Arc<StopSignal>,
+}
+
+impl BrokerState {
+    /// Stops taking guests and answers what is in flight, then the broker exits: for a
+    /// `--replace` handover. The disk sockets are unlinked first, so a guest that reconnects
+    /// finds the next broker's socket, never this one's.
+    pub fn request_stop(&self) {
+        self.stop.shutdown();
+    }
 }
 
 /// Stops a running broker.
@@ -96,19 +107,26 @@ pub struct BrokerHandle {
     pub state: Arc<BrokerState>,
 }
 
+#[derive(Debug)]
 struct StopSignal {
     requested: AtomicBool,
     event: EventFd,
     /// The live guest connections, to cut on shutdown.
     connections: Mutex<HashMap<usize, std::os::unix::net::UnixStream>>,
+    /// The disk sockets, unlinked first on shutdown.
+    sockets: Vec<PathBuf>,
 }
 
-impl BrokerHandle {
-    pub fn shutdown(&self) {
-        self.stop.requested.store(true, Ordering::SeqCst);
-        let _ = self.stop.event.write(1);
+impl StopSignal {
+    fn shutdown(&self) {
+        if self.requested.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
+        }
+        let _ = self.event.write(1);
         for handle in self
-            .stop
             .connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -116,6 +134,12 @@ impl BrokerHandle {
         {
             let _ = handle.shutdown(std::net::Shutdown::Both);
         }
+    }
+}
+
+impl BrokerHandle {
+    pub fn shutdown(&self) {
+        self.stop.shutdown();
     }
 }
 
@@ -144,7 +168,7 @@ impl Broker {
     pub fn start(config: &BrokerConfig, replace: bool) -> Result<Self, BrokerError> {
         let mut luns: HashMap<String, Arc<LunStore>> = HashMap::new();
         for lun in &config.luns {
-            let store = LunStore::open(lun)?;
+            let store = open_lun(lun, replace)?;
             log::info!(
                 "LUN '{}': {} ({} MiB{}{})",
                 store.name,
@@ -248,6 +272,7 @@ impl Broker {
             requested: AtomicBool::new(false),
             event: EventFd::new(EFD_NONBLOCK).map_err(|e| BrokerError::Setup(e.to_string()))?,
             connections: Mutex::new(HashMap::new()),
+            sockets: config.disks.iter().map(|d| d.socket.clone()).collect(),
         });
         let mut listeners = Vec::new();
         for disk in &config.disks {
@@ -335,6 +360,7 @@ impl Broker {
             port_names: config.ports.iter().map(|p| p.name.clone()).collect(),
             clock,
             pools: pools.clone(),
+            stop: stop.clone(),
         });
         let pool_thread =
             if pools.is_empty() {
@@ -477,6 +503,10 @@ impl Broker {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Every guest's I/O is answered: a broker taking over may have the images now.
+        for lun in &self.handle.state.luns {
+            lun.release_lock();
+        }
         if let Some(control) = self.control.take() {
             control.stop();
         }
@@ -553,6 +583,7 @@ impl DiskServer {
     }
 
     fn run(mut self, stop: &StopSignal) {
+        let own_socket = socket_identity(&self.info.socket);
         while !stop.requested.load(Ordering::SeqCst) {
             match wait_readable(self.listener.as_raw_fd(), stop.event.as_raw_fd()) {
                 Ok(true) => {}
@@ -570,7 +601,10 @@ impl DiskServer {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let _ = std::fs::remove_file(&self.info.socket);
+        // Only our own: after a handover the path may already be the next broker's.
+        if own_socket.is_some() && socket_identity(&self.info.socket) == own_socket {
+            let _ = std::fs::remove_file(&self.info.socket);
+        }
     }
 
     fn stamp(&self) {
@@ -645,6 +679,85 @@ impl DiskServer {
             }
         );
         Ok(())
+    }
+}
+
+/// Opens a LUN; with `--replace`, waits up to [`LOCK_WAIT`] for the previous broker's lock on
+/// it to go: the kernel drops a killed process's file locks only when its io_uring instances
+/// are torn down, a moment after the process is gone.
+fn open_lun(lun: &LunConfig, replace: bool) -> Result<LunStore, LunError> {
+    let start = std::time::Instant::now();
+    loop {
+        match LunStore::open(lun) {
+            Err(LunError::Locked { .. }) if replace && start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The (device, inode) of a socket file, to tell ours from a successor's.
+fn socket_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// `--replace` beside a running broker: asks the broker on `control` to hand over (stop
+/// taking guests, answer what it has in flight, exit) and waits until its process is gone, so
+/// that its LUN locks, sockets and ports are free. Returns the old broker's pid, or `None`
+/// when no broker answers there (none ran, or a dead one left the socket behind).
+pub fn take_over(control: &std::path::Path, limit: Duration) -> Result<Option<u32>, BrokerError> {
+    let reply = match crate::control::query(control, "handover") {
+        Ok(reply) => reply,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(BrokerError::Setup(format!(
+                "--replace: the broker on {} did not answer 'handover': {e}",
+                control.display()
+            )));
+        }
+    };
+    let Some(pid) = reply["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
+        return Err(BrokerError::Setup(format!(
+            "--replace: the broker on {} refused to hand over: {reply}",
+            control.display()
+        )));
+    };
+    let start = std::time::Instant::now();
+    while process_running(pid) {
+        if start.elapsed() > limit {
+            return Err(BrokerError::Setup(format!(
+                "--replace: broker pid {pid} is still running {:.0} s after agreeing to hand \
+                 over (stuck finishing its I/O?): stop it, then start again",
+                limit.as_secs_f64()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(Some(pid))
+}
+
+/// Whether `pid` is a running process (a zombie has already closed everything).
+fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 

@@ -3,7 +3,7 @@
 //! Telemetry is data, not logs: serialisable structs, one per second.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -182,7 +182,7 @@ pub fn disk_sample(
 /// The ring of samples and the thread that fills it.
 pub struct TelemetryRecorder {
     samples: Arc<Mutex<VecDeque<TelemetrySample>>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<crate::stopper::Stopper>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -195,7 +195,7 @@ impl TelemetryRecorder {
         period: Duration,
     ) -> std::io::Result<Self> {
         let samples = Arc::new(Mutex::new(VecDeque::with_capacity(TELEMETRY_SECONDS)));
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(crate::stopper::Stopper::default());
         let (samples2, stop2) = (samples.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("telemetry".into())
@@ -226,10 +226,10 @@ impl TelemetryRecorder {
                 // Per pool, the newest event already reported.
                 let mut pool_seen: Vec<f64> = vec![f64::NEG_INFINITY; pools.len()];
                 let mut next = last_at + period;
-                while !stop2.load(Ordering::SeqCst) {
+                while !stop2.is_stopped() {
                     let now = Instant::now();
                     if now < next {
-                        std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                        stop2.sleep(next - now);
                         continue;
                     }
                     next += period;
@@ -383,7 +383,7 @@ impl TelemetryRecorder {
 
 impl Drop for TelemetryRecorder {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -408,6 +408,7 @@ impl TelemetryHandle {
 mod tests {
     use super::*;
     use crate::counters::DiskCounters;
+    use std::sync::atomic::AtomicBool;
 
     fn disk() -> (DiskInfo, Arc<DiskCounters>) {
         let counters = Arc::new(DiskCounters::default());

@@ -13,7 +13,6 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -454,23 +453,25 @@ impl ThinPool {
 
 /// Ticks every pool.
 pub struct PoolThread {
-    stop: Arc<AtomicBool>,
+    stop: Arc<crate::stopper::Stopper>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PoolThread {
     pub fn start(pools: Vec<Arc<ThinPool>>, clock: BrokerClock) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(crate::stopper::Stopper::default());
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("thin-pools".into())
             .spawn(move || {
-                while !stop2.load(Ordering::SeqCst) {
+                loop {
                     let now = clock.now();
                     for p in &pools {
                         p.tick(now);
                     }
-                    std::thread::sleep(POOL_TICK);
+                    if stop2.sleep(POOL_TICK) {
+                        return;
+                    }
                 }
             })?;
         Ok(PoolThread {
@@ -482,7 +483,7 @@ impl PoolThread {
 
 impl Drop for PoolThread {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -203,6 +203,8 @@ pub struct VhostSession {
     inflight: Option<Arc<InflightRegion>>,
     /// Heads resubmitted at the last start of each queue (for the log and the tests).
     pub resubmitted: Arc<Mutex<Vec<usize>>>,
+    /// Per queue: the guest was interrupted once since the queue started (see `maybe_start`).
+    announced: Vec<bool>,
 }
 
 impl VhostSession {
@@ -230,6 +232,7 @@ impl VhostSession {
             acked_protocol: 0,
             inflight: None,
             resubmitted: Arc::new(Mutex::new(vec![0; queues])),
+            announced: vec![false; queues],
         })
     }
 
@@ -273,10 +276,11 @@ impl VhostSession {
         let Some(vring) = self.vrings.get(q) else {
             return;
         };
-        let (has_kick, ready, enabled) = {
+        let (has_kick, has_call, ready, enabled) = {
             let state = vring.get_ref();
             (
                 state.get_kick().is_some(),
+                state.get_call().is_some(),
                 state.get_queue().ready(),
                 state.is_enabled(),
             )
@@ -328,6 +332,16 @@ impl VhostSession {
             vring.set_queue_ready(true);
         }
         if has_kick && enabled {
+            // One interrupt at every start: a previous broker may have published answers
+            // after the frontend stopped listening to it (QEMU tears its interrupt path down
+            // on a disconnect, before the old broker's drain), and a guest waiting for them
+            // would wait for ever. A spurious interrupt costs the guest one look at its ring.
+            if has_call && !self.announced.get(q).copied().unwrap_or(true) {
+                let _ = vring.signal_used_queue();
+                if let Some(a) = self.announced.get_mut(q) {
+                    *a = true;
+                }
+            }
             if let Some(t) = self.threads.get(q) {
                 t.poke();
             }
@@ -479,6 +493,9 @@ impl VhostUserBackendReqHandlerMut for VhostSession {
         let next_avail = vring.queue_next_avail();
         if let Some(t) = self.threads.get_mut(q) {
             t.set_kick(None);
+        }
+        if let Some(a) = self.announced.get_mut(q) {
+            *a = false;
         }
         vring.set_kick(None);
         vring.set_call(None);
