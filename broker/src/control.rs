@@ -252,6 +252,13 @@ pub fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -
             Err(e) => serde_json::json!({ "error": e }).to_string(),
         };
     }
+    if command.trim_start().starts_with("policy") {
+        let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+        return match policy_command(state, &args) {
+            Ok(done) => serde_json::json!({ "ok": done }).to_string(),
+            Err(e) => serde_json::json!({ "error": e }).to_string(),
+        };
+    }
     if command.trim_start().starts_with("pool ") {
         let reply = pool_command(state, &command.split_whitespace().collect::<Vec<_>>()[1..]);
         return match reply {
@@ -279,7 +286,7 @@ pub fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -
             Err(_) => Ok(serde_json::json!({ "error": format!("telemetry takes a count of seconds, not '{n}'") }).to_string()),
         },
         (other, _) => Ok(serde_json::json!({
-            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'pools', 'pool grow NAME SIZE', 'dark', 'telemetry [N]', 'fault TARGET FAULT' or 'handover'", other)
+            "error": format!("unknown command '{}'; try 'stats', 'topology', 'paths', 'pools', 'pool grow NAME SIZE', 'dark', 'telemetry [N]', 'fault TARGET FAULT', 'policy LUN depth|selector VALUE' or 'handover'", other)
         })
         .to_string()),
     };
@@ -373,6 +380,35 @@ impl ControlServer {
         }
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// `policy LUN depth SPEC` or `policy LUN selector NAME`: a LUN's window policy or path
+/// selector, changed live (what a scenario's `[[event]]` with `depth`/`selector` does).
+fn policy_command(state: &BrokerState, args: &[&str]) -> Result<String, String> {
+    const USAGE: &str = "usage: policy LUN depth fixed:N|aimd|latency|latency:MS|adaptive, or \
+                         policy LUN selector NAME";
+    let [lun, what, value] = args else {
+        return Err(USAGE.into());
+    };
+    let dispatcher = state
+        .dispatchers
+        .iter()
+        .find(|d| d.name == *lun)
+        .ok_or_else(|| format!("no LUN '{lun}'"))?;
+    match *what {
+        "depth" => {
+            let depth = weir_sched::depth::DepthPolicy::from_short(value).ok_or_else(|| {
+                format!("depth '{value}': use fixed:N, aimd, latency, latency:MS, adaptive")
+            })?;
+            dispatcher.set_policy(Some(depth), None);
+        }
+        "selector" => {
+            let selector = weir_sched::path::PathSelectorKind::try_from(value.to_string())?;
+            dispatcher.set_policy(None, Some(selector));
+        }
+        _ => return Err(USAGE.into()),
+    }
+    Ok(format!("LUN '{lun}': {what} {value}"))
 }
 
 /// Connections served at once; more wait for one to end (a local client cannot make the

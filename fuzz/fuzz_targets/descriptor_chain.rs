@@ -1,6 +1,8 @@
 //! The descriptor-chain parser against arbitrary descriptor tables, indirect tables, avail
 //! rings and guest memory layouts (two regions with a hole between): every chain the queue
-//! hands out must parse to a request or a rejection, never a panic.
+//! hands out must parse to a request or a rejection, never a panic. And `ChainAt` (the walk a
+//! restarted broker uses to resubmit a request it knows by its head only) must yield exactly
+//! the descriptors the queue's own chain does.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -8,7 +10,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use weir_broker::request::{DiskLimits, parse_chain};
+use weir_broker::request::{ChainAt, DiskLimits, parse_chain};
 
 /// Guest memory: 64 KiB at 0 (rings, tables, buffers), a hole, 16 KiB at 1 MiB.
 const LOW: usize = 64 << 10;
@@ -67,6 +69,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut popped = 0;
     while let Some(chain) = iter.next() {
+        let walked: Vec<_> = ChainAt::new(mem, GuestAddress(desc), size, chain.head_index())
+            .map(|d| (d.addr(), d.len(), d.flags(), d.next()))
+            .collect();
+        let from_queue: Vec<_> = chain
+            .clone()
+            .map(|d| (d.addr(), d.len(), d.flags(), d.next()))
+            .collect();
+        assert_eq!(walked, from_queue, "ChainAt differs from the queue's chain");
         let parsed = parse_chain(chain, mem, &limits);
         let _ = parsed.used_len(0);
         let _ = parsed.used_len(1);
