@@ -577,13 +577,27 @@ impl VirtioDevice for VhostUserBlk {
     }
     fn reset(&mut self) {
         let mut link = self.link();
-        link.active = None;
+        let started: Vec<usize> = link
+            .active
+            .take()
+            .map(|a| {
+                a.queues
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, q)| q.ready)
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default();
         // A reset guest starts its rings from zero: nothing in flight to carry over.
         link.inflight = None;
-        let queues = self.queue_sizes.len();
         if let Some(frontend) = link.frontend.as_mut() {
-            for i in 0..queues {
+            for i in started {
                 let _ = frontend.set_vring_enable(i, false);
+                // Stopping a ring (GET_VRING_BASE) makes the backend answer what it has in
+                // flight and forget the ring, so the next activation starts it afresh with
+                // the next inflight region.
+                let _ = frontend.get_vring_base(i);
             }
         }
     }
