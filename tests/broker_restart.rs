@@ -17,6 +17,33 @@ use weir_lab::testenv;
 use weir_sched::rng::SplitMix64;
 use weir_vmm::host::{HostVirtualization, KvmFlavour};
 
+/// The tests measure stalls: one at a time, so no test's guests compete with another's for the
+/// two cores (a TCG guest holds one by itself).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits until every disk of the broker on `control` has its guest connected again; how long
+/// since `from` (at most 5 s).
+fn all_reconnected(control: &Path, from: Instant) -> Duration {
+    let limit = from + Duration::from_secs(5);
+    loop {
+        let connected = query(control, "stats")
+            .ok()
+            .and_then(|s| {
+                s.as_array()
+                    .map(|d| d.iter().all(|d| d["connected"] == true))
+            })
+            .unwrap_or(false);
+        if connected || Instant::now() > limit {
+            return from.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn weir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weir"))
 }
@@ -55,13 +82,15 @@ fn writes_of(control: &Path, disk: usize) -> u64 {
 }
 
 /// Kills the broker `times` times at seeded random moments `gap` apart, each time starting a
-/// new one at once; returns kill → ready per restart.
+/// new one at once; returns per restart (kill → new broker ready, kill → every guest
+/// connected to it again).
 fn kill_and_restart(
     broker: &mut BrokerProcess,
+    control: &Path,
     seed: u64,
     times: usize,
     gap: (Duration, Duration),
-) -> Vec<Duration> {
+) -> Vec<(Duration, Duration)> {
     let mut rng = SplitMix64::new(seed);
     let mut downtime = Vec::new();
     for _ in 0..times {
@@ -70,7 +99,8 @@ fn kill_and_restart(
         let killed = Instant::now();
         broker.kill();
         broker.restart(&weir()).expect("the broker starts again");
-        downtime.push(killed.elapsed());
+        let ready = killed.elapsed();
+        downtime.push((ready, all_reconnected(control, killed)));
     }
     downtime
 }
@@ -122,6 +152,7 @@ fn a_probe_guest_under_weir_vm_survives_three_broker_kills_with_no_error() {
     let Some(probe) = probe_setup("broker_restart_probe") else {
         return;
     };
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let (c, control) = config(dir.path(), &["p"], 64);
     let mut broker =
@@ -142,6 +173,7 @@ fn a_probe_guest_under_weir_vm_survives_three_broker_kills_with_no_error() {
     }
     let downtime = kill_and_restart(
         &mut broker,
+        &control,
         0x5eed,
         3,
         (Duration::from_millis(500), Duration::from_millis(1500)),
@@ -151,7 +183,7 @@ fn a_probe_guest_under_weir_vm_survives_three_broker_kills_with_no_error() {
         .unwrap_or_else(|e| panic!("{e}\nbroker:\n{}", broker.log()));
     let log = broker.log();
     eprintln!(
-        "kill → ready {downtime:?}; resubmitted {:?}; guest: {}\n{}",
+        "(kill → ready, kill → all guests back) {downtime:?}; resubmitted {:?}; guest: {}\n{}",
         resubmissions(&log),
         run.report
             .phases
@@ -182,6 +214,7 @@ fn fio_with_verify_under_qemu_and_a_probe_survive_three_broker_kills() {
     let Some(probe) = probe_setup("broker_restart_qemu") else {
         return;
     };
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let (c, control) = config(dir.path(), &["fio", "p"], 64);
     let mut broker =
@@ -224,6 +257,7 @@ fn fio_with_verify_under_qemu_and_a_probe_survive_three_broker_kills() {
     }
     let downtime = kill_and_restart(
         &mut broker,
+        &control,
         0xfeed,
         3,
         (Duration::from_millis(700), Duration::from_millis(1500)),
@@ -238,7 +272,7 @@ fn fio_with_verify_under_qemu_and_a_probe_survive_three_broker_kills() {
     let w = fio.report.job("randwrite-verify").expect("the write job");
     let r = fio.report.job("randread").expect("the read job");
     eprintln!(
-        "kill → ready {downtime:?}; resubmitted {:?}; fio write max {:.1} ms ({} IOs), read max          {:.1} ms; probe: {}",
+        "(kill → ready, kill → all guests back) {downtime:?}; resubmitted {:?}; fio write max {:.1} ms ({} IOs), read max {:.1} ms; probe: {}",
         resubmissions(&log),
         w.write.clat_ns.max as f64 / 1e6,
         w.write.total_ios,
@@ -294,6 +328,7 @@ fn replace_hands_the_guests_over_under_load_with_a_short_stall() {
     let Some(probe) = probe_setup("broker_replace") else {
         return;
     };
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let (c, control) = config(dir.path(), &["fio", "p"], 64);
     let mut broker =
@@ -340,7 +375,7 @@ fn replace_hands_the_guests_over_under_load_with_a_short_stall() {
         std::thread::sleep(Duration::from_millis(700 + rng.below(800)));
         let asked = Instant::now();
         broker.restart(&weir()).expect("the new broker takes over");
-        handover.push(asked.elapsed());
+        handover.push((asked.elapsed(), all_reconnected(&control, asked)));
     }
     let run = vm
         .wait(Duration::from_secs(120))
@@ -353,7 +388,7 @@ fn replace_hands_the_guests_over_under_load_with_a_short_stall() {
     let r = fio.report.job("randread").expect("the read job");
     let gaps = reconnect_gaps_ms(&run.vmm_log);
     eprintln!(
-        "--replace → ready {handover:?}; weir vm reconnect gaps {gaps:?} ms; {}; fio write max \
+        "(--replace → ready, → all guests back) {handover:?}; weir vm reconnect gaps {gaps:?} ms; {}; fio write max \
          {:.1} ms, verify max {:.1} ms, read max {:.1} ms; probe: {}",
         lines(&log, "took over from"),
         w.write.clat_ns.max as f64 / 1e6,

@@ -268,9 +268,9 @@ pub fn answer(state: &BrokerState, telemetry: &TelemetryHandle, command: &str) -
     }
     let result = match (words.next().unwrap_or(""), words.next()) {
         ("handover", None) => {
-            // `weir broker --replace` beside this one: it waits for this process to exit.
-            log::warn!("handover requested: finishing in-flight I/O and exiting");
-            state.request_stop();
+            // `weir broker --replace` beside this one: it waits for this process to exit. The
+            // stop itself comes after the answer is written (`serve`): stopping first could
+            // end the process before the successor learns which pid to wait for.
             Ok(serde_json::json!({ "ok": "handing over", "pid": std::process::id() }).to_string())
         }
         ("dark", None) => serde_json::to_string(&crate::dark::report(state)),
@@ -502,6 +502,12 @@ fn serve(stream: UnixStream, state: &BrokerState, telemetry: &TelemetryHandle) {
             .write_all(format!("{}\n", answer(state, telemetry, &line)).as_bytes())
             .is_err()
         {
+            return;
+        }
+        if line.split_whitespace().eq(["handover"]) {
+            log::warn!("handover requested: finishing in-flight I/O and exiting");
+            let _ = writer.flush();
+            state.request_stop();
             return;
         }
     }

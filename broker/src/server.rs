@@ -722,6 +722,16 @@ pub fn take_over(control: &std::path::Path, limit: Duration) -> Result<Option<u3
         {
             return Ok(None);
         }
+        Err(e) if e.kind() == std::io::ErrorKind::Other => {
+            // It hung up without an answer: it died (or is dying). Its locks are waited for
+            // when the LUNs are opened.
+            log::warn!(
+                "--replace: the broker on {} hung up without answering 'handover' ({e}); \
+                 going on",
+                control.display()
+            );
+            return Ok(None);
+        }
         Err(e) => {
             return Err(BrokerError::Setup(format!(
                 "--replace: the broker on {} did not answer 'handover': {e}",
