@@ -183,8 +183,11 @@ fn a_probe_guest_under_weir_vm_survives_three_broker_kills_with_no_error() {
         .unwrap_or_else(|e| panic!("{e}\nbroker:\n{}", broker.log()));
     let log = broker.log();
     eprintln!(
-        "(kill → ready, kill → all guests back) {downtime:?}; resubmitted {:?}; guest: {}\n{}",
+        "(kill → ready, kill → all guests back) {downtime:?}; resubmitted {:?} ({} fresh \
+         region starts); guest: {}\n{}",
         resubmissions(&log),
+        log.matches("inflight tracking starts on a fresh region")
+            .count(),
         run.report
             .phases
             .iter()

@@ -295,6 +295,12 @@ impl VhostSession {
                         // Everything taken from the ring was answered (used) or is in flight.
                         vring.set_queue_next_used(used);
                         vring.set_queue_next_avail(used.wrapping_add(count as u16));
+                        if recovered.fresh {
+                            log::info!(
+                                "{}: queue {q}: inflight tracking starts on a fresh region",
+                                self.name
+                            );
+                        }
                         if count > 0 || recovered.cleared_last_batch {
                             log::warn!(
                                 "{}: queue {q}: resubmitting {count} request(s) a previous \
