@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 use weir_broker::control::query;
 use weir_lab::broker::BrokerProcess;
 use weir_lab::fiojob::with_target;
-use weir_lab::probe::{self, ProbeVm};
+use weir_lab::probe::ProbeVm;
 use weir_lab::qemu::{GuestDisk, LinuxGuestSpec};
-use weir_lab::testenv;
 use weir_sched::rng::SplitMix64;
-use weir_vmm::host::{HostVirtualization, KvmFlavour};
 
 fn weir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weir"))
@@ -103,17 +101,12 @@ struct Tally {
 
 #[test]
 fn chaos_soak_keeps_every_guest_s_data_and_the_broker_s_footprint_flat() {
-    let missing = match HostVirtualization::detect().flavour {
-        KvmFlavour::Unavailable { reason } => Some(reason),
-        _ => None,
-    };
-    if !testenv::can_run("soak", missing) {
+    let Some(probe) = common::probe_guest_setup("soak") else {
         return;
-    }
+    };
     let Some((image, accel)) = common::linux_guest_setup("soak") else {
         return;
     };
-    let probe = probe::build().expect("the probe guest builds");
     let seconds = env_u64("WEIR_SOAK_SECONDS", 40);
     let seed = env_u64("WEIR_SOAK_SEED", 14);
     let dir = tempfile::tempdir().unwrap();

@@ -1,12 +1,14 @@
 //! `weir vm` on this machine's KVM: the probe guest against `weir broker`, several at once,
 //! hostile requests, and a real Linux kernel's early boot echoing our boot protocol.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use weir_broker::control::query;
 use weir_lab::broker::BrokerProcess;
-use weir_lab::probe::{self, ProbeVm};
+use weir_lab::probe::ProbeVm;
 use weir_lab::testenv;
 use weir_vmm::host::{HostVirtualization, KvmFlavour};
 
@@ -16,14 +18,7 @@ fn weir() -> PathBuf {
 
 /// The probe ELF, or `None` when the test must skip (no usable KVM).
 fn setup(test: &str) -> Option<PathBuf> {
-    let missing = match HostVirtualization::detect().flavour {
-        KvmFlavour::Unavailable { reason } => Some(reason),
-        _ => None,
-    };
-    if !testenv::can_run(test, missing) {
-        return None;
-    }
-    Some(probe::build().expect("the probe guest builds"))
+    common::probe_guest_setup(test)
 }
 
 /// A broker with `n` LUNs of `mib` MiB, one disk each (`d0.sock`, ...).

@@ -27,6 +27,20 @@ pub fn linux_guest_setup(test: &str) -> Option<(GuestImage, AccelChoice)> {
     Some((image, accel))
 }
 
+/// The probe guest's ELF, or `None` when the test must skip (no usable KVM; a failure under
+/// WEIR_REQUIRE_KVM=1).
+pub fn probe_guest_setup(test: &str) -> Option<std::path::PathBuf> {
+    use weir_vmm::host::KvmFlavour;
+    let missing = match HostVirtualization::detect().flavour {
+        KvmFlavour::Unavailable { reason } => Some(reason),
+        _ => None,
+    };
+    if !testenv::can_run(test, missing) {
+        return None;
+    }
+    Some(weir_lab::probe::build().expect("the probe guest builds"))
+}
+
 /// A sparse raw disk of `mib` MiB.
 pub fn raw_disk(dir: &Path, name: &str, mib: u64) -> std::path::PathBuf {
     let path = dir.join(name);
