@@ -285,6 +285,13 @@ impl QueueInflight {
             out.fresh = true;
             return out;
         }
+        log::debug!(
+            "inflight recover: region used_idx {} ring used_idx {ring_used_idx}, marked {}",
+            self.used_idx().load(Ordering::Acquire),
+            (0..self.ring_size)
+                .filter(|&h| self.flag(h).load(Ordering::Acquire) == 1)
+                .count()
+        );
         if self.used_idx().load(Ordering::Acquire) != ring_used_idx {
             let last = self.last_batch_head().load(Ordering::Acquire);
             if last < self.ring_size {
@@ -326,13 +333,6 @@ impl QueueInflight {
             self.flag(head).store(0, Ordering::Release);
         }
         self.used_idx().store(used_idx, Ordering::Release);
-    }
-
-    /// Heads marked in flight now (for tests and the drain check).
-    pub fn marked(&self) -> usize {
-        (0..self.ring_size)
-            .filter(|&h| self.flag(h).load(Ordering::Acquire) == 1)
-            .count()
     }
 }
 

@@ -22,8 +22,8 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vhost::VhostUserMemoryRegionBase;
@@ -201,8 +201,6 @@ pub struct VhostSession {
     acked_features: u64,
     acked_protocol: u64,
     inflight: Option<Arc<InflightRegion>>,
-    /// Heads resubmitted at the last start of each queue (for the log and the tests).
-    pub resubmitted: Arc<Mutex<Vec<usize>>>,
     /// Per queue: the guest was interrupted once since the queue started (see `maybe_start`).
     announced: Vec<bool>,
 }
@@ -231,7 +229,6 @@ impl VhostSession {
             acked_features: 0,
             acked_protocol: 0,
             inflight: None,
-            resubmitted: Arc::new(Mutex::new(vec![0; queues])),
             announced: vec![false; queues],
         })
     }
@@ -312,14 +309,6 @@ impl VhostSession {
                                     ""
                                 }
                             );
-                        }
-                        if let Some(slot) = self
-                            .resubmitted
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_mut(q)
-                        {
-                            *slot = count;
                         }
                         self.device.track_inflight(q, part, recovered.heads);
                     }

@@ -242,11 +242,6 @@ impl QueueWorker {
         self.resubmit = resubmit;
     }
 
-    /// Heads waiting to be resubmitted.
-    pub fn resubmit_pending(&self) -> usize {
-        self.resubmit.len()
-    }
-
     /// Pops and handles every available chain. Returns true when entries were added to the
     /// used ring (rejections and synchronous requests answer at once).
     pub fn process_available(
