@@ -80,21 +80,45 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// fio 4 KiB randread QD1 and QD32 in one QEMU guest via weir broker and via
-    /// qemu-storage-daemon, plus host fio, on the same file, in one run.
+    /// weir broker vs qemu-storage-daemon vs host fio on one file, rounds interleaved. The
+    /// probe frontend (default) runs a matrix of patterns, block sizes and queue depths plus
+    /// the scheduling overhead; the qemu frontend runs fio in a Linux guest (QD1, QD32).
     Broker {
+        /// `probe` (the probe guest under weir vm: fast) or `qemu` (fio in a Linux guest).
+        #[arg(long, default_value = "probe")]
+        frontend: String,
         /// Backing file size in MiB.
         #[arg(long, default_value_t = 1024)]
         disk_mib: u64,
-        /// fio job to run instead of the built-in randread QD1/QD32 job.
+        /// qemu frontend: fio job to run instead of the built-in randread QD1/QD32 job.
         #[arg(long)]
         job: Option<PathBuf>,
         /// Where logs and results go [default: runs/bench-broker-<unix time>].
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Rounds of both backends (alternating order); medians and ranges are reported.
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
+        /// Rounds of every backend (order rotating); medians and ranges are reported
+        /// [default: 5 with the probe, 3 with qemu].
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// probe frontend: milliseconds per run.
+        #[arg(long, default_value_t = 2000)]
+        runtime_ms: u64,
+        /// probe frontend: patterns (randread, randwrite, randrw70), comma-separated.
+        #[arg(
+            long,
+            default_value = "randread,randwrite,randrw70",
+            value_delimiter = ','
+        )]
+        rw: Vec<String>,
+        /// probe frontend: block sizes in KiB, comma-separated.
+        #[arg(long, default_value = "4,64", value_delimiter = ',')]
+        bs_kib: Vec<u64>,
+        /// probe frontend: queue depths (1–128), comma-separated.
+        #[arg(long, default_value = "1,32,128", value_delimiter = ',')]
+        qd: Vec<u32>,
+        /// probe frontend: skip the scheduling overhead part (8 guests, fifo vs mclock).
+        #[arg(long)]
+        no_sched: bool,
     },
     /// The probe guest under weir vm and under QEMU -accel kvm (same ELF via PVH, same broker
     /// socket): IOPS and latency at QD1 and QD32, start → first serial byte, RSS.
@@ -289,11 +313,78 @@ fn bench(command: BenchCommand) -> Result<()> {
             println!("written to {}", work_dir.join("bench.txt").display());
         }
         BenchCommand::Broker {
+            frontend,
             disk_mib,
             job,
             out,
             rounds,
+            runtime_ms,
+            rw,
+            bs_kib,
+            qd,
+            no_sched,
         } => {
+            if frontend == "probe" {
+                let patterns = rw
+                    .iter()
+                    .map(|p| {
+                        weir_lab::bench::probe_frontend::Pattern::parse(p).with_context(|| {
+                            format!("--rw {p}: use randread, randwrite or randrw70")
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                if let Some(bad) = qd.iter().find(|&&q| !(1..=128).contains(&q)) {
+                    bail!("--qd {bad}: queue depths run from 1 to 128");
+                }
+                if let Some(bad) = bs_kib
+                    .iter()
+                    .find(|&&b| !(1..=1024).contains(&b) || !b.is_power_of_two())
+                {
+                    bail!("--bs-kib {bad}: a power of two from 1 to 1024 KiB");
+                }
+                if job.is_some() {
+                    bail!("--job is for --frontend qemu (the probe runs its own matrix)");
+                }
+                let work_dir =
+                    fs::canonicalize(".")?.join(out.unwrap_or_else(|| run_dir("bench-broker")));
+                let opts = weir_lab::bench::probe_frontend::ProbeBenchOptions {
+                    weir_binary: std::env::current_exe()?,
+                    work_dir: work_dir.clone(),
+                    disk_mib,
+                    rounds: rounds.unwrap_or(5),
+                    runtime_ms,
+                    patterns,
+                    block_sizes: bs_kib.iter().map(|k| k * 1024).collect(),
+                    depths: qd,
+                    sched_overhead: !no_sched,
+                };
+                println!(
+                    "benchmarking in {} ({} cases x 3 backends x {} rounds, {} ms each) ...",
+                    work_dir.display(),
+                    opts.cases().len(),
+                    opts.rounds,
+                    runtime_ms
+                );
+                let runs = weir_lab::bench::probe_frontend::run_probe_bench(&opts)
+                    .map_err(anyhow::Error::msg)?;
+                let table = weir_lab::bench::probe_frontend::render(&runs);
+                fs::write(work_dir.join("bench.txt"), &table)?;
+                let json = serde_json::json!({
+                    "runs": runs,
+                    "aggregates": weir_lab::bench::probe_frontend::aggregate(&runs),
+                });
+                fs::write(
+                    work_dir.join("bench.json"),
+                    serde_json::to_string_pretty(&json)?,
+                )?;
+                println!("\n{table}");
+                println!("written to {}/bench.{{txt,json}}", work_dir.display());
+                return Ok(());
+            }
+            if frontend != "qemu" {
+                bail!("--frontend {frontend}: use probe or qemu");
+            }
+            let rounds = rounds.unwrap_or(3);
             let virt = HostVirtualization::detect();
             let accel = AccelChoice::for_linux_guest(&virt);
             println!("host: {accel}");

@@ -98,6 +98,9 @@ pub enum InboxEvent {
 pub struct Inbox {
     events: Mutex<Vec<InboxEvent>>,
     fd: EventFd,
+    /// The eventfd was written since the last `take`: only then is it read (a system call
+    /// per look would cost the data path three per wake-up for nothing).
+    signalled: AtomicBool,
 }
 
 impl Inbox {
@@ -105,6 +108,7 @@ impl Inbox {
         Ok(Inbox {
             events: Mutex::new(Vec::new()),
             fd: EventFd::new(EFD_NONBLOCK)?,
+            signalled: AtomicBool::new(false),
         })
     }
 
@@ -118,7 +122,10 @@ impl Inbox {
             .unwrap_or_else(|p| p.into_inner())
             .push(e);
         if signal {
+            // Write, then flag: every write is followed by a flag that makes a later `take`
+            // read the eventfd, so it never stays readable (epoll is level-triggered).
             let _ = self.fd.write(1);
+            self.signalled.store(true, Ordering::SeqCst);
         }
     }
 
@@ -131,7 +138,9 @@ impl Inbox {
     pub fn take(&self) -> Vec<InboxEvent> {
         // Read (reset) the eventfd before taking the events: an event pushed after the read
         // comes with its own write, so no wake-up is lost; at worst one is spurious.
-        let _ = self.fd.read();
+        if self.signalled.swap(false, Ordering::SeqCst) {
+            let _ = self.fd.read();
+        }
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }

@@ -194,7 +194,17 @@ pub struct QueueWorker {
     inflight: Option<QueueInflight>,
     /// Heads a previous broker had in flight, to take before the avail ring (oldest first).
     resubmit: Vec<u16>,
+    /// How many queued SQEs make the next `io_uring_enter` in this round (see `push`).
+    next_submit: usize,
+    /// Completions taken from the ring, reused between wake-ups.
+    cqes: Vec<(u64, i32)>,
 }
+
+/// The largest batch of SQEs held back before the kernel sees them. Measured with the probe at
+/// QD32 on this machine's disk: handing all of a round's requests over in one system call at
+/// the end left the device idle while the thread parsed them (65 k IOPS); 1, 2, 4, 8, 8, ...
+/// gave 78 k, as did one call per request (with four times the system calls).
+const SUBMIT_BATCH_MAX: usize = 8;
 
 impl QueueWorker {
     pub fn new(ctx: Arc<DiskContext>, queue_size: u16) -> Result<Self, WorkerError> {
@@ -218,6 +228,8 @@ impl QueueWorker {
             heads_in_flight: vec![false; usize::from(queue_size)],
             inflight: None,
             resubmit: Vec::new(),
+            next_submit: 1,
+            cqes: Vec::new(),
         })
     }
 
@@ -506,6 +518,13 @@ impl QueueWorker {
             // completion is reaped.
             let pushed = unsafe { self.ring.submission().push(sqe) };
             if pushed.is_ok() {
+                // Pipelined submission: the first request of a round goes to the kernel at
+                // once, then batches of 2, 4, 8, 8, ...: the device starts on the first while
+                // this thread parses the rest, and the system calls stay few.
+                if self.ring.submission().len() >= self.next_submit {
+                    self.ring.submit()?;
+                    self.next_submit = (self.next_submit * 2).min(SUBMIT_BATCH_MAX);
+                }
                 return Ok(());
             }
             self.ring.submit()?;
@@ -650,16 +669,16 @@ impl QueueWorker {
         let _ = self.completion_event.read();
         let mut used = false;
         loop {
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            if cqes.is_empty() {
-                break;
-            }
-            for (user_data, res) in cqes {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            let found = !cqes.is_empty();
+            for &(user_data, res) in &cqes {
                 used |= self.complete(user_data as usize, res, queue)?;
+            }
+            self.cqes = cqes;
+            if !found {
+                break;
             }
         }
         used |= self.drain_inbox(queue)?;
@@ -917,6 +936,7 @@ impl QueueWorker {
 
     /// Hands queued SQEs to the kernel; no system call when there are none.
     fn flush_submissions(&mut self) -> Result<(), WorkerError> {
+        self.next_submit = 1;
         if self.ring.submission().is_empty() {
             return Ok(());
         }

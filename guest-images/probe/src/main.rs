@@ -196,7 +196,8 @@ pvh_long_mode:
 
     .text
     // The system call is `ud2` at CPL3: rax = 1 write(rdi = buf, rsi = len) to COM1;
-    // rax = 2 exit(rdi = code). Port I/O must happen at CPL0, and under PVM the usual ways
+    // rax = 2 exit(rdi = code); rax = 3 wait for an interrupt unless IRQ_COUNT is no longer
+    // rdi (checked with interrupts off; `sti; hlt` leaves no gap for one to slip through). Port I/O must happen at CPL0, and under PVM the usual ways
     // there fail: user-mode `in`/`out` fault whatever IOPL says, `syscall` does not leave CPL3,
     // `int n` raises #UD. Exceptions do reach the guest's CPL0 handlers, so #UD it is.
     .global ud_entry
@@ -249,7 +250,13 @@ syscall_entry:
     out 0x64, al
 11: hlt
     jmp 11b
-9:  iretq
+9:  cmp rax, 3
+    jne 15f
+    cmp [rip + IRQ_COUNT], rdi
+    jne 15f
+    sti
+    hlt
+15: iretq
 
     .global irq_stub
 irq_stub:
@@ -344,6 +351,27 @@ pub fn sys_write(buf: &[u8]) {
     unsafe {
         asm!("ud2", inout("rax") 1u64 => _, in("rdi") buf.as_ptr(), in("rsi") buf.len(),
              options(nostack));
+    }
+}
+
+/// Halts the vCPU until an interrupt arrives, unless one arrived since `irq_count()` read
+/// `seen`. The vCPU's host thread sleeps meanwhile, as a real guest's idle loop does.
+pub fn sys_wait_irq(seen: u64) {
+    // SAFETY: our own syscall ABI: rax = 3, rdi = the count seen; nothing clobbered.
+    unsafe {
+        asm!("ud2", inout("rax") 3u64 => _, in("rdi") seen, options(nostack));
+    }
+}
+
+/// Arms the LAPIC timer, periodic, on the device's vector: a halted probe wakes at least
+/// every `period_ns` even if an interrupt were lost (KVM's APIC bus runs at 1 GHz).
+pub fn arm_tick(period_ns: u32) {
+    let lapic = 0xfee0_0000u64;
+    // SAFETY: LAPIC registers, identity-mapped and user-accessible.
+    unsafe {
+        core::ptr::write_volatile((lapic + 0x3e0) as *mut u32, 0xb);
+        core::ptr::write_volatile((lapic + 0x320) as *mut u32, 1 << 17 | u32::from(IRQ_VECTOR));
+        core::ptr::write_volatile((lapic + 0x380) as *mut u32, period_ns);
     }
 }
 

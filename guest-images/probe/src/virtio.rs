@@ -335,6 +335,12 @@ impl Blk {
         self.avail_idx
     }
 
+    /// Whether the device has published used entries not yet taken.
+    pub fn has_used(&self) -> bool {
+        // SAFETY: the used ring's index, written by the device.
+        unsafe { read_volatile(self.used.add(2) as *const u16) != self.last_used }
+    }
+
     /// Takes every new used entry: `(head, length)`.
     pub fn reap(&mut self, mut f: impl FnMut(u16, u32)) -> usize {
         let q = usize::from(self.qsize);

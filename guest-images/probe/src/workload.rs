@@ -6,7 +6,10 @@
 //! - `rw=randread|randwrite|randrw|read|write` (with `rwmixread=70`), `bs=4096`, `iodepth=32`,
 //!   `runtime_ms=N` or `count=N`, `rate_iops=N`: the main phase (reads are verified when the
 //!   region was written with `verify=1`);
-//! - `size_mib=N`: the region (default: the whole disk); `mode=poll|irq`; `event_idx=0|1`;
+//! - `size_mib=N`: the region (default: the whole disk); `mode=poll|irq|halt` (poll: spin on
+//!   the used ring, no interrupts; irq: interrupts, spinning until one arrives; halt:
+//!   interrupts, the vCPU halted while it waits — a real guest's idle, its host thread asleep);
+//!   `event_idx=0|1`;
 //!   `queue_size=256` (the ring size asked for, at most the device's), `hostile=1`: malformed requests first, each checked for its status, with normal I/O
 //!   around them; `tsc_khz=N`: the TSC rate (for latencies), `seed=N`.
 
@@ -166,6 +169,8 @@ struct Job {
     seed: u64,
     tsc_khz: u64,
     irq_mode: bool,
+    /// Halt the vCPU while waiting for an interrupt (irq mode only).
+    halt: bool,
     rate_iops: u64,
 }
 
@@ -267,10 +272,17 @@ fn run_phase(blk: &mut Blk, job: &Job, p: &Phase, rng: &mut Rng) -> PhaseResult 
             break;
         }
         if job.irq_mode {
-            // Wait for the interrupt handler (CPL0) to count one, then look at the ring.
+            // Wait for the interrupt handler (CPL0) to count one, then look at the ring. The
+            // used ring is looked at too: interrupts were asked for (used_event written and
+            // fenced) before, so an answer published before that write is seen here, and
+            // one published after it interrupts.
             let t0 = rdtsc();
-            while irq_count() == last_irqs && rdtsc() - t0 < job.tsc_khz * 20 {
-                core::hint::spin_loop();
+            while irq_count() == last_irqs && !blk.has_used() && rdtsc() - t0 < job.tsc_khz * 20 {
+                if job.halt {
+                    crate::sys_wait_irq(last_irqs);
+                } else {
+                    core::hint::spin_loop();
+                }
             }
             last_irqs = irq_count();
         }
@@ -478,7 +490,8 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
         println!("<<<WEIR:PROBE-FATAL>>> no virtio_mmio.device= on the command line: {cmdline}");
         return false;
     };
-    let irq_mode = o.get("mode") == Some("irq");
+    let halt = o.get("mode") == Some("halt");
+    let irq_mode = halt || o.get("mode") == Some("irq");
     let want_queue = o.num("queue_size", 256).min(1024) as u16;
     let mut blk = match Blk::init(dev.base, dev.irq, o.num("event_idx", 1) != 0, want_queue) {
         Ok(b) => b,
@@ -489,6 +502,10 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
     };
     if irq_mode {
         blk.route_irq(crate::IRQ_VECTOR);
+    }
+    if halt {
+        // A safety net, not a clock: a lost interrupt costs at most 10 ms.
+        crate::arm_tick(10_000_000);
     }
     let bs = o.num("bs", 4096).clamp(512, 1 << 20) / 512 * 512;
     // Three descriptors per request; eight slots stay free for hostile chains.
@@ -507,6 +524,7 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
         seed: o.num("seed", 0x77e1),
         tsc_khz: o.num("tsc_khz", 1_000_000),
         irq_mode,
+        halt,
         rate_iops: o.num("rate_iops", 0),
     };
     let mut rng = Rng(job.seed);
@@ -580,7 +598,11 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
     crate::console::print(format_args!(
         "<<<WEIR:PROBE-JSON:BEGIN>>>\n{{\"probe\":\"weir-probe\",\"boot\":\"{}\",\"mode\":\"{}\",\"device\":{{\"base\":{},\"irq\":{},\"capacity_sectors\":{},\"queue_size\":{},\"event_idx\":{},\"read_only\":{},\"seg_max\":{}}},\"phases\":[",
         if pvh { "pvh" } else { "linux64" },
-        if irq_mode { "irq" } else { "poll" },
+        match (irq_mode, halt) {
+            (_, true) => "halt",
+            (true, _) => "irq",
+            _ => "poll",
+        },
         dev.base,
         dev.irq,
         blk.capacity,

@@ -1,7 +1,11 @@
 //! `weir bench broker`: the broker against qemu-storage-daemon and host fio, side by side, on
 //! the same backing file, in one run.
 //!
-//! One QEMU guest runs fio 4 KiB random reads at QD1 and QD32 against (a) `weir broker` and
+//! Two frontends: the probe guest under `weir vm` ([`probe_frontend`], the default where KVM
+//! runs it: fast enough to tell backends apart) and a Linux guest with fio under QEMU (this
+//! module; under TCG it is CPU-bound at a few thousand IOPS).
+//!
+//! With the QEMU frontend, one QEMU guest runs fio 4 KiB random reads at QD1 and QD32 against (a) `weir broker` and
 //! (b) `qemu-storage-daemon --export vhost-user-blk` (`cache.direct=on,aio=io_uring`), both
 //! over vhost-user-blk; then host fio runs the same job on the file. The backends' CPU time is
 //! read from `/proc/<pid>/stat` around each guest run and divided by the I/Os they served.
@@ -20,6 +24,8 @@ use crate::host::AccelChoice;
 use crate::hostfio::run_host_fio;
 use crate::qemu::{GuestDisk, LinuxGuestSpec};
 use crate::summary::{JobSummary, summarise};
+
+pub mod probe_frontend;
 
 pub const RANDREAD_JOB: &str = "\
 [global]
@@ -115,7 +121,7 @@ fn guest_run(
 }
 
 /// Fills the backing file with data so that reads hit allocated blocks, not holes.
-fn prefill(path: &Path, mib: u64) -> Result<(), String> {
+pub(crate) fn prefill(path: &Path, mib: u64) -> Result<(), String> {
     let status = Command::new("fio")
         .args([
             "--name=prefill",
@@ -135,16 +141,21 @@ fn prefill(path: &Path, mib: u64) -> Result<(), String> {
         .ok_or_else(|| "prefilling the backing file with host fio failed".to_string())
 }
 
-struct Qsd {
-    child: Child,
+pub(crate) struct Qsd {
+    pub(crate) child: Child,
 }
 
 impl Qsd {
-    fn start(file: &Path, socket: &Path) -> Result<Self, String> {
-        let child = Command::new("qemu-storage-daemon")
+    pub(crate) fn start(file: &Path, socket: &Path) -> Result<Self, String> {
+        // Its log lies beside its socket; `locking=off` because weir's broker may hold the
+        // same file at the same time (the probe bench keeps both up and alternates).
+        let log_path = socket.with_extension("log");
+        let log =
+            fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut child = Command::new("qemu-storage-daemon")
             .arg("--blockdev")
             .arg(format!(
-                "driver=file,node-name=f,filename={},cache.direct=on,aio=io_uring",
+                "driver=file,node-name=f,filename={},cache.direct=on,aio=io_uring,locking=off",
                 file.display()
             ))
             .arg("--export")
@@ -153,13 +164,18 @@ impl Qsd {
                 socket.display()
             ))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .map_err(|e| format!("qemu-storage-daemon: {e} (apt-get install qemu-utils)"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
-            if Instant::now() > deadline {
-                return Err("qemu-storage-daemon did not create its socket".into());
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "qemu-storage-daemon did not create its socket: {}",
+                    fs::read_to_string(&log_path).unwrap_or_default().trim()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -247,7 +263,7 @@ pub struct JobAggregate {
     pub p99_us_median: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
         0 => f64::NAN,

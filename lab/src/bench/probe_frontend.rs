@@ -1,0 +1,696 @@
+//! `weir bench broker --frontend probe`: the broker's data path measured with a fast frontend.
+//!
+//! The probe guest under `weir vm` drives the disk from CPL3 with no guest kernel in the way
+//! (millions of I/Os a minute), so the backend, not the frontend, sets the pace. Each case
+//! (pattern × block size × queue depth) runs against three backends on one prefilled file:
+//! `weir broker`, `qemu-storage-daemon --export vhost-user-blk` (`cache.direct=on,
+//! aio=io_uring`) and host fio with the same job. Rounds interleave the backends (the order
+//! rotates every case and round), so a slow minute of the machine hits all three alike; the
+//! table reports medians with ranges. CPU per I/O is each backend process's user + system
+//! time (`/proc/PID/stat`, host fio's from its rusage) over the I/Os it served.
+//!
+//! A second part measures what scheduling costs: eight probe guests (QD 4 each, halting
+//! while they wait, as a real guest's idle does) on one LUN, FIFO with a fixed window against
+//! mClock with the adaptive window.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Qsd, median, prefill, process_cpu_seconds};
+use crate::broker::BrokerProcess;
+use crate::hostfio::run_host_fio;
+use crate::probe::{ProbeVm, build};
+use crate::summary::summarise;
+
+/// An I/O pattern, as the probe and fio both run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Pattern {
+    RandRead,
+    RandWrite,
+    /// 70 % reads.
+    RandRw70,
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "randread" => Some(Pattern::RandRead),
+            "randwrite" => Some(Pattern::RandWrite),
+            "randrw70" | "randrw" => Some(Pattern::RandRw70),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::RandRead => "randread",
+            Pattern::RandWrite => "randwrite",
+            Pattern::RandRw70 => "randrw70",
+        }
+    }
+
+    fn probe_options(self) -> &'static str {
+        match self {
+            Pattern::RandRead => "probe.rw=randread",
+            Pattern::RandWrite => "probe.rw=randwrite",
+            Pattern::RandRw70 => "probe.rw=randrw probe.rwmixread=70",
+        }
+    }
+
+    fn fio_options(self) -> &'static str {
+        match self {
+            Pattern::RandRead => "rw=randread\n",
+            Pattern::RandWrite => "rw=randwrite\n",
+            Pattern::RandRw70 => "rw=randrw\nrwmixread=70\n",
+        }
+    }
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Case {
+    pub pattern: Pattern,
+    pub bs: u64,
+    pub qd: u32,
+}
+
+impl Case {
+    pub fn label(&self) -> String {
+        format!("{} {}k QD{}", self.pattern.name(), self.bs / 1024, self.qd)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeBenchOptions {
+    pub weir_binary: PathBuf,
+    pub work_dir: PathBuf,
+    pub disk_mib: u64,
+    pub rounds: u32,
+    pub runtime_ms: u64,
+    pub patterns: Vec<Pattern>,
+    pub block_sizes: Vec<u64>,
+    pub depths: Vec<u32>,
+    /// Also measure the scheduling overhead (eight guests, FIFO fixed vs mClock adaptive).
+    pub sched_overhead: bool,
+}
+
+impl ProbeBenchOptions {
+    pub fn cases(&self) -> Vec<Case> {
+        let mut cases = Vec::new();
+        for &pattern in &self.patterns {
+            for &bs in &self.block_sizes {
+                for &qd in &self.depths {
+                    cases.push(Case { pattern, bs, qd });
+                }
+            }
+        }
+        cases
+    }
+}
+
+pub const WEIR: &str = "weir";
+pub const QSD: &str = "qemu-storage-daemon";
+pub const HOST: &str = "host fio";
+pub const SCHED_FIFO: &str = "8 tenants, fifo + fixed window";
+pub const SCHED_MCLOCK: &str = "8 tenants, mclock + adaptive";
+pub const SCHED_MCLOCK_FIXED: &str = "8 tenants, mclock + fixed window";
+
+/// One backend's run of one case in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseRun {
+    pub backend: String,
+    pub case: String,
+    pub pattern: &'static str,
+    pub bs: u64,
+    pub qd: u32,
+    pub round: u32,
+    pub iops: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub ios: u64,
+    /// Backend CPU seconds (user + system) over the run.
+    pub cpu_s: Option<f64>,
+}
+
+impl CaseRun {
+    pub fn cpu_us_per_io(&self) -> Option<f64> {
+        self.cpu_s
+            .filter(|_| self.ios > 0)
+            .map(|s| s * 1e6 / self.ios as f64)
+    }
+}
+
+/// CPU seconds of this process's waited-for children (host fio is one).
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+struct Runner<'a> {
+    opts: &'a ProbeBenchOptions,
+    probe: PathBuf,
+    tsc_khz: u64,
+    runs: u32,
+}
+
+/// A probe guest's figures: IOPS, p50, p99, I/Os.
+type ProbeFigures = (f64, f64, f64, u64);
+
+impl Runner<'_> {
+    fn probe_options(&self, case: &Case, mode: &str) -> String {
+        format!(
+            "{} probe.bs={} probe.iodepth={} probe.runtime_ms={} probe.queue_size=512 \
+             probe.mode={mode} probe.tsc_khz={}",
+            case.pattern.probe_options(),
+            case.bs,
+            case.qd,
+            self.opts.runtime_ms,
+            self.tsc_khz
+        )
+    }
+
+    fn spawn(&mut self, socket: &Path, options: &str) -> Result<ProbeVm, String> {
+        self.runs += 1;
+        ProbeVm::spawn(
+            &self.opts.weir_binary,
+            &self.probe,
+            &[format!("socket={},queue_size=512", socket.display())],
+            options,
+            &self.opts.work_dir,
+            &format!("probe-{}", self.runs % 16),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn finish(&self, vm: ProbeVm, case: &Case) -> Result<ProbeFigures, String> {
+        let limit = Duration::from_millis(self.opts.runtime_ms) + Duration::from_secs(60);
+        let run = vm.wait(limit).map_err(|e| e.to_string())?;
+        let r = &run.report;
+        let phase = r
+            .phases
+            .last()
+            .ok_or_else(|| "the probe ran no phase".to_string())?;
+        if r.errors > 0 || phase.unexpected > 0 {
+            return Err(format!(
+                "{}: {} I/O errors, {} unexpected answers",
+                case.label(),
+                r.errors,
+                phase.unexpected
+            ));
+        }
+        if phase.iodepth != case.qd {
+            // The probe clamps its depth to what the queue holds: a silent clamp would
+            // compare different depths.
+            return Err(format!(
+                "{}: the probe ran at QD{} (queue size {}); the case asks QD{}",
+                case.label(),
+                phase.iodepth,
+                r.device.queue_size,
+                case.qd
+            ));
+        }
+        Ok((
+            phase.iops,
+            phase.lat_us.p50 as f64,
+            phase.lat_us.p99 as f64,
+            phase.ios,
+        ))
+    }
+
+    /// One probe guest on `socket`; the backend's CPU from `pid`.
+    fn probe_case(
+        &mut self,
+        backend: &str,
+        socket: &Path,
+        pid: Option<u32>,
+        case: &Case,
+        round: u32,
+    ) -> Result<CaseRun, String> {
+        let options = self.probe_options(case, "poll");
+        let cpu0 = pid.and_then(process_cpu_seconds);
+        let vm = self.spawn(socket, &options)?;
+        let (iops, p50, p99, ios) = self.finish(vm, case)?;
+        let cpu1 = pid.and_then(process_cpu_seconds);
+        Ok(CaseRun {
+            backend: backend.to_string(),
+            case: case.label(),
+            pattern: case.pattern.name(),
+            bs: case.bs,
+            qd: case.qd,
+            round,
+            iops,
+            p50_us: Some(p50),
+            p99_us: Some(p99),
+            ios,
+            cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        })
+    }
+
+    fn host_case(&self, file: &Path, case: &Case, round: u32) -> Result<CaseRun, String> {
+        let job = format!(
+            "[global]\nioengine=io_uring\ndirect=1\nbs={}\niodepth={}\n{}randrepeat=0\n\
+             time_based=1\nruntime={}ms\n\n[host]\n",
+            case.bs,
+            case.qd,
+            case.pattern.fio_options(),
+            self.opts.runtime_ms
+        );
+        let cpu0 = children_cpu_seconds();
+        let report = run_host_fio(&job, file, &self.opts.work_dir).map_err(|e| e.to_string())?;
+        let cpu1 = children_cpu_seconds();
+        let rows = summarise(&report);
+        // Mixed jobs: IOPS of both directions; latency of the reads (70 % of the I/Os).
+        let first = rows.first().ok_or("host fio reported nothing")?;
+        Ok(CaseRun {
+            backend: HOST.to_string(),
+            case: case.label(),
+            pattern: case.pattern.name(),
+            bs: case.bs,
+            qd: case.qd,
+            round,
+            iops: rows.iter().map(|r| r.iops).sum(),
+            p50_us: first.clat_p50_us,
+            p99_us: first.clat_p99_us,
+            ios: rows.iter().map(|r| r.ios).sum(),
+            cpu_s: Some(cpu1 - cpu0),
+        })
+    }
+}
+
+fn broker_config(file: &Path, sockets: &[PathBuf], scheduler: &str, depth: &str) -> String {
+    let mut c = format!(
+        "[[lun]]\nname = \"bench\"\npath = {:?}\nshareable = {}\nscheduler = \"{scheduler}\"\n\
+         depth = {depth}\n",
+        file.display().to_string(),
+        sockets.len() > 1
+    );
+    for (i, s) in sockets.iter().enumerate() {
+        let _ = write!(
+            c,
+            "[[disk]]\nsocket = {:?}\nlun = \"bench\"\ntenant = \"t{i}\"\nqueue_size = 512\n",
+            s.display().to_string()
+        );
+    }
+    c
+}
+
+/// Runs the matrix (and the scheduling overhead part); returns every run.
+pub fn run_probe_bench(opts: &ProbeBenchOptions) -> Result<Vec<CaseRun>, String> {
+    fs::create_dir_all(&opts.work_dir).map_err(|e| e.to_string())?;
+    let probe = build().map_err(|e| e.to_string())?;
+    let file = opts.work_dir.join("bench.img");
+    fs::File::create(&file)
+        .and_then(|f| f.set_len(opts.disk_mib << 20))
+        .map_err(|e| format!("create {}: {e}", file.display()))?;
+    prefill(&file, opts.disk_mib)?;
+    let mut runner = Runner {
+        opts,
+        probe,
+        tsc_khz: crate::host::host_tsc_khz().unwrap_or(1_000_000),
+        runs: 0,
+    };
+    let mut runs = Vec::new();
+    {
+        // The file LUN as a user gets it (default window and scheduler), one disk.
+        let socket = opts.work_dir.join("weir.sock");
+        let config = format!(
+            "[[lun]]\nname = \"bench\"\npath = {:?}\n[[disk]]\nsocket = {:?}\nlun = \"bench\"\n\
+             tenant = \"bench\"\nqueue_size = 512\n",
+            file.display().to_string(),
+            socket.display().to_string()
+        );
+        let mut broker = BrokerProcess::start(
+            &opts.weir_binary,
+            &config,
+            None,
+            &opts.work_dir.join("broker"),
+        )
+        .map_err(|e| e.to_string())?;
+        let qsd_socket = opts.work_dir.join("qsd.sock");
+        let _ = fs::remove_file(&qsd_socket);
+        let qsd = Qsd::start(&file, &qsd_socket)?;
+        let cases = opts.cases();
+        let rounds = opts.rounds.max(1);
+        for round in 0..rounds {
+            eprintln!("round {}/{rounds}", round + 1);
+            for (i, case) in cases.iter().enumerate() {
+                for k in 0..3 {
+                    let run = match (k + i + round as usize) % 3 {
+                        0 => runner.probe_case(WEIR, &socket, broker.pid(), case, round)?,
+                        1 => runner.probe_case(
+                            QSD,
+                            &qsd_socket,
+                            Some(qsd.child.id()),
+                            case,
+                            round,
+                        )?,
+                        _ => runner.host_case(&file, case, round)?,
+                    };
+                    runs.push(run);
+                }
+            }
+        }
+        drop(qsd);
+        broker.stop();
+    }
+    if opts.sched_overhead {
+        runs.extend(sched_overhead(&mut runner, &file)?);
+    }
+    let _ = fs::remove_file(&file);
+    Ok(runs)
+}
+
+/// Eight guests, QD 4 each, 4 KiB random reads, on one LUN: FIFO + fixed window, mClock +
+/// fixed window (the scheduler's own cost) and mClock + the adaptive window (what a user
+/// gets), rounds interleaved. One "run" is the eight guests' sum.
+fn sched_overhead(runner: &mut Runner<'_>, file: &Path) -> Result<Vec<CaseRun>, String> {
+    let opts = runner.opts;
+    let sockets: Vec<PathBuf> = (0..8)
+        .map(|i| opts.work_dir.join(format!("t{i}.sock")))
+        .collect();
+    let case = Case {
+        pattern: Pattern::RandRead,
+        bs: 4096,
+        qd: 4,
+    };
+    let mut runs = Vec::new();
+    for round in 0..opts.rounds.max(1) {
+        for k in 0..3 {
+            const FIXED: &str = "{ policy = \"fixed\", depth = 1024 }";
+            let (name, scheduler, depth) = match (k + round) % 3 {
+                0 => (SCHED_FIFO, "fifo", FIXED),
+                1 => (SCHED_MCLOCK_FIXED, "mclock", FIXED),
+                _ => (SCHED_MCLOCK, "mclock", "{ policy = \"adaptive\" }"),
+            };
+            let config = broker_config(file, &sockets, scheduler, depth);
+            let mut broker = BrokerProcess::start(
+                &opts.weir_binary,
+                &config,
+                None,
+                &opts.work_dir.join("broker-sched"),
+            )
+            .map_err(|e| e.to_string())?;
+            let options = runner.probe_options(&case, "halt");
+            let cpu0 = broker.pid().and_then(process_cpu_seconds);
+            let vms = sockets
+                .iter()
+                .map(|s| runner.spawn(s, &options))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut total = (0.0, Vec::new(), Vec::new(), 0u64);
+            for vm in vms {
+                let (iops, p50, p99, ios) = runner.finish(vm, &case)?;
+                total.0 += iops;
+                total.1.push(p50);
+                total.2.push(p99);
+                total.3 += ios;
+            }
+            let cpu1 = broker.pid().and_then(process_cpu_seconds);
+            broker.stop();
+            runs.push(CaseRun {
+                backend: name.to_string(),
+                case: "randread 4k 8×QD4".into(),
+                pattern: case.pattern.name(),
+                bs: case.bs,
+                qd: 32,
+                round,
+                iops: total.0,
+                p50_us: Some(median(total.1)),
+                p99_us: total.2.iter().copied().reduce(f64::max),
+                ios: total.3,
+                cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// One backend's figures for one case over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseAggregate {
+    pub backend: String,
+    pub case: String,
+    pub qd: u32,
+    pub rounds: usize,
+    pub iops_median: f64,
+    pub iops_min: f64,
+    pub iops_max: f64,
+    pub p50_us_median: Option<f64>,
+    pub p99_us_median: Option<f64>,
+    /// Total CPU over total I/Os, µs.
+    pub cpu_us_per_io: Option<f64>,
+}
+
+pub fn aggregate(runs: &[CaseRun]) -> Vec<CaseAggregate> {
+    let mut keys: Vec<(String, String, u32)> = Vec::new();
+    for r in runs {
+        let k = (r.backend.clone(), r.case.clone(), r.qd);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(backend, case, qd)| {
+            let rs: Vec<&CaseRun> = runs
+                .iter()
+                .filter(|r| r.backend == backend && r.case == case)
+                .collect();
+            let iops: Vec<f64> = rs.iter().map(|r| r.iops).collect();
+            let some = |v: Vec<f64>| (!v.is_empty()).then(|| median(v));
+            let cpu: Option<f64> = rs.iter().map(|r| r.cpu_s).sum();
+            let ios: u64 = rs.iter().map(|r| r.ios).sum();
+            CaseAggregate {
+                rounds: rs.len(),
+                iops_min: iops.iter().copied().fold(f64::INFINITY, f64::min),
+                iops_max: iops.iter().copied().fold(0.0, f64::max),
+                iops_median: median(iops),
+                p50_us_median: some(rs.iter().filter_map(|r| r.p50_us).collect()),
+                p99_us_median: some(rs.iter().filter_map(|r| r.p99_us).collect()),
+                cpu_us_per_io: cpu.filter(|_| ios > 0).map(|c| c * 1e6 / ios as f64),
+                backend,
+                case,
+                qd,
+            }
+        })
+        .collect()
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b)
+}
+
+fn show(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The table: per case the three backends' median IOPS (ranges), weir's ratios to the
+/// daemon (IOPS, p50, CPU per I/O) and to host fio; then the targets of issue 15, each with
+/// the cases that miss it.
+pub fn render(runs: &[CaseRun]) -> String {
+    let agg = aggregate(runs);
+    let find =
+        |backend: &str, case: &str| agg.iter().find(|a| a.backend == backend && a.case == case);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<20} {:>21} {:>21} {:>9} {:>9} {:>8} {:>13} {:>8} {:>9}",
+        "case",
+        "weir IOPS (range)",
+        "qsd IOPS (range)",
+        "host",
+        "weir/qsd",
+        "p50 w/q",
+        "CPU us/IO w|q",
+        "CPU w/q",
+        "weir/host"
+    );
+    let range = |a: &CaseAggregate| {
+        format!(
+            "{:.0} ({:.0}-{:.0})",
+            a.iops_median / 1e3,
+            a.iops_min / 1e3,
+            a.iops_max / 1e3
+        )
+    };
+    // Per target: the cases that miss it, and whether any case measured it at all (a target
+    // nothing measured is reported as such, never as met).
+    let mut misses: Vec<(&str, Vec<String>, bool)> = [
+        "IOPS >= 1.2x qemu-storage-daemon at QD1/32/128 (randread 4k)",
+        "p50 <= 0.9x qemu-storage-daemon (randread 4k)",
+        "CPU per I/O <= 0.8x qemu-storage-daemon (randread 4k)",
+        "IOPS >= 0.9x host fio at QD32 (randread 4k)",
+        "64k and randwrite rows: IOPS >= 1.0x the daemon",
+        "mclock + adaptive (8 tenants) costs <= 5 % of fifo + fixed's IOPS",
+    ]
+    .into_iter()
+    .map(|t| (t, Vec::new(), false))
+    .collect();
+    for w in agg.iter().filter(|a| a.backend == WEIR) {
+        let (Some(q), h) = (find(QSD, &w.case), find(HOST, &w.case)) else {
+            continue;
+        };
+        let iops = w.iops_median / q.iops_median.max(1.0);
+        let p50 = ratio(w.p50_us_median, q.p50_us_median);
+        let cpu = ratio(w.cpu_us_per_io, q.cpu_us_per_io);
+        let host = h.map(|h| w.iops_median / h.iops_median.max(1.0));
+        let _ = writeln!(
+            s,
+            "{:<20} {:>21} {:>21} {:>8.0}k {:>8.2}x {:>7}x {:>13} {:>7}x {:>8}x",
+            w.case,
+            format!("{}k", range(w)),
+            format!("{}k", range(q)),
+            h.map_or(0.0, |h| h.iops_median / 1e3),
+            iops,
+            show(p50, 2),
+            format!("{}|{}", show(w.cpu_us_per_io, 1), show(q.cpu_us_per_io, 1)),
+            show(cpu, 2),
+            show(host, 2)
+        );
+        let headline = w.case.starts_with("randread 4k");
+        for (i, m) in misses.iter_mut().enumerate() {
+            m.2 |= match i {
+                0..=2 => headline,
+                3 => headline && w.qd == 32 && h.is_some(),
+                4 => !headline,
+                _ => false,
+            };
+        }
+        if headline && iops < 1.2 {
+            misses[0].1.push(format!("{} {iops:.2}x", w.case));
+        }
+        if headline && p50.is_none_or(|r| r > 0.9) {
+            misses[1].1.push(format!("{} {}x", w.case, show(p50, 2)));
+        }
+        if headline && cpu.is_none_or(|r| r > 0.8) {
+            misses[2].1.push(format!("{} {}x", w.case, show(cpu, 2)));
+        }
+        if headline && w.qd == 32 && host.is_none_or(|r| r < 0.9) {
+            misses[3].1.push(format!("{} {}x", w.case, show(host, 2)));
+        }
+        if !headline && iops < 1.0 {
+            misses[4].1.push(format!("{} {iops:.2}x", w.case));
+        }
+    }
+    let fifo = agg.iter().find(|a| a.backend == SCHED_FIFO);
+    if let Some(f) = fifo {
+        let _ = writeln!(
+            s,
+            "\nscheduling overhead, {} ({} rounds):",
+            f.case, f.rounds
+        );
+        for name in [SCHED_FIFO, SCHED_MCLOCK_FIXED, SCHED_MCLOCK] {
+            let Some(a) = agg.iter().find(|a| a.backend == name) else {
+                continue;
+            };
+            let cost = 100.0 * (1.0 - a.iops_median / f.iops_median.max(1.0));
+            let _ = writeln!(
+                s,
+                "  {:<34} {:>21}  p50 {:>5} us  CPU {:>5} us/IO  IOPS cost vs fifo {:>5.1} %",
+                a.backend,
+                format!("{}k", range(a)),
+                show(a.p50_us_median, 0),
+                show(a.cpu_us_per_io, 1),
+                cost
+            );
+            if name == SCHED_MCLOCK {
+                misses[5].2 = true;
+                if cost > 5.0 {
+                    misses[5].1.push(format!("{cost:.1} %"));
+                }
+            }
+        }
+    }
+    let _ = writeln!(s, "\ntargets (medians):");
+    for (what, missed, measured) in &misses {
+        if !measured {
+            let _ = writeln!(s, "  n/a     {what}: not measured in this run");
+        } else if missed.is_empty() {
+            let _ = writeln!(s, "  met     {what}");
+        } else {
+            let _ = writeln!(s, "  MISSED  {what}: {}", missed.join(", "));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(backend: &str, case: &str, qd: u32, iops: f64, cpu: f64) -> CaseRun {
+        CaseRun {
+            backend: backend.into(),
+            case: case.into(),
+            pattern: "randread",
+            bs: 4096,
+            qd,
+            round: 0,
+            iops,
+            p50_us: Some(1e6 / iops),
+            p99_us: Some(2e6 / iops),
+            ios: iops as u64,
+            cpu_s: Some(cpu),
+        }
+    }
+
+    #[test]
+    fn the_table_names_each_missed_target_with_its_case() {
+        let c = "randread 4k QD32";
+        let runs = vec![
+            run(WEIR, c, 32, 100.0, 1.0),
+            run(QSD, c, 32, 90.0, 1.0),
+            run(HOST, c, 32, 200.0, 0.5),
+            run(WEIR, c, 32, 120.0, 1.0),
+            run(QSD, c, 32, 80.0, 1.0),
+            run(HOST, c, 32, 100.0, 0.5),
+        ];
+        let agg = aggregate(&runs);
+        let w = agg.iter().find(|a| a.backend == WEIR).unwrap();
+        assert_eq!(
+            (w.iops_median, w.iops_min, w.iops_max),
+            (110.0, 100.0, 120.0)
+        );
+        // CPU per I/O: total CPU over total I/Os.
+        assert!((w.cpu_us_per_io.unwrap() - 2e6 / 220.0).abs() < 1e-6);
+        let table = render(&runs);
+        // weir/qsd = 110/85 = 1.29 ≥ 1.2: met; host 150 → 0.73 < 0.9: missed, named.
+        assert!(table.contains("met     IOPS >= 1.2x"), "{table}");
+        assert!(
+            table.contains(
+                "MISSED  IOPS >= 0.9x host fio at QD32 (randread 4k): randread 4k QD32 0.73x"
+            ),
+            "{table}"
+        );
+        // Nothing ran the 64k/randwrite rows or the scheduling part: said, not scored.
+        assert!(table.contains("n/a     64k and randwrite rows"), "{table}");
+        assert!(table.contains("n/a     mclock + adaptive"), "{table}");
+    }
+
+    #[test]
+    fn the_matrix_is_every_pattern_size_and_depth() {
+        let opts = ProbeBenchOptions {
+            weir_binary: PathBuf::new(),
+            work_dir: PathBuf::new(),
+            disk_mib: 1,
+            rounds: 1,
+            runtime_ms: 1,
+            patterns: vec![Pattern::RandRead, Pattern::RandRw70],
+            block_sizes: vec![4096, 65536],
+            depths: vec![1, 32, 128],
+            sched_overhead: false,
+        };
+        let cases = opts.cases();
+        assert_eq!(cases.len(), 12);
+        assert_eq!(cases[0].label(), "randread 4k QD1");
+        assert_eq!(cases[11].label(), "randrw70 64k QD128");
+        assert_eq!(Pattern::parse("randrw"), Some(Pattern::RandRw70));
+        assert_eq!(Pattern::parse("seqread"), None);
+    }
+}
