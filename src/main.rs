@@ -119,6 +119,10 @@ enum BenchCommand {
         /// probe frontend: skip the scheduling overhead part (8 guests, fifo vs mclock).
         #[arg(long)]
         no_sched: bool,
+        /// probe frontend: another weir binary whose broker runs as a fourth backend, for an
+        /// A/B of two builds in one interleaved run.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// The probe guest under weir vm and under QEMU -accel kvm (same ELF via PVH, same broker
     /// socket): IOPS and latency at QD1 and QD32, start → first serial byte, RSS.
@@ -323,6 +327,7 @@ fn bench(command: BenchCommand) -> Result<()> {
             bs_kib,
             qd,
             no_sched,
+            baseline,
         } => {
             if frontend == "probe" {
                 let patterns = rw
@@ -357,11 +362,13 @@ fn bench(command: BenchCommand) -> Result<()> {
                     block_sizes: bs_kib.iter().map(|k| k * 1024).collect(),
                     depths: qd,
                     sched_overhead: !no_sched,
+                    baseline: baseline.map(fs::canonicalize).transpose()?,
                 };
                 println!(
-                    "benchmarking in {} ({} cases x 3 backends x {} rounds, {} ms each) ...",
+                    "benchmarking in {} ({} cases x {} backends x {} rounds, {} ms each) ...",
                     work_dir.display(),
                     opts.cases().len(),
+                    if opts.baseline.is_some() { 4 } else { 3 },
                     opts.rounds,
                     runtime_ms
                 );

@@ -59,7 +59,11 @@ impl BrokerClock {
         }
     }
     pub fn now(&self) -> f64 {
-        self.start.elapsed().as_secs_f64()
+        self.at(Instant::now())
+    }
+    /// The clock's reading at `t` (one `Instant::now()` serves several uses).
+    pub fn at(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.start).as_secs_f64()
     }
 }
 

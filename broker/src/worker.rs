@@ -198,7 +198,20 @@ pub struct QueueWorker {
     next_submit: usize,
     /// Completions taken from the ring, reused between wake-ups.
     cqes: Vec<(u64, i32)>,
+    /// iovec arrays of finished requests, for the next ones.
+    spare_iovecs: SpareIovecs,
 }
+
+/// Emptied iovec arrays kept for their capacity.
+#[derive(Default)]
+struct SpareIovecs(Vec<Vec<libc::iovec>>);
+
+// SAFETY: every array in here is empty (cleared before it is kept): no pointer into guest
+// memory is held, only the allocation.
+unsafe impl Send for SpareIovecs {}
+
+/// At most this many spare iovec arrays are kept (a queue's worth).
+const SPARE_IOVECS: usize = 1024;
 
 /// The largest batch of SQEs held back before the kernel sees them. Measured with the probe at
 /// QD32 on this machine's disk: handing all of a round's requests over in one system call at
@@ -230,6 +243,7 @@ impl QueueWorker {
             resubmit: Vec::new(),
             next_submit: 1,
             cqes: Vec::new(),
+            spare_iovecs: SpareIovecs::default(),
         })
     }
 
@@ -323,7 +337,11 @@ impl QueueWorker {
         guard: &GuestMemoryLoadGuard<GuestMem>,
     ) -> Result<bool, WorkerError> {
         let head = parsed.head;
-        let request = match &parsed.outcome {
+        // Both lengths before the request moves out of `parsed` (no copy of its ranges).
+        let used_len_ok = parsed.used_len(VIRTIO_BLK_S_OK);
+        let used_len_err = parsed.used_len(VIRTIO_BLK_S_IOERR);
+        let status_addr = parsed.status_addr;
+        let request = match parsed.outcome {
             Err(rejection) => {
                 self.ctx.counters.rejected[rejection.class()]
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -332,18 +350,18 @@ impl QueueWorker {
                     .bad_requests
                     .warn(|| format!("disk {name}: rejected request (head {head}): {rejection}"));
                 let status = rejection.status();
-                if let Some(addr) = parsed.status_addr {
+                if let Some(addr) = status_addr {
                     let _ = guard.write_obj(status, addr);
                 }
-                self.add_used(queue, guard, head, parsed.used_len(status));
+                // A rejected request wrote no data: the status byte alone, whatever status.
+                self.add_used(queue, guard, head, used_len_err);
                 return Ok(true);
             }
-            Ok(req) => req.clone(),
+            Ok(req) => req,
         };
-        let Some(status_addr) = parsed.status_addr else {
+        let Some(status_addr) = status_addr else {
             return Ok(false);
         };
-        let used_len_ok = parsed.used_len(VIRTIO_BLK_S_OK);
         let kind = request.kind();
         match request {
             BlkRequest::GetId { buf, .. } => {
@@ -394,7 +412,7 @@ impl QueueWorker {
                         total: len,
                         done: 0,
                         direct: true,
-                        iovecs: Vec::new(),
+                        iovecs: self.spare_iovecs.0.pop().unwrap_or_default(),
                     },
                     guard.clone(),
                 );
@@ -1128,13 +1146,21 @@ impl QueueWorker {
     /// Answers the request in `slot` and frees the slot; tells the dispatcher when it went
     /// through it.
     fn finish(&mut self, slot: usize, queue: &mut Queue) -> bool {
-        let Some(inflight) = self.slots.get_mut(slot).and_then(Option::take) else {
+        let Some(mut inflight) = self.slots.get_mut(slot).and_then(Option::take) else {
             return false;
         };
         self.free.push(slot);
         if let Some(busy) = self.heads_in_flight.get_mut(usize::from(inflight.head)) {
             *busy = false;
         }
+        // The guest's answer first: it can post its next request while the books are kept.
+        let ok = inflight.status == VIRTIO_BLK_S_OK;
+        let _ = inflight
+            .mem
+            .write_obj(inflight.status, inflight.status_addr);
+        let len = if ok { inflight.used_len_ok } else { 1 };
+        self.add_used(queue, &inflight.mem, inflight.head, len);
+        let done = Instant::now();
         if let Some(Scheduled {
             granted: Some((epoch, dispatched_at)),
             path,
@@ -1143,7 +1169,7 @@ impl QueueWorker {
             ..
         }) = inflight.sched
         {
-            let now = self.ctx.clock.now();
+            let now = self.ctx.clock.at(done);
             self.ctx.dispatcher.on_complete(
                 now,
                 epoch,
@@ -1162,9 +1188,9 @@ impl QueueWorker {
         let started = inflight.started.unwrap_or(inflight.submitted);
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         let (device_ns, queue_ns, total_ns) = (
-            ns(started.elapsed()),
-            ns(started.duration_since(inflight.submitted)),
-            ns(inflight.submitted.elapsed()),
+            ns(done.saturating_duration_since(started)),
+            ns(started.saturating_duration_since(inflight.submitted)),
+            ns(done.saturating_duration_since(inflight.submitted)),
         );
         counters.device_latency_ns.fetch_add(device_ns, relaxed);
         counters.queue_latency_ns.fetch_add(queue_ns, relaxed);
@@ -1172,10 +1198,7 @@ impl QueueWorker {
         counters.latency.device.record_ns(device_ns);
         counters.latency.queue.record_ns(queue_ns);
         counters.latency.total.record_ns(total_ns);
-        counters
-            .device_completions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ok = inflight.status == VIRTIO_BLK_S_OK;
+        counters.device_completions.fetch_add(1, relaxed);
         if let Some((pool, lun)) = &self.ctx.thin {
             if ok {
                 for (offset, len) in &inflight.punched {
@@ -1185,14 +1208,17 @@ impl QueueWorker {
                 pool.unreserve(*lun, &inflight.reserved);
             }
         }
-        let _ = inflight
-            .mem
-            .write_obj(inflight.status, inflight.status_addr);
-        let len = if ok { inflight.used_len_ok } else { 1 };
         if ok {
             self.ctx.counters.completed(inflight.kind, inflight.bytes);
         }
-        self.add_used(queue, &inflight.mem, inflight.head, len);
+        // Its iovec array serves the next request (no allocation per request).
+        if let Op::Rw { iovecs, .. } = &mut inflight.op {
+            if self.spare_iovecs.0.len() < SPARE_IOVECS {
+                let mut v = std::mem::take(iovecs);
+                v.clear();
+                self.spare_iovecs.0.push(v);
+            }
+        }
         true
     }
 

@@ -122,6 +122,9 @@ pub struct ProbeReport {
     pub phases: Vec<ProbePhase>,
     pub hostile: Vec<HostileResult>,
     pub interrupts: u64,
+    /// Times the vCPU halted waiting for an interrupt (`mode=halt`; older probes: 0).
+    #[serde(default)]
+    pub halts: u64,
     pub notifies: u64,
     /// Empty kicks sent by `probe.kick_flood_ms` (a hostile neighbour).
     #[serde(default)]

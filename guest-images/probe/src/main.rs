@@ -95,6 +95,9 @@ static mut IDT: Idt = Idt([0; 512]);
 #[unsafe(no_mangle)]
 pub static IRQ_COUNT: AtomicU64 = AtomicU64::new(0);
 
+/// Waits through `sys_wait_irq` (halt mode), reported as `halts`.
+pub static HALTS: AtomicU64 = AtomicU64::new(0);
+
 /// The vector the virtio interrupts arrive on.
 pub const IRQ_VECTOR: u8 = 0x40;
 
@@ -357,6 +360,7 @@ pub fn sys_write(buf: &[u8]) {
 /// Halts the vCPU until an interrupt arrives, unless one arrived since `irq_count()` read
 /// `seen`. The vCPU's host thread sleeps meanwhile, as a real guest's idle loop does.
 pub fn sys_wait_irq(seen: u64) {
+    HALTS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: our own syscall ABI: rax = 3, rdi = the count seen; nothing clobbered.
     unsafe {
         asm!("ud2", inout("rax") 3u64 => _, in("rdi") seen, options(nostack));

@@ -634,8 +634,9 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
         }
     }
     crate::console::print(format_args!(
-        "],\"interrupts\":{},\"notifies\":{},\"flood_kicks\":{},\"errors\":{},\"verify_errors\":{}}}\n<<<WEIR:PROBE-JSON:END>>>\n",
+        "],\"interrupts\":{},\"halts\":{},\"notifies\":{},\"flood_kicks\":{},\"errors\":{},\"verify_errors\":{}}}\n<<<WEIR:PROBE-JSON:END>>>\n",
         irq_count(),
+        crate::HALTS.load(core::sync::atomic::Ordering::Relaxed),
         blk.notifies,
         flood_kicks,
         errors,

@@ -96,6 +96,9 @@ pub struct ProbeBenchOptions {
     pub depths: Vec<u32>,
     /// Also measure the scheduling overhead (eight guests, FIFO fixed vs mClock adaptive).
     pub sched_overhead: bool,
+    /// Another `weir` binary whose broker runs as a fourth backend ("weir baseline"): an A/B
+    /// of two builds in one interleaved run.
+    pub baseline: Option<PathBuf>,
 }
 
 impl ProbeBenchOptions {
@@ -115,6 +118,7 @@ impl ProbeBenchOptions {
 pub const WEIR: &str = "weir";
 pub const QSD: &str = "qemu-storage-daemon";
 pub const HOST: &str = "host fio";
+pub const BASELINE: &str = "weir baseline";
 pub const SCHED_FIFO: &str = "8 tenants, fifo + fixed window";
 pub const SCHED_MCLOCK: &str = "8 tenants, mclock + adaptive";
 pub const SCHED_MCLOCK_FIXED: &str = "8 tenants, mclock + fixed window";
@@ -327,24 +331,36 @@ pub fn run_probe_bench(opts: &ProbeBenchOptions) -> Result<Vec<CaseRun>, String>
             file.display().to_string(),
             socket.display().to_string()
         );
-        let mut broker = BrokerProcess::start(
-            &opts.weir_binary,
-            &config,
-            None,
-            &opts.work_dir.join("broker"),
-        )
-        .map_err(|e| e.to_string())?;
         let qsd_socket = opts.work_dir.join("qsd.sock");
         let _ = fs::remove_file(&qsd_socket);
         let qsd = Qsd::start(&file, &qsd_socket)?;
+        // Two brokers cannot hold one file (each locks its LUN): in an A/B both builds start
+        // for each run of theirs and stop after it; without one, weir's broker stays up.
+        let per_run = |binary: &Path, name: &str| -> Result<BrokerProcess, String> {
+            BrokerProcess::start(binary, &config, None, &opts.work_dir.join(name))
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let backends = if opts.baseline.is_some() { 4 } else { 3 };
+        let mut resident = match &opts.baseline {
+            None => Some(per_run(&opts.weir_binary, "broker")?),
+            Some(_) => None,
+        };
         let cases = opts.cases();
         let rounds = opts.rounds.max(1);
         for round in 0..rounds {
             eprintln!("round {}/{rounds}", round + 1);
             for (i, case) in cases.iter().enumerate() {
-                for k in 0..3 {
-                    let run = match (k + i + round as usize) % 3 {
-                        0 => runner.probe_case(WEIR, &socket, broker.pid(), case, round)?,
+                for k in 0..backends {
+                    let run = match (k + i + round as usize) % backends {
+                        0 => match &resident {
+                            Some(b) => runner.probe_case(WEIR, &socket, b.pid(), case, round)?,
+                            None => {
+                                let mut b = per_run(&opts.weir_binary, "broker")?;
+                                let r = runner.probe_case(WEIR, &socket, b.pid(), case, round);
+                                b.stop();
+                                r?
+                            }
+                        },
                         1 => runner.probe_case(
                             QSD,
                             &qsd_socket,
@@ -352,14 +368,23 @@ pub fn run_probe_bench(opts: &ProbeBenchOptions) -> Result<Vec<CaseRun>, String>
                             case,
                             round,
                         )?,
-                        _ => runner.host_case(&file, case, round)?,
+                        2 => runner.host_case(&file, case, round)?,
+                        _ => {
+                            let binary = opts.baseline.as_deref().unwrap_or(&opts.weir_binary);
+                            let mut b = per_run(binary, "broker-baseline")?;
+                            let r = runner.probe_case(BASELINE, &socket, b.pid(), case, round);
+                            b.stop();
+                            r?
+                        }
                     };
                     runs.push(run);
                 }
             }
         }
         drop(qsd);
-        broker.stop();
+        if let Some(b) = &mut resident {
+            b.stop();
+        }
     }
     if opts.sched_overhead {
         runs.extend(sched_overhead(&mut runner, &file)?);
@@ -553,6 +578,17 @@ pub fn render(runs: &[CaseRun]) -> String {
             show(cpu, 2),
             show(host, 2)
         );
+        if let Some(b) = find(BASELINE, &w.case) {
+            let _ = writeln!(
+                s,
+                "{:<20} {:>21} baseline; weir/baseline IOPS {:.2}x, p50 {}x, CPU/IO {}x",
+                "",
+                format!("{}k", range(b)),
+                w.iops_median / b.iops_median.max(1.0),
+                show(ratio(w.p50_us_median, b.p50_us_median), 2),
+                show(ratio(w.cpu_us_per_io, b.cpu_us_per_io), 2)
+            );
+        }
         let headline = w.case.starts_with("randread 4k");
         for (i, m) in misses.iter_mut().enumerate() {
             m.2 |= match i {
@@ -685,6 +721,7 @@ mod tests {
             block_sizes: vec![4096, 65536],
             depths: vec![1, 32, 128],
             sched_overhead: false,
+            baseline: None,
         };
         let cases = opts.cases();
         assert_eq!(cases.len(), 12);
