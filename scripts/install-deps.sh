@@ -30,6 +30,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 backports_needed=0
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then backports_needed=1; fi
+# `weir bench broker` and its test compare against qemu-storage-daemon (qemu-utils, kept at
+# the same version as qemu-system-x86).
+if ! command -v qemu-storage-daemon >/dev/null 2>&1; then backports_needed=1; fi
 
 if [ ${#need[@]} -eq 0 ] && [ $backports_needed -eq 0 ]; then
   echo "install-deps: everything present"
@@ -76,6 +79,6 @@ fi
 if [ $backports_needed -eq 1 ]; then
   echo "install-deps: installing qemu-system-x86 from ${codename}-backports"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    -t "${codename}-backports" qemu-system-x86 qemu-system-data seabios ipxe-qemu
+    -t "${codename}-backports" qemu-system-x86 qemu-system-data qemu-utils seabios ipxe-qemu
 fi
 qemu-system-x86_64 --version | head -n1
