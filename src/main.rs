@@ -123,6 +123,10 @@ enum BenchCommand {
         /// A/B of two builds in one interleaved run.
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// probe frontend: `poll` (the probe spins on the used ring) or `halt` (it halts for
+        /// interrupts, KVM halt polling off: its core is free for the backends).
+        #[arg(long, default_value = "poll")]
+        probe_mode: String,
     },
     /// The probe guest under weir vm and under QEMU -accel kvm (same ELF via PVH, same broker
     /// socket): IOPS and latency at QD1 and QD32, start → first serial byte, RSS.
@@ -328,6 +332,7 @@ fn bench(command: BenchCommand) -> Result<()> {
             qd,
             no_sched,
             baseline,
+            probe_mode,
         } => {
             if frontend == "probe" {
                 let patterns = rw
@@ -363,6 +368,8 @@ fn bench(command: BenchCommand) -> Result<()> {
                     depths: qd,
                     sched_overhead: !no_sched,
                     baseline: baseline.map(fs::canonicalize).transpose()?,
+                    probe_mode: weir_lab::bench::probe_frontend::ProbeMode::parse(&probe_mode)
+                        .with_context(|| format!("--probe-mode {probe_mode}: use poll or halt"))?,
                 };
                 println!(
                     "benchmarking in {} ({} cases x {} backends x {} rounds, {} ms each) ...",

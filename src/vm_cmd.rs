@@ -38,6 +38,10 @@ pub struct VmArgs {
     /// boot protocol), `pvh`, or `linux64`.
     #[arg(long, default_value = "auto")]
     pub boot: String,
+    /// How long (µs) KVM polls a halted vCPU before its thread sleeps (KVM_CAP_HALT_POLL;
+    /// 0: sleep at once, the core is free for others). Default: the host's `halt_poll_ns`.
+    #[arg(long)]
+    pub halt_poll_us: Option<u32>,
 }
 
 enum DiskArg {
@@ -240,6 +244,7 @@ pub fn run(args: VmArgs) -> Result<()> {
         },
         timeout: args.timeout.map(Duration::from_secs_f64),
         boot,
+        halt_poll_us: args.halt_poll_us,
     };
     let mut machine = Machine::new(config, created)?;
     let mut announce = Vec::new();

@@ -113,7 +113,8 @@ fn the_probe_writes_verifies_and_reads_through_the_broker_polling_and_with_inter
     // Halt mode: the vCPU halts while it waits for an answer (the benchmark's many-guest
     // runs depend on it): every wait is a halt woken by the device's interrupt (or the 10 ms
     // safety tick), and no answer is lost or doubled on the way.
-    let run = ProbeVm::spawn(
+    // KVM's halt polling off for this VM (KVM_CAP_HALT_POLL): the option must be taken.
+    let run = ProbeVm::spawn_with(
         &weir(),
         &probe,
         &[disk(dir.path(), 0)],
@@ -121,6 +122,7 @@ fn the_probe_writes_verifies_and_reads_through_the_broker_polling_and_with_inter
          probe.runtime_ms=1000",
         dir.path(),
         "halt",
+        &["--halt-poll-us", "0"],
     )
     .unwrap()
     .wait(Duration::from_secs(60))

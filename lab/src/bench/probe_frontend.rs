@@ -10,7 +10,7 @@
 //! time (`/proc/PID/stat`, host fio's from its rusage) over the I/Os it served.
 //!
 //! A second part measures what scheduling costs: eight probe guests (QD 4 each, halting
-//! while they wait, as a real guest's idle does) on one LUN, FIFO with a fixed window against
+//! while they wait, as a real guest's idle does, with KVM's halt polling off) on one LUN, FIFO with a fixed window against
 //! mClock with the adaptive window.
 
 use std::fmt::Write as _;
@@ -99,6 +99,25 @@ pub struct ProbeBenchOptions {
     /// Another `weir` binary whose broker runs as a fourth backend ("weir baseline"): an A/B
     /// of two builds in one interleaved run.
     pub baseline: Option<PathBuf>,
+    /// How the probe waits for answers in the matrix: `poll` (spins on the used ring: one
+    /// core) or `halt` (interrupts, the vCPU halted, KVM halt polling off).
+    pub probe_mode: ProbeMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMode {
+    Poll,
+    Halt,
+}
+
+impl ProbeMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "poll" => Some(ProbeMode::Poll),
+            "halt" => Some(ProbeMode::Halt),
+            _ => None,
+        }
+    }
 }
 
 impl ProbeBenchOptions {
@@ -181,15 +200,16 @@ impl Runner<'_> {
         )
     }
 
-    fn spawn(&mut self, socket: &Path, options: &str) -> Result<ProbeVm, String> {
+    fn spawn(&mut self, socket: &Path, options: &str, extra: &[&str]) -> Result<ProbeVm, String> {
         self.runs += 1;
-        ProbeVm::spawn(
+        ProbeVm::spawn_with(
             &self.opts.weir_binary,
             &self.probe,
             &[format!("socket={},queue_size=512", socket.display())],
             options,
             &self.opts.work_dir,
             &format!("probe-{}", self.runs % 16),
+            extra,
         )
         .map_err(|e| e.to_string())
     }
@@ -238,9 +258,13 @@ impl Runner<'_> {
         case: &Case,
         round: u32,
     ) -> Result<CaseRun, String> {
-        let options = self.probe_options(case, "poll");
+        let (mode, extra): (&str, &[&str]) = match self.opts.probe_mode {
+            ProbeMode::Poll => ("poll", &[]),
+            ProbeMode::Halt => ("halt", &["--halt-poll-us", "0"]),
+        };
+        let options = self.probe_options(case, mode);
         let cpu0 = pid.and_then(process_cpu_seconds);
-        let vm = self.spawn(socket, &options)?;
+        let vm = self.spawn(socket, &options, extra)?;
         let (iops, p50, p99, ios) = self.finish(vm, case)?;
         let cpu1 = pid.and_then(process_cpu_seconds);
         Ok(CaseRun {
@@ -427,7 +451,9 @@ fn sched_overhead(runner: &mut Runner<'_>, file: &Path) -> Result<Vec<CaseRun>, 
             let cpu0 = broker.pid().and_then(process_cpu_seconds);
             let vms = sockets
                 .iter()
-                .map(|s| runner.spawn(s, &options))
+                // Halted vCPUs sleep at once (no KVM halt polling): eight guests share two
+                // cores as idle guests do, instead of spinning in the host kernel.
+                .map(|s| runner.spawn(s, &options, &["--halt-poll-us", "0"]))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut total = (0.0, Vec::new(), Vec::new(), 0u64);
             for vm in vms {
@@ -722,6 +748,7 @@ mod tests {
             depths: vec![1, 32, 128],
             sched_overhead: false,
             baseline: None,
+            probe_mode: ProbeMode::Poll,
         };
         let cases = opts.cases();
         assert_eq!(cases.len(), 12);
