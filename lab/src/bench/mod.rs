@@ -263,6 +263,13 @@ pub struct JobAggregate {
     pub p99_us_median: f64,
 }
 
+/// Median, minimum and maximum of a set of rounds' figures (NaN, ∞, 0 when empty).
+pub(crate) fn spread(v: Vec<f64>) -> (f64, f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    (median(v), min, max)
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -290,12 +297,12 @@ pub fn aggregate(results: &[BackendResult]) -> Vec<JobAggregate> {
                 .filter(|r| r.name == backend)
                 .flat_map(|r| r.rows.iter().filter(|x| x.job == job))
                 .collect();
-            let iops: Vec<f64> = rows.iter().map(|r| r.iops).collect();
+            let (iops_median, iops_min, iops_max) = spread(rows.iter().map(|r| r.iops).collect());
             JobAggregate {
                 rounds: rows.len(),
-                iops_min: iops.iter().copied().fold(f64::INFINITY, f64::min),
-                iops_max: iops.iter().copied().fold(0.0, f64::max),
-                iops_median: median(iops),
+                iops_min,
+                iops_max,
+                iops_median,
                 p50_us_median: median(rows.iter().filter_map(|r| r.clat_p50_us).collect()),
                 p99_us_median: median(rows.iter().filter_map(|r| r.clat_p99_us).collect()),
                 backend,

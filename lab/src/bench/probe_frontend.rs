@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Qsd, median, prefill, process_cpu_seconds};
+use super::{Qsd, median, prefill, process_cpu_seconds, spread};
 use crate::broker::BrokerProcess;
 use crate::hostfio::run_host_fio;
 use crate::probe::{ProbeVm, build};
@@ -513,15 +513,15 @@ pub fn aggregate(runs: &[CaseRun]) -> Vec<CaseAggregate> {
                 .iter()
                 .filter(|r| r.backend == backend && r.case == case)
                 .collect();
-            let iops: Vec<f64> = rs.iter().map(|r| r.iops).collect();
+            let (iops_median, iops_min, iops_max) = spread(rs.iter().map(|r| r.iops).collect());
             let some = |v: Vec<f64>| (!v.is_empty()).then(|| median(v));
             let cpu: Option<f64> = rs.iter().map(|r| r.cpu_s).sum();
             let ios: u64 = rs.iter().map(|r| r.ios).sum();
             CaseAggregate {
                 rounds: rs.len(),
-                iops_min: iops.iter().copied().fold(f64::INFINITY, f64::min),
-                iops_max: iops.iter().copied().fold(0.0, f64::max),
-                iops_median: median(iops),
+                iops_min,
+                iops_max,
+                iops_median,
                 p50_us_median: some(rs.iter().filter_map(|r| r.p50_us).collect()),
                 p99_us_median: some(rs.iter().filter_map(|r| r.p99_us).collect()),
                 cpu_us_per_io: cpu.filter(|_| ios > 0).map(|c| c * 1e6 / ios as f64),
