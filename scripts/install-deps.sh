@@ -16,6 +16,9 @@ for p in linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev dw
          busybox-static fio cpio xz-utils kmod; do
   want "$p"
 done
+# The lab VM (weir lab): modinfo orders the L1 kernel's modules, strip slims weir for its
+# initramfs; the L1 kernel itself is fetched by `weir lab kernel` (apt-get download).
+for p in kmod binutils dpkg; do want "$p"; done
 # weir run's report is checked in headless Chromium.
 want chromium
 # weir top is driven in a real terminal (tmux); the broker's /metrics is scraped by a real

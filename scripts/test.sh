@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --bin weir
 ./target/release/weir image build
+# The lab VM's L1 kernel (Debian's cloud kernel with kvm-amd), fetched once into the cache.
+./target/release/weir lab kernel
 ./target/release/weir host
 
 cargo fmt --all -- --check

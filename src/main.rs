@@ -18,6 +18,7 @@ use weir_lab::summary::{render, render_comparison, summarise};
 use weir_vmm::host::HostVirtualization;
 
 mod dark_cmd;
+mod lab_cmd;
 mod run_cmd;
 mod top_cmd;
 mod vm_cmd;
@@ -70,6 +71,12 @@ enum Command {
         /// Override the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// The lab VM: an L1 Linux host with AMD-V KVM under QEMU TCG, for `weir vm` with Linux
+    /// guests where this host's KVM cannot boot them (docs/lab.md).
+    Lab {
+        #[command(subcommand)]
+        command: lab_cmd::LabCommand,
     },
     /// Benchmarks (measurements, not tests).
     Bench {
@@ -226,6 +233,7 @@ fn main() {
         Command::Top(args) => top_cmd::run(args),
         Command::Dark(args) => dark_cmd::run(args),
         Command::Bench { command } => bench(command),
+        Command::Lab { command } => lab_cmd::run(command),
         Command::Sim {
             scenario,
             json,

@@ -16,6 +16,10 @@ pub struct VmArgs {
     pub kernel: PathBuf,
     #[arg(long)]
     pub initrd: Option<PathBuf>,
+    /// The Linux test guest's fio job: appended to `--initrd` (the image's initramfs) at
+    /// /weir/job.fio, which its /init runs, printing fio's JSON on the console.
+    #[arg(long, requires = "initrd")]
+    pub fio_job: Option<PathBuf>,
     /// Kernel command line (virtio-mmio disks are announced after it).
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
     pub cmdline: String,
@@ -231,9 +235,27 @@ pub fn run(args: VmArgs) -> Result<()> {
             .context("--disk path=: private broker")?;
         Some(Broker::start(&private_config, true).context("private broker for --disk path=")?)
     };
+    // Lives until the guest has loaded it.
+    let mut job_initrd_file = None;
+    let initrd = match (&args.fio_job, &args.initrd) {
+        (Some(job), Some(base)) => {
+            let job_text = std::fs::read_to_string(job)
+                .with_context(|| format!("--fio-job {}", job.display()))?;
+            let base_bytes =
+                std::fs::read(base).with_context(|| format!("--initrd {}", base.display()))?;
+            let bytes = weir_guest_images::job_initrd(&base_bytes, &job_text)
+                .context("append the fio job to the initrd")?;
+            let file = tempfile::NamedTempFile::new().context("a temporary initrd")?;
+            std::fs::write(file.path(), bytes).context("write the temporary initrd")?;
+            let path = file.path().to_path_buf();
+            job_initrd_file = Some(file);
+            Some(path)
+        }
+        _ => args.initrd.clone(),
+    };
     let config = VmConfig {
         kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
+        initrd,
         cmdline,
         vcpus: args.vcpus,
         mem_mib,
@@ -252,6 +274,7 @@ pub fn run(args: VmArgs) -> Result<()> {
         announce.push(machine.add_vhost_user_blk(i as u32, socket, *queues, *queue_size)?);
     }
     let boot = machine.load(&announce.join(" "))?.clone();
+    drop(job_initrd_file);
     eprintln!(
         "weir vm: {} {} ({:?}{}), {:?} entry {:#x}, {} MiB, {} vCPU(s), {} disk(s)",
         if probe { "probe guest" } else { "kernel" },

@@ -14,7 +14,9 @@ mod builder;
 mod cpio;
 mod recipe;
 
-pub use builder::{BuildError, GuestImage, ImageManifest, ImageStore};
+pub use builder::{
+    BuildError, GUEST_IMAGE_ENV, GuestImage, ImageManifest, ImageStore, shared_library_closure,
+};
 pub use cpio::CpioWriter;
 pub use recipe::{ImageRecipe, RecipeError};
 

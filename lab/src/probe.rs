@@ -37,8 +37,22 @@ pub fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/probe")
 }
 
-/// Builds the probe (release) and returns its ELF.
+/// A built probe ELF to use as it is (inside the lab VM there is no cargo to build one).
+pub const PROBE_KERNEL_ENV: &str = "WEIR_PROBE_KERNEL";
+
+/// Builds the probe (release) and returns its ELF, or the one `WEIR_PROBE_KERNEL` names.
 pub fn build() -> Result<PathBuf, ProbeError> {
+    if let Some(elf) = std::env::var_os(PROBE_KERNEL_ENV) {
+        let elf = PathBuf::from(elf);
+        return if elf.is_file() {
+            Ok(elf)
+        } else {
+            Err(ProbeError::Build(format!(
+                "{PROBE_KERNEL_ENV}={} is not a file",
+                elf.display()
+            )))
+        };
+    }
     let dir = source_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)

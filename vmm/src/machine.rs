@@ -271,9 +271,9 @@ impl Machine {
             &cmdline,
             self.config.boot,
         )?;
-        if self.config.vcpus > 1 {
-            crate::mptable::write(&self.ram.memory, self.config.vcpus)?;
-        }
+        // Always, one vCPU too: without it Linux finds no IOAPIC ("skipped IO-APIC setup") and
+        // runs its interrupts through the 8259 in virtual-wire mode.
+        crate::mptable::write(&self.ram.memory, self.config.vcpus)?;
         self.boot = Some(info);
         self.boot
             .as_ref()

@@ -1,0 +1,190 @@
+//! The lab VM (docs/lab.md): an L1 host with AMD-V KVM under QEMU TCG, and in it `weir vm`
+//! booting the Linux test guest, which writes, verifies and reads its disk through `weir
+//! broker`. Everything inside runs at TCG speed: this proves function, not speed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weir_guest_images::ImageStore;
+use weir_lab::qemu::interpret;
+use weir_lab::testenv;
+use weir_labvm::{LabContents, LabOptions};
+
+fn weir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// Checksummed random writes over 16 MiB (every block read back and verified), then 4 s of
+/// random reads; two jobs at QD8, on the guest's only disk.
+const JOB: &str = "[global]\nfilename=/dev/vda\nioengine=io_uring\ndirect=1\nbs=4k\nsize=16m\n\
+                   randrepeat=1\n\n[randwrite-verify]\nrw=randwrite\niodepth=8\nverify=crc32c\n\
+                   verify_fatal=1\ndo_verify=1\n\n[randread]\nstonewall\nrw=randread\niodepth=8\n\
+                   runtime=4\ntime_based=1\n";
+
+/// Inside the lab VM: say what KVM is there, start the broker (metrics on), boot the Linux test
+/// guest under `weir vm` with two vCPUs and the fio job, keep its console and the broker's
+/// counters in /results.
+const SCRIPT: &str = r#"set -u
+R=$WEIR_LAB_RESULTS
+weir host > $R/host.txt 2>&1
+cat > /tmp/broker.toml <<EOF
+metrics_listen = "127.0.0.1:9464"
+[[lun]]
+name = "lun0"
+path = "/tmp/lun0.img"
+size = "32MiB"
+[[disk]]
+socket = "/tmp/vm1.sock"
+lun = "lun0"
+tenant = "vm1"
+EOF
+weir broker --config /tmp/broker.toml > $R/broker.log 2>&1 &
+for i in $(seq 50); do [ -S /tmp/vm1.sock ] && break; sleep 0.2; done
+cat > /tmp/job.fio <<EOF
+@JOB@
+EOF
+weir vm --kernel $WEIR_GUEST_IMAGE/vmlinux --initrd $WEIR_GUEST_IMAGE/initramfs.cpio.gz \
+  --fio-job /tmp/job.fio --vcpus 2 --mem 256M --timeout 400 \
+  --disk socket=/tmp/vm1.sock \
+  --cmdline "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nokbd" > $R/vm1.log 2>&1
+echo "weir-vm-exit=$?" > $R/vm1.exit
+wget -q -O $R/metrics.txt http://127.0.0.1:9464/metrics
+"#;
+
+/// vm1's value of a broker counter (`op`: the op label, when it has one).
+fn counter(metrics: &str, name: &str, op: Option<&str>) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && l.contains("tenant=\"vm1\"")
+                && op.is_none_or(|op| l.contains(&format!("op=\"{op}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no {name} ({op:?}) for vm1 in the broker's metrics:\n{metrics}"))
+}
+
+#[test]
+fn linux_under_weir_vm_writes_verifies_and_reads_through_the_broker_in_the_lab_vm() {
+    let test = "lab_vm_linux_guest";
+    if !testenv::can_run(test, testenv::qemu_missing()) {
+        return;
+    }
+    let image = match ImageStore::from_env().locate() {
+        Ok(i) => i,
+        Err(e) => {
+            testenv::can_run(test, Some(e.to_string()));
+            return;
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    let results = work.path().join("results");
+    let contents = LabContents {
+        weir: Some(weir()),
+        guest_image: Some(image),
+        probe: None,
+        files: Vec::new(),
+        command: SCRIPT.replace("@JOB@", JOB.trim_end()),
+    };
+    let options = LabOptions {
+        timeout: Duration::from_secs(600),
+        ..LabOptions::default()
+    };
+    let run = weir_labvm::run(
+        &options,
+        &contents,
+        &work.path().join("work"),
+        Some(&results),
+        &mut std::io::stderr(),
+    )
+    .expect("the lab VM runs");
+    let read = |f: &str| std::fs::read_to_string(results.join(f)).unwrap_or_default();
+    let vm_log = read("vm1.log");
+    eprintln!(
+        "lab VM: {:.1} s wall, L1 ready at {:?} s, exit {:?}; guest log tail:\n{}",
+        run.wall.as_secs_f64(),
+        run.boot_uptime_s,
+        run.exit,
+        vm_log
+            .lines()
+            .rev()
+            .take(6)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        !run.known_flake,
+        "QEMU's known nested double fault, twice in a row:\n{}",
+        run.console
+    );
+    assert_eq!(
+        run.exit,
+        Some(0),
+        "the lab command failed; console:\n{}",
+        run.console
+    );
+
+    let host = read("host.txt");
+    assert!(
+        host.contains("KVM with hardware virtualization (svm)"),
+        "weir host inside the lab VM must see AMD-V KVM:\n{host}"
+    );
+    assert_eq!(
+        read("vm1.exit").trim(),
+        "weir-vm-exit=0",
+        "weir vm's exit; its log:\n{vm_log}"
+    );
+    assert!(
+        vm_log.contains("the guest pulsed the i8042 reset line"),
+        "the guest must end by its own reboot:\n{vm_log}"
+    );
+    let (report, transcript) = interpret("vm1", &vm_log).expect("fio ran cleanly in the guest");
+    assert!(transcript.disks.iter().any(|d| d == "vda"), "{vm_log}");
+    let job = |name: &str| {
+        report
+            .jobs
+            .iter()
+            .find(|j| j.jobname == name)
+            .unwrap_or_else(|| panic!("no job {name} in fio's report"))
+    };
+    let w = job("randwrite-verify");
+    let r = job("randread");
+    assert_eq!(w.error, 0);
+    assert_eq!(r.error, 0);
+    assert_eq!(w.write.io_bytes, 16 << 20, "every block written once");
+    assert_eq!(
+        w.read.io_bytes,
+        16 << 20,
+        "every block read back and verified"
+    );
+    assert!(r.read.io_bytes > 0, "the random reads ran");
+
+    let metrics = read("metrics.txt");
+    let broker_written = counter(&metrics, "weir_disk_bytes_total", Some("write"));
+    let broker_read = counter(&metrics, "weir_disk_bytes_total", Some("read"));
+    let fio_read = w.read.io_bytes + r.read.io_bytes;
+    assert_eq!(
+        broker_written, w.write.io_bytes,
+        "the broker wrote what fio wrote"
+    );
+    // The guest kernel reads the partition table before fio starts: a few KiB more.
+    assert!(
+        broker_read >= fio_read && broker_read - fio_read <= 256 << 10,
+        "the broker read {broker_read} bytes, fio {fio_read}"
+    );
+    assert_eq!(counter(&metrics, "weir_disk_io_errors_total", None), 0);
+    eprintln!(
+        "lab VM: fio wrote {} MiB and read {} MiB through the broker (broker: {} / {} bytes)",
+        w.write.io_bytes >> 20,
+        fio_read >> 20,
+        broker_written,
+        broker_read
+    );
+}
