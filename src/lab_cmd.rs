@@ -41,6 +41,10 @@ pub struct LabRunArgs {
     /// Leave out the Linux test guest image (a faster boot when the command does not need it).
     #[arg(long)]
     no_guest_image: bool,
+    /// Put QEMU (and its firmware) in too, for comparisons inside (`weir bench vm --guest
+    /// linux`); adds ~60 MB and a few seconds of boot.
+    #[arg(long)]
+    with_qemu: bool,
     /// Do not copy the lab VM's console to the terminal as it runs.
     #[arg(long, short)]
     quiet: bool,
@@ -109,6 +113,7 @@ fn lab_run(args: LabRunArgs) -> Result<()> {
         guest_image,
         probe,
         files,
+        qemu: args.with_qemu,
         command,
     };
     let stamp = std::time::SystemTime::now()

@@ -138,6 +138,13 @@ enum BenchCommand {
     /// The probe guest under weir vm and under QEMU -accel kvm (same ELF via PVH, same broker
     /// socket): IOPS and latency at QD1 and QD32, start → first serial byte, RSS.
     Vm {
+        /// `probe`: the probe guest's I/O and start-up; `linux`: the Linux test guest's boot
+        /// (weir vm vs QEMU microvm, both -accel kvm: needs VT-x/AMD-V, e.g. the lab VM).
+        #[arg(long, default_value = "probe", value_parser = ["probe", "linux"])]
+        guest: String,
+        /// Boots per VMM (`--guest linux`), interleaved.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Milliseconds of random reads per run.
         #[arg(long, default_value_t = 5000)]
         runtime_ms: u64,
@@ -317,7 +324,44 @@ fn broker(args: BrokerArgs) -> Result<()> {
 
 fn bench(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Vm { runtime_ms, out } => {
+        BenchCommand::Vm {
+            guest,
+            rounds,
+            runtime_ms,
+            out,
+        } if guest == "linux" => {
+            let virt = HostVirtualization::detect();
+            println!("host: {virt}");
+            if !virt.linux_boots_under_kvm() {
+                bail!(
+                    "weir bench vm --guest linux boots Linux under KVM, which needs VT-x/AMD-V; \
+                     this host's KVM cannot: run it in the lab VM: weir lab run --with-qemu -- \
+                     weir bench vm --guest linux --out /results/bench (docs/lab.md)"
+                );
+            }
+            let _ = runtime_ms;
+            let image = ImageStore::from_env().ensure(false, &mut std::io::stdout())?;
+            let work_dir =
+                fs::canonicalize(".")?.join(out.unwrap_or_else(|| run_dir("bench-vm-linux")));
+            println!("benchmarking in {} ...", work_dir.display());
+            let (rows, table) = weir_lab::vm_bench_linux::run_linux_boot_bench(
+                &std::env::current_exe()?,
+                &image,
+                rounds.max(1),
+                &work_dir,
+            )
+            .map_err(anyhow::Error::msg)?;
+            print!("{table}");
+            fs::write(work_dir.join("bench.txt"), &table)?;
+            fs::write(
+                work_dir.join("bench.json"),
+                serde_json::to_string_pretty(&rows)?,
+            )?;
+            println!("written to {}", work_dir.join("bench.txt").display());
+        }
+        BenchCommand::Vm {
+            runtime_ms, out, ..
+        } => {
             println!("host: {}", HostVirtualization::detect());
             let work_dir = fs::canonicalize(".")?.join(out.unwrap_or_else(|| run_dir("bench-vm")));
             println!("benchmarking in {} ...", work_dir.display());

@@ -38,8 +38,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             args.scenario.display()
         );
     }
+    let needs_qemu = r.guests.iter().any(|(e, _)| *e == Engine::Qemu);
     let image = if needs_image {
-        if let Some(m) = weir_lab::testenv::qemu_missing() {
+        if let Some(m) = weir_lab::testenv::qemu_missing().filter(|_| needs_qemu) {
             bail!(
                 "scenario {}: qemu guests need QEMU: {m}",
                 args.scenario.display()
@@ -63,7 +64,39 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let out = std::fs::canonicalize(".")?.join(out);
     let accel = AccelChoice::for_linux_guest(&virt);
-    println!("host: {accel}");
+    let count = |e: Engine| r.guests.iter().filter(|(x, _)| *x == e).count();
+    let mut engines = Vec::new();
+    if count(Engine::Weir) > 0 {
+        engines.push(format!(
+            "{} Linux guest(s) in weir vm (KVM, hardware virtualization)",
+            count(Engine::Weir)
+        ));
+    }
+    if count(Engine::Qemu) > 0 {
+        engines.push(format!(
+            "{} Linux guest(s) under QEMU ({accel})",
+            count(Engine::Qemu)
+        ));
+    }
+    if count(Engine::WeirProbe) > 0 {
+        engines.push(format!(
+            "{} probe guest(s) in weir vm",
+            count(Engine::WeirProbe)
+        ));
+    }
+    println!("guests: {}", engines.join("; "));
+    if count(Engine::Qemu) > 0 && !hw {
+        println!(
+            "note: this host's KVM cannot boot Linux, so Linux guests run under QEMU TCG; for \
+             Linux in weir vm (engine = \"weir\") run the scenario in the lab VM: weir lab run \
+             --file {0} -- weir run /lab/files/{1} --out /results/run (docs/lab.md)",
+            args.scenario.display(),
+            args.scenario
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default()
+        );
+    }
     println!(
         "running {} ({} guest(s), {} policy run(s){}) into {}",
         r.name,

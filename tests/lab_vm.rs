@@ -88,6 +88,7 @@ fn linux_under_weir_vm_writes_verifies_and_reads_through_the_broker_in_the_lab_v
         guest_image: Some(image),
         probe: None,
         files: Vec::new(),
+        qemu: false,
         command: SCRIPT.replace("@JOB@", JOB.trim_end()),
     };
     let options = LabOptions {
@@ -187,4 +188,144 @@ fn linux_under_weir_vm_writes_verifies_and_reads_through_the_broker_in_the_lab_v
         broker_written,
         broker_read
     );
+}
+
+/// Inside the lab VM: `weir run` of scenarios/lab-weir-linux.toml (three Linux guests under
+/// `weir vm` and a probe on one congested emulated LUN, fifo then adaptive); in the fifo run,
+/// once lin3's fio is going, its `weir vm` is killed.
+const RUN_SCRIPT: &str = r#"set -u
+R=$WEIR_LAB_RESULTS
+weir run /lab/files/lab-weir-linux.toml --out $R/run --no-progress > $R/run.out 2>&1 &
+RUN=$!
+log=$R/run/fifo/lin3.serial.log
+for i in $(seq 1200); do grep -q WEIR-GUEST-INIT $log 2>/dev/null && break; sleep 0.5; done
+sleep 4
+pid=""
+for p in /proc/[0-9]*; do
+  tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q "weir vm .*--serial $log" && pid=${p#/proc/}
+done
+echo "killing lin3's weir vm (pid $pid) at uptime $(cut -d' ' -f1 /proc/uptime)" > $R/kill.txt
+kill -9 $pid
+wait $RUN
+echo "weir-run-exit=$?" >> $R/run.out
+"#;
+
+#[test]
+fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_killed_guest() {
+    let test = "lab_vm_weir_run";
+    if !testenv::can_run(test, testenv::qemu_missing()) {
+        return;
+    }
+    let image = match ImageStore::from_env().locate() {
+        Ok(i) => i,
+        Err(e) => {
+            testenv::can_run(test, Some(e.to_string()));
+            return;
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    let results = work.path().join("results");
+    let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/lab-weir-linux.toml");
+    let contents = LabContents {
+        weir: Some(weir()),
+        guest_image: Some(image),
+        probe: Some(weir_lab::probe::build().expect("the probe guest builds")),
+        files: vec![(scenario, "/lab/files/lab-weir-linux.toml".into())],
+        qemu: false,
+        command: RUN_SCRIPT.into(),
+    };
+    let options = LabOptions {
+        timeout: Duration::from_secs(900),
+        ..LabOptions::default()
+    };
+    let run = weir_labvm::run(
+        &options,
+        &contents,
+        &work.path().join("work"),
+        Some(&results),
+        &mut std::io::stderr(),
+    )
+    .expect("the lab VM runs");
+    let read = |f: &str| std::fs::read_to_string(results.join(f)).unwrap_or_default();
+    let out = read("run.out");
+    eprintln!(
+        "lab VM: {:.1} s wall, exit {:?}\n{}\n{out}",
+        run.wall.as_secs_f64(),
+        run.exit,
+        read("kill.txt")
+    );
+    assert!(
+        !run.known_flake,
+        "QEMU's known nested double fault, twice:\n{}",
+        run.console
+    );
+    assert_eq!(run.exit, Some(0), "console:\n{}", run.console);
+    assert!(
+        read("kill.txt").contains("pid "),
+        "lin3 was never killed: {out}"
+    );
+
+    let json = read("run/results.json");
+    let r: serde_json::Value = serde_json::from_str(&json).expect("results.json is JSON");
+    let sc = common::schema::results_schema();
+    common::schema::validate(&r, &sc, &sc, "results").unwrap();
+    assert!(
+        std::fs::metadata(results.join("run/report.html")).is_ok_and(|m| m.len() > 10_000),
+        "the report is rendered"
+    );
+    let engines = r["host"]["engines"].to_string();
+    assert!(
+        engines.contains("lin1: weir (Linux in weir vm"),
+        "{engines}"
+    );
+    assert_eq!(
+        r["host"]["hardware_virtualization"],
+        serde_json::Value::Bool(true)
+    );
+    let policies = r["policies"].as_array().unwrap();
+    let names: Vec<&str> = policies
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fifo", "adaptive"]);
+    for p in policies {
+        let killed_here = p["name"] == "fifo";
+        for t in p["tenants"].as_array().unwrap() {
+            let name = t["name"].as_str().unwrap();
+            let expect_engine = if name == "probe" {
+                "weir-probe"
+            } else {
+                "weir"
+            };
+            assert_eq!(t["engine"], expect_engine, "{name}");
+            if killed_here && name == "lin3" {
+                assert_eq!(t["ok"], false, "the killed guest is recorded as failed");
+                continue;
+            }
+            assert_eq!(
+                t["ok"], true,
+                "{} / {name} must finish: {}",
+                p["name"], p["failures"]
+            );
+            assert_eq!(t["errors"], 0, "{} / {name}", p["name"]);
+            assert!(
+                t["iops"].as_f64().unwrap() > 0.0,
+                "{} / {name} did I/O",
+                p["name"]
+            );
+        }
+        let failures = p["failures"].to_string();
+        if killed_here {
+            assert!(
+                failures.contains("lin3"),
+                "the kill is recorded: {failures}"
+            );
+        } else {
+            assert_eq!(
+                p["failures"].as_array().map_or(0, Vec::len),
+                0,
+                "{failures}"
+            );
+        }
+    }
 }

@@ -22,3 +22,4 @@ pub mod serial;
 pub mod summary;
 pub mod testenv;
 pub mod vm_bench;
+pub mod vm_bench_linux;

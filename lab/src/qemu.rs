@@ -1,8 +1,11 @@
-//! Boots the Linux test guest under `qemu-system-x86_64` and collects its fio result.
+//! Boots the Linux test guest under `qemu-system-x86_64` (or `weir vm`) and collects its fio
+//! result.
 //!
-//! q35 machine, the image's bzImage and initramfs (plus an appended archive holding the fio
-//! job), the serial console captured to a file, `-no-reboot` so the guest's power-off or reboot
-//! ends QEMU. KVM when the host has hardware virtualization, TCG otherwise ([`AccelChoice`]).
+//! QEMU: q35 machine, the image's bzImage and initramfs (plus an appended archive holding the
+//! fio job), the serial console captured to a file, `-no-reboot` so the guest's power-off or
+//! reboot ends QEMU. KVM when the host has hardware virtualization, TCG otherwise
+//! ([`AccelChoice`]). `weir vm` ([`Vmm::Weir`]): the image's vmlinux through its PVH entry,
+//! the same initrd and console file, virtio-mmio disks; the guest ends with an i8042 reset.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -34,14 +37,14 @@ pub enum GuestRunError {
         source: std::io::Error,
     },
     #[error(
-        "guest '{guest}' did not finish within {timeout:?}; QEMU was killed. Serial log tail:\n{tail}"
+        "guest '{guest}' did not finish within {timeout:?}; its VMM was killed. Serial log tail:\n{tail}"
     )]
     Timeout {
         guest: String,
         timeout: Duration,
         tail: String,
     },
-    #[error("QEMU for guest '{guest}' failed ({status}): {stderr}\nSerial log tail:\n{tail}")]
+    #[error("the VMM of guest '{guest}' failed ({status}): {stderr}\nSerial log tail:\n{tail}")]
     Qemu {
         guest: String,
         status: String,
@@ -80,10 +83,19 @@ pub enum GuestDisk {
     VhostUser { socket: PathBuf, queues: u16 },
 }
 
+/// Which VMM boots the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vmm {
+    Qemu,
+    /// `weir vm` from this `weir` binary (needs hardware-virtualization KVM).
+    Weir(PathBuf),
+}
+
 /// One Linux guest to boot, with the fio job it runs.
 #[derive(Debug, Clone)]
 pub struct LinuxGuestSpec {
     pub name: String,
+    pub vmm: Vmm,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub fio_job: String,
@@ -107,6 +119,7 @@ impl LinuxGuestSpec {
     ) -> Self {
         LinuxGuestSpec {
             name: name.to_string(),
+            vmm: Vmm::Qemu,
             kernel: image.bzimage.clone(),
             initramfs: image.initramfs.clone(),
             fio_job: fio_job.to_string(),
@@ -137,6 +150,51 @@ impl LinuxGuestSpec {
             self.fio_timeout.as_secs().max(1)
         ));
         c
+    }
+
+    /// Boots under `weir vm` (`weir` is the binary) with the image's vmlinux: no decompression,
+    /// the PVH entry.
+    pub fn under_weir_vm(mut self, weir: &Path, image: &GuestImage) -> Self {
+        self.vmm = Vmm::Weir(weir.to_path_buf());
+        self.kernel = image.vmlinux.clone();
+        self
+    }
+
+    /// The full `weir vm` command line (after the binary).
+    pub fn weir_vm_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec!["vm".into()];
+        let mut push = |s: &[&str]| a.extend(s.iter().map(|x| x.to_string()));
+        push(&["--kernel", &self.kernel.to_string_lossy()]);
+        push(&["--initrd", &self.initrd_path().to_string_lossy()]);
+        // No ACPI under weir vm: the guest's /init ends it with an i8042 reset (reboot=k); the
+        // i8042 driver's port probing would only cost time.
+        push(&[
+            "--cmdline",
+            &format!("{} reboot=k i8042.noaux i8042.nokbd", self.cmdline()),
+        ]);
+        push(&["--vcpus", &self.vcpus.to_string()]);
+        push(&["--mem", &format!("{}M", self.memory_mib)]);
+        push(&["--serial", &self.serial_log().to_string_lossy()]);
+        push(&[
+            "--timeout",
+            &(self.fio_timeout + HOST_TIMEOUT_SLACK)
+                .as_secs()
+                .to_string(),
+        ]);
+        for disk in &self.disks {
+            match disk {
+                GuestDisk::RawFile { path, .. } => {
+                    push(&["--disk", &format!("path={}", path.display())]);
+                }
+                GuestDisk::VhostUser { socket, queues } => {
+                    push(&[
+                        "--disk",
+                        &format!("socket={},queues={queues}", socket.display()),
+                    ]);
+                }
+            }
+        }
+        a
     }
 
     /// The full QEMU command line.
@@ -241,19 +299,31 @@ impl LinuxGuestSpec {
             source,
         })?;
         let _ = fs::remove_file(self.serial_log());
-        let stderr_path = self.work_dir.join(format!("{}.qemu.stderr", self.name));
+        let stderr_path = self.work_dir.join(format!(
+            "{}.{}.stderr",
+            self.name,
+            if self.vmm == Vmm::Qemu {
+                "qemu"
+            } else {
+                "weir-vm"
+            }
+        ));
         let stderr = fs::File::create(&stderr_path).map_err(|source| GuestRunError::Io {
             context: format!("create {}", stderr_path.display()),
             source,
         })?;
+        let (program, args) = match &self.vmm {
+            Vmm::Qemu => (PathBuf::from(QEMU_BINARY), self.qemu_args()),
+            Vmm::Weir(weir) => (weir.clone(), self.weir_vm_args()),
+        };
         log::info!(
             "starting guest {}: {} {}",
             self.name,
-            QEMU_BINARY,
-            self.qemu_args().join(" ")
+            program.display(),
+            args.join(" ")
         );
-        let child = Command::new(QEMU_BINARY)
-            .args(self.qemu_args())
+        let child = Command::new(&program)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

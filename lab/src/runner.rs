@@ -253,6 +253,9 @@ fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressB
                 env.accel.clone(),
                 dir,
             );
+            if g.engine == Engine::Weir {
+                spec = spec.under_weir_vm(&env.weir, image);
+            }
             if let Some(k) = &g.kernel {
                 spec.kernel = k.clone();
             }
@@ -274,8 +277,13 @@ fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressB
                 register(p);
             }
             bar.set_message(format!(
-                "{}: running (qemu, pid {})",
+                "{}: running ({}, pid {})",
                 g.name,
+                if g.engine == Engine::Weir {
+                    "weir vm"
+                } else {
+                    "qemu"
+                },
                 pid.unwrap_or(0)
             ));
             let r = running.wait();
@@ -311,6 +319,7 @@ fn tenant_from(
         name: g.name.clone(),
         engine: match g.engine {
             Engine::WeirProbe => "weir-probe".into(),
+            Engine::Weir => "weir".into(),
             _ => "qemu".into(),
         },
         lun: disk.map(|d| d.lun.clone()).unwrap_or_default(),
@@ -625,6 +634,7 @@ pub fn run(r: &Resolved, scenario_text: &str, env: &RunEnv, out: &Path) -> Resul
                 .zip(&r.guests)
                 .map(|(g, (e, _))| match e {
                     Engine::WeirProbe => format!("{}: weir-probe (weir vm, KVM)", g.name),
+                    Engine::Weir => format!("{}: weir (Linux in weir vm, KVM)", g.name),
                     _ => format!("{}: qemu ({})", g.name, env.accel),
                 })
                 .collect(),

@@ -233,7 +233,8 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
                 return Err(format!(
                     "guest[{i}] ({}): engine weir boots Linux in weir vm, which needs hardware \
                      virtualization (VT-x/AMD-V); this host's KVM cannot run Linux: use engine \
-                     qemu (TCG here) or weir-probe",
+                     qemu (TCG here) or weir-probe, or run the scenario in the lab VM (weir lab \
+                     run --file SCENARIO -- weir run /lab/files/SCENARIO; docs/lab.md)",
                     g.name
                 ));
             }

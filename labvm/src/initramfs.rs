@@ -32,9 +32,26 @@ pub struct LabContents {
     pub probe: Option<PathBuf>,
     /// `(host path, path inside)`.
     pub files: Vec<(PathBuf, String)>,
+    /// QEMU with its libraries and the firmware `-M microvm` and q35 load, for comparisons
+    /// inside (`weir bench vm --guest linux`).
+    pub qemu: bool,
     /// The shell script `/init` runs.
     pub command: String,
 }
+
+/// The QEMU binary and the firmware files it loads (SeaBIOS, qboot, the PVH and linuxboot
+/// option ROMs).
+const QEMU_FILES: [&str; 8] = [
+    "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/seabios/bios-microvm.bin",
+    "/usr/share/qemu/pvh.bin",
+    "/usr/share/qemu/linuxboot_dma.bin",
+    "/usr/share/qemu/linuxboot.bin",
+    "/usr/share/qemu/kvmvapic.bin",
+    "/usr/share/qemu/qboot.rom",
+    "/usr/share/seabios/vgabios-stdvga.bin",
+];
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 struct Tree {
     w: CpioWriter,
@@ -172,6 +189,22 @@ pub fn build(
     if let Some(probe) = &contents.probe {
         t.copy(probe, PROBE_PATH, 0o755)?;
         env.push_str(&format!("export WEIR_PROBE_KERNEL={PROBE_PATH}\n"));
+    }
+    if contents.qemu {
+        t.program(Path::new(QEMU), QEMU, &mut libs)?;
+        for f in QEMU_FILES {
+            // Resolve symlinks on the host: the firmware's bytes go in under the QEMU path.
+            if Path::new(f).exists() {
+                t.copy(Path::new(f), f, 0o644)?;
+            }
+        }
+        // QEMU's own data directory, where Debian links the SeaBIOS images from.
+        for f in ["bios-256k.bin", "bios-microvm.bin"] {
+            let src = Path::new("/usr/share/seabios").join(f);
+            if src.exists() {
+                t.copy(&src, &format!("/usr/share/qemu/{f}"), 0o644)?;
+            }
+        }
     }
     for (host, inside) in &contents.files {
         let mode = fs::metadata(host)

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::path::Path;
 
 use weir_guest_images::{GuestImage, ImageStore};

@@ -12,6 +12,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod host;
+pub mod i8042;
 pub mod layout;
 pub mod machine;
 pub mod memory;

@@ -103,6 +103,7 @@ type MmioSlot = (u64, u64, Box<dyn MmioDevice>);
 
 struct Shared {
     serial: Mutex<SerialConsole>,
+    i8042: Mutex<crate::i8042::I8042>,
     mmio: Mutex<Vec<MmioSlot>>,
 }
 
@@ -186,6 +187,7 @@ impl Machine {
             created,
             shared: Arc::new(Shared {
                 serial: Mutex::new(SerialConsole::new(serial_irq, out)),
+                i8042: Mutex::new(crate::i8042::I8042::default()),
                 mmio: Mutex::new(Vec::new()),
             }),
             boot: None,
@@ -383,8 +385,11 @@ fn run_vcpu(id: usize, mut vcpu: VcpuFd, shared: &Shared) -> VmEnd {
                     }
                 } else if port == DEBUG_EXIT_PORT {
                     return VmEnd::GuestError(v);
-                } else if port == I8042_PORT && v == 0xfe {
-                    return VmEnd::PowerOff("the guest pulsed the i8042 reset line".into());
+                } else if port == I8042_PORT || port == crate::i8042::DATA_PORT {
+                    let mut kbc = shared.i8042.lock().unwrap_or_else(|p| p.into_inner());
+                    if kbc.write(port, v) == crate::i8042::I8042Write::Reset {
+                        return VmEnd::PowerOff("the guest pulsed the i8042 reset line".into());
+                    }
                 }
             }
             VcpuExit::IoIn(port, data) => {
@@ -394,8 +399,12 @@ fn run_vcpu(id: usize, mut vcpu: VcpuFd, shared: &Shared) -> VmEnd {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .read((port - SERIAL_PORT) as u8)
-                } else if port == I8042_PORT {
-                    0 // status: no data, input buffer empty
+                } else if port == I8042_PORT || port == crate::i8042::DATA_PORT {
+                    shared
+                        .i8042
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .read(port)
                 } else {
                     0xff
                 };

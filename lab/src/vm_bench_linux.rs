@@ -1,0 +1,294 @@
+//! `weir bench vm --guest linux`: the Linux test guest booted under `weir vm` and under
+//! `qemu-system-x86_64 -accel kvm -M microvm`, the same vmlinux (PVH entry) and initramfs,
+//! guest RAM a shared memfd in both, rounds interleaved: process start → first serial byte,
+//! → the guest's `/init` (its `WEIR-GUEST-INIT` line), → the process's end (the guest powers
+//! off at once without a fio job), and peak RSS split into guest RAM (RssShmem) and the VMM's
+//! own. Needs hardware-virtualization KVM: on this PVM host, run it in the lab VM
+//! (`weir lab run --with-qemu -- weir bench vm --guest linux`, docs/lab.md).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use weir_guest_images::GuestImage;
+
+pub const WEIR_VM: &str = "weir vm";
+pub const QEMU_MICROVM: &str = "qemu -accel kvm (microvm)";
+
+/// The guest's command line in both VMMs: no i8042 probing, the i8042 reset ends weir vm.
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nokbd";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootRow {
+    pub engine: String,
+    pub round: u32,
+    pub first_byte_ms: Option<f64>,
+    pub init_ms: Option<f64>,
+    pub end_ms: f64,
+    /// Peak VmRSS and the part of it that is guest RAM (shared memfd pages), KiB.
+    pub rss_kib: u64,
+    pub guest_ram_kib: u64,
+}
+
+impl BootRow {
+    pub fn vmm_kib(&self) -> u64 {
+        self.rss_kib.saturating_sub(self.guest_ram_kib)
+    }
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn boot_once(
+    engine: &str,
+    round: u32,
+    mut cmd: Command,
+    serial: &Path,
+    limit: Duration,
+) -> Result<BootRow, String> {
+    let _ = std::fs::remove_file(serial);
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{engine}: {e}"))?;
+    let pid = child.id();
+    let (mut first, mut init, mut rss, mut shmem) = (None, None, 0u64, 0u64);
+    let mut checked_len = 0u64;
+    loop {
+        let len = std::fs::metadata(serial).map_or(0, |m| m.len());
+        if first.is_none() && len > 0 {
+            first = Some(started.elapsed());
+        }
+        if init.is_none() && len > checked_len {
+            checked_len = len;
+            let text = std::fs::read(serial).unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains("WEIR-GUEST-INIT") {
+                init = Some(started.elapsed());
+            }
+        }
+        if let Some(v) = status_kib(pid, "VmRSS:") {
+            if v > rss {
+                rss = v;
+                shmem = status_kib(pid, "RssShmem:").unwrap_or(0);
+            }
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{engine}: timed out after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let end = started.elapsed();
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).to_string();
+    if init.is_none() && text.contains("WEIR-GUEST-INIT") {
+        init = Some(end);
+    }
+    if init.is_none() {
+        return Err(format!(
+            "{engine}: the guest never reached /init ({}); serial tail:\n{}\n{}",
+            out.status,
+            crate::serial::tail(&text, 20),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(BootRow {
+        engine: engine.to_string(),
+        round,
+        first_byte_ms: first.map(ms),
+        init_ms: init.map(ms),
+        end_ms: ms(end),
+        rss_kib: rss,
+        guest_ram_kib: shmem,
+    })
+}
+
+fn weir_cmd(weir: &Path, image: &GuestImage, serial: &Path, mem_mib: u32) -> Command {
+    let mut c = Command::new(weir);
+    c.arg("vm")
+        .arg("--kernel")
+        .arg(&image.vmlinux)
+        .arg("--initrd")
+        .arg(&image.initramfs)
+        .args(["--mem", &format!("{mem_mib}M"), "--cmdline", CMDLINE])
+        .arg("--serial")
+        .arg(serial);
+    c
+}
+
+fn qemu_cmd(image: &GuestImage, serial: &Path, mem_mib: u32) -> Command {
+    let mut c = Command::new(crate::qemu::QEMU_BINARY);
+    c.args([
+        "-M",
+        "microvm,memory-backend=mem",
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem_mib}M,share=on"),
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        &format!("{mem_mib}M"),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    .arg("-kernel")
+    .arg(&image.vmlinux)
+    .arg("-initrd")
+    .arg(&image.initramfs)
+    .args(["-append", CMDLINE]);
+    c
+}
+
+fn median(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let m = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((m, v[0], v[n - 1]))
+}
+
+/// Boots the guest `rounds` times under each VMM, interleaved (the order alternates by round).
+pub fn run_linux_boot_bench(
+    weir: &Path,
+    image: &GuestImage,
+    rounds: u32,
+    work_dir: &Path,
+) -> Result<(Vec<BootRow>, String), String> {
+    std::fs::create_dir_all(work_dir).map_err(|e| e.to_string())?;
+    let mem_mib = 256;
+    let limit = Duration::from_secs(300);
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [WEIR_VM, QEMU_MICROVM]
+        } else {
+            [QEMU_MICROVM, WEIR_VM]
+        };
+        for engine in order {
+            let serial = work_dir.join(format!(
+                "{}-{round}.serial",
+                if engine == WEIR_VM { "weir-vm" } else { "qemu" }
+            ));
+            let cmd = if engine == WEIR_VM {
+                weir_cmd(weir, image, &serial, mem_mib)
+            } else {
+                qemu_cmd(image, &serial, mem_mib)
+            };
+            rows.push(boot_once(engine, round, cmd, &serial, limit)?);
+        }
+    }
+    Ok((rows.clone(), render(&rows, rounds, mem_mib)))
+}
+
+fn render(rows: &[BootRow], rounds: u32, mem_mib: u32) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<28} {:>22} {:>22} {:>22} {:>10} {:>10} {:>10}",
+        "engine", "first byte ms", "/init ms", "end ms", "RSS KiB", "guest KiB", "VMM KiB"
+    );
+    let stat = |engine: &str, f: &dyn Fn(&BootRow) -> Option<f64>| {
+        median(
+            rows.iter()
+                .filter(|r| r.engine == engine)
+                .filter_map(f)
+                .collect(),
+        )
+    };
+    let fmt = |s: Option<(f64, f64, f64)>| {
+        s.map_or("-".into(), |(m, lo, hi)| {
+            format!("{m:.0} ({lo:.0}-{hi:.0})")
+        })
+    };
+    for engine in [WEIR_VM, QEMU_MICROVM] {
+        let _ = writeln!(
+            t,
+            "{:<28} {:>22} {:>22} {:>22} {:>10.0} {:>10.0} {:>10.0}",
+            engine,
+            fmt(stat(engine, &|r| r.first_byte_ms)),
+            fmt(stat(engine, &|r| r.init_ms)),
+            fmt(stat(engine, &|r| Some(r.end_ms))),
+            stat(engine, &|r| Some(r.rss_kib as f64)).map_or(0.0, |s| s.0),
+            stat(engine, &|r| Some(r.guest_ram_kib as f64)).map_or(0.0, |s| s.0),
+            stat(engine, &|r| Some(r.vmm_kib() as f64)).map_or(0.0, |s| s.0),
+        );
+    }
+    let w = stat(WEIR_VM, &|r| r.init_ms);
+    let q = stat(QEMU_MICROVM, &|r| r.init_ms);
+    if let (Some(w), Some(q)) = (w, q) {
+        let _ = writeln!(
+            t,
+            "weir vm / QEMU, start -> /init: {:.2}x (medians); first byte: {}",
+            w.0 / q.0.max(1e-9),
+            match (
+                stat(WEIR_VM, &|r| r.first_byte_ms),
+                stat(QEMU_MICROVM, &|r| r.first_byte_ms)
+            ) {
+                (Some(a), Some(b)) => format!("{:.2}x", a.0 / b.0.max(1e-9)),
+                _ => "-".into(),
+            }
+        );
+    }
+    let _ = writeln!(
+        t,
+        "(the Linux test guest's vmlinux through its PVH entry and its initramfs, no fio job, \
+         {mem_mib} MiB, 1 vCPU; {rounds} round(s) per VMM, interleaved; medians (min-max); RSS is \
+         the peak VmRSS sampled every ms, guest = its RssShmem, VMM = the rest)"
+    );
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_gives_medians_ranges_and_the_ratio() {
+        let row = |engine: &str, round, init| BootRow {
+            engine: engine.into(),
+            round,
+            first_byte_ms: Some(init / 4.0),
+            init_ms: Some(init),
+            end_ms: init + 100.0,
+            rss_kib: 150_000,
+            guest_ram_kib: 148_000,
+        };
+        let rows = vec![
+            row(WEIR_VM, 0, 1000.0),
+            row(QEMU_MICROVM, 0, 3000.0),
+            row(WEIR_VM, 1, 1200.0),
+            row(QEMU_MICROVM, 1, 2000.0),
+            row(WEIR_VM, 2, 1100.0),
+            row(QEMU_MICROVM, 2, 2200.0),
+        ];
+        let t = render(&rows, 3, 256);
+        assert!(t.contains("1100 (1000-1200)"), "{t}");
+        assert!(t.contains("2200 (2000-3000)"), "{t}");
+        assert!(t.contains("start -> /init: 0.50x"), "{t}");
+    }
+}
