@@ -162,10 +162,10 @@ fn lab_run(args: LabRunArgs) -> Result<()> {
         run.cpu_model,
         results.display()
     );
-    if run.known_flake {
+    if let Some(what) = run.known_flake {
         eprintln!(
-            "weir lab: the nested guest took QEMU's known double fault at entry_SYSCALL_64 twice: \
-             an infrastructure failure (docs/lab.md)"
+            "weir lab: {what}, twice in a row: a failure of QEMU's nested-virtualization \
+             emulation, not weir's (docs/lab.md)"
         );
     }
     match (run.exit, run.timed_out) {

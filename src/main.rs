@@ -145,6 +145,10 @@ enum BenchCommand {
         /// Boots per VMM (`--guest linux`), interleaved.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// `--guest linux`: boot the image's own initramfs (with fio's 85 MB of libraries)
+        /// instead of its /init and busybox alone.
+        #[arg(long)]
+        full_initramfs: bool,
         /// Milliseconds of random reads per run.
         #[arg(long, default_value_t = 5000)]
         runtime_ms: u64,
@@ -327,6 +331,7 @@ fn bench(command: BenchCommand) -> Result<()> {
         BenchCommand::Vm {
             guest,
             rounds,
+            full_initramfs,
             runtime_ms,
             out,
         } if guest == "linux" => {
@@ -348,6 +353,7 @@ fn bench(command: BenchCommand) -> Result<()> {
                 &std::env::current_exe()?,
                 &image,
                 rounds.max(1),
+                full_initramfs,
                 &work_dir,
             )
             .map_err(anyhow::Error::msg)?;

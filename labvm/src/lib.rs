@@ -101,11 +101,11 @@ pub fn run(
         work_dir: work.to_path_buf(),
     };
     let first = config.run(results)?;
-    if first.known_flake && options.retry_known_flake {
+    if let (Some(what), true) = (first.known_flake, options.retry_known_flake) {
         let _ = writeln!(
             progress,
-            "lab VM: the nested guest took the known double fault at entry_SYSCALL_64 (QEMU's \
-             TCG SVM emulation, an infrastructure failure, not weir's); retrying once"
+            "lab VM: {what}: a known failure of QEMU's TCG SVM emulation (infrastructure, not \
+             weir's; docs/lab.md); retrying once"
         );
         let _ = std::fs::rename(work.join("console.log"), work.join("console.flake.log"));
         return config.run(results);

@@ -19,6 +19,8 @@ const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM: u8 = 0x04;
 /// The last write went to the command port.
 const STATUS_COMMAND: u8 = 0x08;
+/// Set: the keyboard is not locked (Linux warns "Keylock active" when it is clear).
+const STATUS_UNLOCKED: u8 = 0x10;
 
 const CMD_READ_CTR: u8 = 0x20;
 const CMD_WRITE_CTR: u8 = 0x60;
@@ -59,7 +61,7 @@ impl Default for I8042 {
     fn default() -> Self {
         I8042 {
             ctr: CTR_KBD_DISABLED | CTR_AUX_DISABLED,
-            status: STATUS_SYSTEM,
+            status: STATUS_SYSTEM | STATUS_UNLOCKED,
             output: VecDeque::new(),
             pending: None,
         }
