@@ -24,10 +24,21 @@ pub struct VmBenchRow {
     pub guest_ram_kib: u64,
 }
 
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
+/// A `/proc/PID/status` figure in KiB (`VmRSS:`, `RssShmem:`).
+pub(crate) fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Keeps the peak VmRSS of `pid` and the RssShmem (guest RAM) at that peak.
+pub(crate) fn sample_peak_rss(pid: u32, rss: &mut u64, shmem: &mut u64) {
+    if let Some(v) = status_kib(pid, "VmRSS:") {
+        if v > *rss {
+            *rss = v;
+            *shmem = status_kib(pid, "RssShmem:").unwrap_or(0);
+        }
+    }
 }
 
 /// Runs `cmd`, watching the serial file for its first byte and the process's memory.
@@ -52,12 +63,7 @@ fn run_one(
         if first.is_none() && std::fs::metadata(serial).is_ok_and(|m| m.len() > 0) {
             first = Some(started.elapsed());
         }
-        if let Some(v) = status_kib(pid, "VmRSS:") {
-            if v > rss {
-                rss = v;
-                shmem = status_kib(pid, "RssShmem:").unwrap_or(0);
-            }
-        }
+        sample_peak_rss(pid, &mut rss, &mut shmem);
         if let Ok(Some(_)) = child.try_wait() {
             break;
         }

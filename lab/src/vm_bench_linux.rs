@@ -50,12 +50,6 @@ impl BootRow {
     }
 }
 
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn boot_once(
     engine: &str,
     round: u32,
@@ -86,12 +80,7 @@ fn boot_once(
                 init = Some(started.elapsed());
             }
         }
-        if let Some(v) = status_kib(pid, "VmRSS:") {
-            if v > rss {
-                rss = v;
-                shmem = status_kib(pid, "RssShmem:").unwrap_or(0);
-            }
-        }
+        crate::vm_bench::sample_peak_rss(pid, &mut rss, &mut shmem);
         if let Ok(Some(_)) = child.try_wait() {
             break;
         }
