@@ -71,6 +71,15 @@ enum Command {
         /// Override the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// The file is a sweep grid (seeds × array shapes, `scenarios/sweep-window.toml`): run
+        /// every case and print, per window policy, the share meeting the targets and the
+        /// distribution of throughput ÷ best fixed depth, window ÷ knee, latency ÷ latency at
+        /// the knee, with the worst cases.
+        #[arg(long)]
+        sweep: bool,
+        /// With --sweep: seeds 1..=N instead of the grid's.
+        #[arg(long, requires = "sweep")]
+        seeds: Option<u64>,
     },
     /// The lab VM: an L1 Linux host with AMD-V KVM under QEMU TCG, for `weir vm` with Linux
     /// guests where this host's KVM cannot boot them (docs/lab.md).
@@ -248,7 +257,15 @@ fn main() {
         Command::Sim {
             scenario,
             json,
+            sweep: true,
+            seeds,
+            ..
+        } => sim_sweep(&scenario, json, seeds),
+        Command::Sim {
+            scenario,
+            json,
             seed,
+            ..
         } => sim(&scenario, json, seed),
     };
     if let Err(e) = result {
@@ -519,6 +536,31 @@ fn sim(path: &std::path::Path, json: bool, seed: Option<u64>) -> Result<()> {
             scenario.warmup_s
         );
         print!("{}", weir_sched::sim::render(&results));
+    }
+    Ok(())
+}
+
+fn sim_sweep(path: &std::path::Path, json: bool, seeds: Option<u64>) -> Result<()> {
+    let text = weir_sched::check::read_config_text(path)
+        .with_context(|| format!("cannot read sweep grid {}", path.display()))?;
+    let mut grid: weir_sched::sweep::SweepGrid =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("sweep grid {}: {e}", path.display()))?;
+    if let Some(n) = seeds {
+        grid.seeds = n;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = std::time::Instant::now();
+    let result = weir_sched::sweep::run(&grid, threads)
+        .map_err(|e| anyhow::anyhow!("sweep grid {}: {e}", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!(
+            "{} ({:.1} s on {threads} threads)\n",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        );
+        print!("{}", weir_sched::sweep::render(&result));
     }
     Ok(())
 }

@@ -50,3 +50,41 @@ fn a_bad_scenario_names_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("compare[0]"), "{err}");
 }
+
+#[test]
+fn a_sweep_prints_each_policy_and_its_worst_cases_and_a_bad_grid_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("grid.toml");
+    std::fs::write(
+        &p,
+        "seeds = 1\npolicies = [\"adaptive\", \"aimd\"]\nservers = [4]\nservice = [{ mean_us = 1000 }]\nbusy = [\"never\"]\nphase_s = 5\n",
+    )
+    .unwrap();
+    let out = weir_sim(&["--sweep", p.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 shapes × 1 seeds"), "{text}");
+    assert!(
+        text.contains("worst cases of adaptive") && text.contains("worst cases of aimd"),
+        "{text}"
+    );
+    let json = weir_sim(&["--sweep", p.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        v["cases"].as_array().map(Vec::len),
+        Some(2),
+        "one case per policy"
+    );
+    assert_eq!(v["cases"][0]["phases"].as_array().map(Vec::len), Some(3));
+    std::fs::write(&p, "seeds = 1\npolicies = [\"fastest\"]\nservers = [4]\nservice = [{ mean_us = 1000 }]\nbusy = [\"never\"]\n").unwrap();
+    let out = weir_sim(&["--sweep", p.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("policies") && err.contains("fastest"),
+        "{err}"
+    );
+}

@@ -45,6 +45,12 @@ pub struct LunModel {
     /// Waiting requests (beyond `servers`) the LUN accepts before it answers BUSY.
     #[serde(default = "default_busy_threshold")]
     pub busy_threshold: u32,
+    /// Bimodal service: this share of requests (%) is slow, its mean `slow_us` (plus the size
+    /// part) instead of the base — a cache miss, a busy spindle. 0: every request alike.
+    #[serde(default)]
+    pub slow_pct: f64,
+    #[serde(default)]
+    pub slow_us: f64,
 }
 
 fn default_servers() -> u32 {
@@ -73,19 +79,34 @@ impl Default for LunModel {
             write_base_us: default_write_base_us(),
             unit_mib_per_s: default_unit_mib_per_s(),
             busy_threshold: default_busy_threshold(),
+            slow_pct: 0.0,
+            slow_us: 0.0,
         }
     }
 }
 
 impl LunModel {
-    /// Mean service time in seconds.
+    /// Mean service time in seconds (over fast and slow requests).
     pub fn mean_service_s(&self, bytes: u64, write: bool) -> f64 {
+        let p = self.slow_pct / 100.0;
+        (1.0 - p) * self.fast_service_s(bytes, write) + p * self.slow_service_s(bytes)
+    }
+
+    fn size_part_s(&self, bytes: u64) -> f64 {
+        bytes as f64 / (self.unit_mib_per_s * 1048576.0)
+    }
+
+    fn fast_service_s(&self, bytes: u64, write: bool) -> f64 {
         let base = if write {
             self.write_base_us
         } else {
             self.read_base_us
         };
-        base / 1e6 + bytes as f64 / (self.unit_mib_per_s * 1048576.0)
+        base / 1e6 + self.size_part_s(bytes)
+    }
+
+    fn slow_service_s(&self, bytes: u64) -> f64 {
+        self.slow_us / 1e6 + self.size_part_s(bytes)
     }
 
     /// Throughput at the knee for a request size and mix (requests/s).
@@ -370,7 +391,12 @@ impl EmulatedArray {
         if l.busy_units >= l.servers && l.waiting.len() as u32 >= l.model.busy_threshold {
             return Admission::Busy;
         }
-        let mean = l.model.mean_service_s(bytes, write);
+        let slow = l.model.slow_pct > 0.0 && l.rng.next_f64() * 100.0 < l.model.slow_pct;
+        let mean = if slow {
+            l.model.slow_service_s(bytes)
+        } else {
+            l.model.fast_service_s(bytes, write)
+        };
         let service_s = l.rng.exponential(mean);
         p.outstanding += 1;
         self.pending.insert(

@@ -14,6 +14,7 @@
 use crate::array::LunModel;
 use crate::cost::CostModel;
 use crate::depth::{DepthPolicy, LatencyParams};
+use crate::knee::KneeParams;
 use crate::sim::{PortSpec, Workload};
 
 /// The largest window, queue limit or port budget: far above any HBA's or array's.
@@ -95,6 +96,20 @@ impl Check for LatencyParams {
     }
 }
 
+impl Check for KneeParams {
+    fn check(&self) -> Result<(), String> {
+        number("period_s", self.period_s, 0.001, 60.0)?;
+        count("period_ios", u64::from(self.period_ios), 1, 1 << 20)?;
+        number("probe_gain", self.probe_gain, 1.01, 4.0)?;
+        number("elasticity", self.elasticity, 0.01, 0.99)?;
+        count("cruise_periods", u64::from(self.cruise_periods), 1, 1000)?;
+        number("cap_hold_s", self.cap_hold_s, 0.0, 3600.0)?;
+        count("min", u64::from(self.min), 1, u64::from(MAX_DEPTH))?;
+        count("max", u64::from(self.max), 1, u64::from(MAX_DEPTH))?;
+        ordered(self.min, self.max)
+    }
+}
+
 impl Check for DepthPolicy {
     fn check(&self) -> Result<(), String> {
         match self {
@@ -113,7 +128,8 @@ impl Check for DepthPolicy {
                 count("max", u64::from(*max), 1, u64::from(MAX_DEPTH))?;
                 ordered(*min, *max)
             }
-            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => p.check(),
+            DepthPolicy::Latency(p) => p.check(),
+            DepthPolicy::Adaptive(p) => p.check(),
         }
     }
 }
@@ -122,6 +138,8 @@ impl Check for LunModel {
     fn check(&self) -> Result<(), String> {
         count("servers", u64::from(self.servers), 1, u64::from(MAX_DEPTH))?;
         number("read_base_us", self.read_base_us, 0.0, MAX_SERVICE_US)?;
+        number("slow_pct", self.slow_pct, 0.0, 100.0)?;
+        number("slow_us", self.slow_us, 0.0, MAX_SERVICE_US)?;
         number("write_base_us", self.write_base_us, 0.0, MAX_SERVICE_US)?;
         positive("unit_mib_per_s", self.unit_mib_per_s, 1e12)?;
         // 0 is meaningful: BUSY as soon as every unit is busy (an array that signals at its

@@ -27,11 +27,16 @@
 //! rises by more than 2 %; the target is the latency of the smallest swept window whose
 //! throughput reached 90 % of the sweep's peak.
 //!
-//! **`adaptive`** (default): the latency law steers, a congestion signal of the current epoch
-//! halves `D` at once, and after a halving `D` climbs back by one per 4 good completions up to
-//! just below the window that congested (the `aimd` recovery), so one BUSY costs milliseconds
-//! of depth, not the seconds the latency law alone would take to regrow it; for 2 s after a
-//! halving the latency law may not take `D` back to the window that congested.
+//! PARDA's law has no information below the knee, where latency is flat: a target a few
+//! per cent under the flat latency (a noisy sweep's estimate) makes it shrink `D` to its fixed
+//! point `β / (1 − 𝓛/L)`, one a little above lets it grow to where latency reaches the target,
+//! past the knee (docs/scheduling.md: the root cause of the failing seeds).
+//!
+//! **`adaptive`** (default): the knee search of [`crate::knee`] steers — the depth where
+//! throughput stops rising, measured by probing above and below it; a congestion signal of
+//! the current epoch halves `D` at once, caps the knee below the window that drew it, and `D`
+//! climbs back to the knee by one per 4 good completions (the `aimd` recovery), so one BUSY
+//! costs milliseconds of depth.
 //!
 //! In every policy, a period in which requests were outstanding but **none completed** counts
 //! as congestion (a halving), never as health: a stalled device must not look idle (the lesson
@@ -39,10 +44,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::knee::{KneeParams, KneeSearch, Period};
+
 /// Good completions per +1 of the `adaptive` policy's recovery after a halving.
 pub const ADAPTIVE_RECOVERY_IOS: u32 = 4;
-/// After a halving, `adaptive` keeps D below the window that congested for this long.
-pub const ADAPTIVE_PROBE_INTERVAL_S: f64 = 2.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
@@ -63,7 +68,7 @@ pub enum DepthPolicy {
         max: u32,
     },
     Latency(LatencyParams),
-    Adaptive(LatencyParams),
+    Adaptive(KneeParams),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,7 +144,7 @@ impl Default for LatencyParams {
 
 impl Default for DepthPolicy {
     fn default() -> Self {
-        DepthPolicy::Adaptive(LatencyParams::default())
+        DepthPolicy::Adaptive(KneeParams::default())
     }
 }
 
@@ -155,7 +160,7 @@ impl DepthPolicy {
     }
 
     /// Parses the short forms used by `compare = [...]`: `fixed:64`, `aimd`, `latency`,
-    /// `latency:20` (target ms), `adaptive`.
+    /// `latency:20` (target ms), `adaptive`, `adaptive:0.3` (elasticity η).
     pub fn from_short(s: &str) -> Option<Self> {
         let (name, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
         match (name, arg) {
@@ -165,20 +170,22 @@ impl DepthPolicy {
                 .filter(|d| *d > 0)
                 .map(|depth| DepthPolicy::Fixed { depth }),
             ("aimd", None) => Some(DepthPolicy::aimd()),
-            ("latency", t) | ("adaptive", t) => {
+            ("latency", t) => {
                 let target_ms = match t {
                     Some(t) => Some(t.parse().ok().filter(|v: &f64| *v > 0.0)?),
                     None => None,
                 };
-                let p = LatencyParams {
+                Some(DepthPolicy::Latency(LatencyParams {
                     target_ms,
                     ..LatencyParams::default()
-                };
-                Some(if name == "latency" {
-                    DepthPolicy::Latency(p)
-                } else {
-                    DepthPolicy::Adaptive(p)
-                })
+                }))
+            }
+            ("adaptive", e) => {
+                let mut p = KneeParams::default();
+                if let Some(e) = e {
+                    p.elasticity = e.parse().ok().filter(|v: &f64| *v > 0.0 && *v < 1.0)?;
+                }
+                Some(DepthPolicy::Adaptive(p))
             }
             _ => None,
         }
@@ -191,9 +198,10 @@ impl DepthPolicy {
             DepthPolicy::Latency(p) => p
                 .target_ms
                 .map_or("latency".into(), |t| format!("latency:{t}")),
-            DepthPolicy::Adaptive(p) => p
-                .target_ms
-                .map_or("adaptive".into(), |t| format!("adaptive:{t}")),
+            DepthPolicy::Adaptive(p) if p.elasticity == KneeParams::default().elasticity => {
+                "adaptive".into()
+            }
+            DepthPolicy::Adaptive(p) => format!("adaptive:{}", p.elasticity),
         }
     }
 }
@@ -227,7 +235,6 @@ pub struct QueueDepthController {
     good: u32,
     ceiling: u32,
     last_probe: f64,
-    last_halving: f64,
     /// `adaptive`: climbing back after a halving.
     recovering: bool,
     /// The time of the latest `on_completion`/`tick` call.
@@ -240,6 +247,9 @@ pub struct QueueDepthController {
     target_s: Option<f64>,
     sweep: Sweep,
     halvings: u64,
+    /// `adaptive`: the knee search, and the window the current period runs at.
+    knee: Option<KneeSearch>,
+    period_window: f64,
 }
 
 impl QueueDepthController {
@@ -247,7 +257,8 @@ impl QueueDepthController {
         let (w, target_s, sweep) = match &policy {
             DepthPolicy::Fixed { depth } => (f64::from(*depth), None, Sweep::Done),
             DepthPolicy::Aimd { max, .. } => (f64::from(*max).min(32.0), None, Sweep::Done),
-            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => match p.target_ms {
+            DepthPolicy::Adaptive(p) => (f64::from(p.min.max(1)), None, Sweep::Done),
+            DepthPolicy::Latency(p) => match p.target_ms {
                 Some(t) => (f64::from(p.min.max(4)), Some(t / 1e3), Sweep::Done),
                 None => (
                     f64::from(p.min),
@@ -263,6 +274,10 @@ impl QueueDepthController {
             DepthPolicy::Aimd { max, .. } => *max + 1,
             _ => u32::MAX,
         };
+        let knee = match &policy {
+            DepthPolicy::Adaptive(p) => Some(KneeSearch::new(p.clone())),
+            _ => None,
+        };
         QueueDepthController {
             policy,
             w,
@@ -271,7 +286,6 @@ impl QueueDepthController {
             good: 0,
             ceiling,
             last_probe: 0.0,
-            last_halving: f64::NEG_INFINITY,
             recovering: false,
             now: 0.0,
             period_start: 0.0,
@@ -281,6 +295,8 @@ impl QueueDepthController {
             target_s,
             sweep,
             halvings: 0,
+            knee,
+            period_window: w,
         }
     }
 
@@ -307,11 +323,17 @@ impl QueueDepthController {
         self.halvings
     }
 
+    /// `adaptive`: the knee estimate (the window outside probes and recoveries).
+    pub fn knee(&self) -> Option<f64> {
+        self.knee.as_ref().map(KneeSearch::knee)
+    }
+
     fn bounds(&self) -> (f64, f64) {
         let (min, max) = match &self.policy {
             DepthPolicy::Fixed { depth } => (*depth, *depth),
             DepthPolicy::Aimd { min, max, .. } => (*min, *max),
-            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => (p.min, p.max),
+            DepthPolicy::Latency(p) => (p.min, p.max),
+            DepthPolicy::Adaptive(p) => (p.min, p.max),
         };
         // Every config reader refuses min > max or 0 (`crate::check`); a controller built
         // around that still must not panic in `f64::clamp` on the scheduler thread.
@@ -370,7 +392,6 @@ impl QueueDepthController {
     }
 
     fn halve(&mut self) {
-        self.last_halving = self.now;
         self.recovering = true;
         // Congestion during the sweep ends it: the array has shown where it saturates.
         if matches!(self.sweep, Sweep::Running { .. }) {
@@ -379,6 +400,9 @@ impl QueueDepthController {
         }
         let (min, _) = self.bounds();
         self.ceiling = self.window();
+        if let Some(k) = &mut self.knee {
+            k.on_congestion(self.now, f64::from(self.ceiling));
+        }
         self.w = (self.w / 2.0).floor().max(min);
         self.epoch += 1;
         self.bad = 0;
@@ -398,26 +422,21 @@ impl QueueDepthController {
         }
         match self.policy.clone() {
             DepthPolicy::Fixed { .. } | DepthPolicy::Latency(_) => {}
-            DepthPolicy::Adaptive(p) => match outcome {
+            DepthPolicy::Adaptive(_) => match outcome {
                 Outcome::Congestion if epoch == self.epoch => self.halve(),
                 Outcome::Congestion => {}
                 Outcome::Good => {
-                    // After a halving, climb back quickly toward the window that congested
-                    // (+1 per ADAPTIVE_RECOVERY_IOS good completions), then let the latency law
-                    // steer: it alone probes beyond.
+                    // After a halving, climb back to the knee (+1 per ADAPTIVE_RECOVERY_IOS
+                    // good completions), then the knee search steers again.
                     self.good += 1;
-                    // Only after a halving has set a ceiling: before that the sweep and the
-                    // latency law own the window.
                     if self.good >= ADAPTIVE_RECOVERY_IOS && self.recovering {
                         self.good = 0;
-                        // Whole windows: a fractional PARDA window must not round up into the
-                        // window that congested.
-                        let d = self.window();
-                        if d + 1 < self.ceiling {
-                            self.w = f64::from((d + 1).min(p.max));
-                        } else {
-                            // Back below the congested window: the latency law takes over.
+                        let target = self.knee.as_ref().map_or(self.w, KneeSearch::window);
+                        self.w = (self.w.floor() + 1.0).min(target);
+                        if self.w >= target {
                             self.recovering = false;
+                            // The recovery's periods measured a moving window: start afresh.
+                            self.start_period(now);
                         }
                     }
                 }
@@ -459,8 +478,12 @@ impl QueueDepthController {
     /// the LUN. Runs the latency law and the stall rule.
     pub fn tick(&mut self, now: f64, outstanding: u32) {
         self.now = now;
+        if self.knee.is_some() {
+            self.tick_knee(now, outstanding);
+            return;
+        }
         let period = match &self.policy {
-            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => p.period_s,
+            DepthPolicy::Latency(p) => p.period_s,
             _ => 0.1,
         };
         // The epsilon keeps a caller ticking exactly every period from skipping alternate
@@ -482,7 +505,7 @@ impl QueueDepthController {
             return;
         }
         let params = match &self.policy {
-            DepthPolicy::Latency(p) | DepthPolicy::Adaptive(p) => p.clone(),
+            DepthPolicy::Latency(p) => p.clone(),
             _ => return,
         };
         let Some(l) = mean_latency else { return };
@@ -514,18 +537,60 @@ impl QueueDepthController {
         }
         let Some(target) = self.target_s else { return };
         let w = self.w;
-        let mut next =
-            (1.0 - params.gamma) * w + params.gamma * ((target / ewma) * w + params.beta);
-        if matches!(self.policy, DepthPolicy::Adaptive(_))
-            && self.ceiling != u32::MAX
-            && now - self.last_halving < ADAPTIVE_PROBE_INTERVAL_S
-        {
-            // The window that congested is known: stay below it for a while before the latency
-            // law may probe it again, or a noisy latency estimate knocks the array over every
-            // few periods.
-            next = next.min(f64::from(self.ceiling) - 1.0);
-        }
+        let next = (1.0 - params.gamma) * w + params.gamma * ((target / ewma) * w + params.beta);
         self.w = next.clamp(min, max);
+    }
+
+    fn start_period(&mut self, now: f64) {
+        self.period_start = now;
+        self.period_completions = 0;
+        self.period_latency_sum = 0.0;
+        self.period_window = self.w;
+    }
+
+    /// `adaptive`: ends a measurement period when it has enough completions, hands it to the
+    /// knee search and applies the window it asks for. Periods that saw a halving or a
+    /// recovery are not measurements of one window and are dropped.
+    fn tick_knee(&mut self, now: f64, outstanding: u32) {
+        let Some(knee) = self.knee.as_mut() else {
+            return;
+        };
+        knee.set_now(now);
+        let p = knee.params().clone();
+        let elapsed = now - self.period_start;
+        if elapsed < p.period_s - 1e-9 {
+            return;
+        }
+        let n = self.period_completions;
+        if n == 0 {
+            if outstanding > 0 {
+                self.halve_for_stall();
+            }
+            self.start_period(now);
+            return;
+        }
+        if self.recovering || (self.w - self.period_window).abs() > 1e-9 {
+            self.start_period(now);
+            return;
+        }
+        let latency_sum = self.period_latency_sum;
+        let mean_latency = latency_sum / n as f64;
+        let min_s = knee.min_period_s();
+        let long_enough = elapsed >= 10.0 * min_s
+            || (n >= knee.period_ios() && elapsed >= min_s - 1e-9 && elapsed >= 4.0 * mean_latency);
+        if !long_enough {
+            return;
+        }
+        knee.on_period(
+            now,
+            Period {
+                throughput: n as f64 / elapsed,
+                mean_in_flight: latency_sum / elapsed,
+                window: self.period_window,
+            },
+        );
+        self.w = knee.window();
+        self.start_period(now);
     }
 }
 

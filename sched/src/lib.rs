@@ -16,6 +16,7 @@ pub mod check;
 pub mod cost;
 pub mod depth;
 pub mod dispatch;
+pub mod knee;
 pub mod mclock;
 pub mod metrics;
 pub mod path;
@@ -24,4 +25,5 @@ pub mod sim;
 pub mod sim_pool;
 #[cfg(test)]
 mod sim_tests;
+pub mod sweep;
 pub mod thin;

@@ -434,7 +434,13 @@ pub struct LunResult {
     pub congestion_signals: u64,
     pub halvings: u64,
     pub latency_target_us: Option<f64>,
+    /// `adaptive`: the knee estimate at the end.
+    pub knee: Option<f64>,
     pub iops: f64,
+    /// Good completions in each whole second after warm-up, and their mean device latency
+    /// (dispatch to answer, µs; `None` in a second without completions).
+    pub per_second: Vec<u64>,
+    pub per_second_device_lat_us: Vec<Option<f64>>,
     pub selector: String,
     pub paths: Vec<PathResult>,
     pub path_events: Vec<NamedPathEvent>,
@@ -550,6 +556,9 @@ struct LunRun {
     /// Array port of each path.
     path_ports: Vec<usize>,
     path_per_second: Vec<Vec<u64>>,
+    /// Good completions and their summed device latency (s) in each second after warm-up.
+    per_second: Vec<u64>,
+    per_second_lat_s: Vec<f64>,
     reissued: u64,
     reissued_ok: u64,
     max_failover_s: Option<f64>,
@@ -1027,6 +1036,8 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 at_array: std::collections::HashMap::new(),
                 retry_scheduled: None,
                 path_per_second: vec![vec![0; seconds]; path_ports.len()],
+                per_second: vec![0; seconds],
+                per_second_lat_s: vec![0.0; seconds],
                 path_ports,
                 reissued: 0,
                 reissued_ok: 0,
@@ -1203,6 +1214,12 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     .and_then(|v| v.get_mut(sec))
                 {
                     *slot += 1;
+                }
+                if let (Some(n), Some(sum)) =
+                    (l.per_second.get_mut(sec), l.per_second_lat_s.get_mut(sec))
+                {
+                    *n += 1;
+                    *sum += now - req.dispatched;
                 }
             }
             let t = &mut tenants[req.tenant];
@@ -1428,7 +1445,15 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     congestion_signals: l.congestion,
                     halvings: l.d.controller.halvings(),
                     latency_target_us: l.d.controller.target_s().map(|t| t * 1e6),
+                    knee: l.d.controller.knee(),
                     iops: l.completions as f64 / s.duration_s,
+                    per_second: l.per_second.clone(),
+                    per_second_device_lat_us: l
+                        .per_second
+                        .iter()
+                        .zip(&l.per_second_lat_s)
+                        .map(|(n, sum)| (*n > 0).then(|| sum / *n as f64 * 1e6))
+                        .collect(),
                     selector: spec.multipath.selector.to_string(),
                     paths: specs
                         .iter()

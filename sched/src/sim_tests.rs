@@ -260,24 +260,24 @@ fn adaptive_converges_to_the_knee_holds_it_and_follows_a_capacity_drop() {
             .map(|x| (x.0, (x.1 * 10.0).round() / 10.0))
             .collect::<Vec<_>>()
     );
+    // The knee search probes 25 % above and below its estimate one period in every eight or
+    // so, so 1 s means wander by up to a quarter; the phase mean must sit on the knee.
     let near = |from: f64, to: f64, knee: f64| {
-        seconds
+        let inside: Vec<f64> = seconds
             .iter()
             .filter(|(t, _)| *t >= from && *t < to)
-            .all(|(_, d)| (d - knee).abs() <= 0.1 * knee + 1e-9)
+            .map(|(_, d)| *d)
+            .collect();
+        let mean = inside.iter().sum::<f64>() / inside.len() as f64;
+        // Plus one: this model takes one waiting request without BUSY, so `knee + 1` costs
+        // nothing and the search may hold it (aimd settles there too).
+        !inside.is_empty()
+            && (mean - knee).abs() <= 0.1 * knee + 1.0
+            && inside.iter().all(|d| (d - knee).abs() <= 0.25 * knee + 1.0)
     };
-    // Knee 16: within 10 % (1 s means) from 5 s on until the
-    // drop; knee 8 after the drop, within 5 s.
-    assert!(near(5.0, 15.0, 16.0), "{seconds:?}");
-    assert!(near(20.0, 30.0, 8.0), "{seconds:?}");
-    let first_after = seconds
-        .iter()
-        .find(|(t, d)| *t >= 15.0 && (d - 8.0).abs() <= 0.8)
-        .map(|x| x.0);
-    assert!(
-        first_after.is_some_and(|t| t <= 20.0),
-        "re-converged at {first_after:?}"
-    );
+    // Knee 16 from 3 s on until the drop; knee 8 from 3 s after it.
+    assert!(near(3.0, 15.0, 16.0), "{seconds:?}");
+    assert!(near(18.0, 30.0, 8.0), "{seconds:?}");
 
     // Throughput in each phase against the best fixed depth for that phase.
     let fixed: Vec<SimResult> = [6, 8, 10, 12, 16, 20, 24, 32]
@@ -730,4 +730,109 @@ fn thin_pool_out_of_space_stalls_everyone_pool_wide_and_only_the_filler_under_ho
             "seed {seed}: {pools:?}"
         );
     }
+}
+
+/// The robustness sweep on a reduced grid (the full one: `scenarios/sweep-window.toml`):
+/// array shapes with and without BUSY, a link round trip, several tenant counts and a
+/// capacity drop and return, three seeds each. The knee search must hold the window near the
+/// knee and the throughput near the best fixed depth of every phase — and do better than
+/// PARDA's latency law, whose failure on a flat latency curve is what it replaces.
+#[test]
+fn the_knee_search_holds_across_seeds_and_array_shapes() {
+    let grid: crate::sweep::SweepGrid = toml::from_str(
+        r#"
+        seeds = 3
+        policies = ["adaptive", "latency"]
+        servers = [4, 16]
+        service = [{ mean_us = 1000 }, { mean_us = 4000 }]
+        busy = ["knee", "one-past", "never"]
+        link_us = [0, 500]
+        tenants = [2, 8]
+        phase_s = 8
+        "#,
+    )
+    .unwrap();
+    let r = crate::sweep::run(&grid, 2).unwrap();
+    eprint!("{}", crate::sweep::render(&r));
+    let adaptive = &r.policies[0];
+    let latency = &r.policies[1];
+    assert_eq!(adaptive.cases, 36);
+    let [p5, median, worst] = adaptive.throughput_ratio;
+    assert!(
+        median >= 0.95 && p5 >= 0.85 && worst >= 0.75,
+        "throughput ÷ best fixed: p5 {p5}, median {median}, worst {worst}"
+    );
+    let lat_p95 = adaptive.latency_ratio[1];
+    assert!(
+        lat_p95 <= 1.3,
+        "latency ÷ latency at the knee, p95 {lat_p95}"
+    );
+    assert!(
+        worst > latency.throughput_ratio[2],
+        "PARDA's worst case is the one this replaces"
+    );
+    let [w5, wmed, w95] = adaptive.window_ratio;
+    assert!(
+        (0.85..=1.15).contains(&wmed) && w5 >= 0.5 && w95 <= 1.6,
+        "window ÷ knee p5 {w5}, median {wmed}, p95 {w95}"
+    );
+    assert!(
+        adaptive.meeting > latency.meeting && adaptive.below_floor < latency.below_floor,
+        "adaptive {} meeting, {} below 0.85; latency {} and {}",
+        adaptive.meeting,
+        adaptive.below_floor,
+        latency.meeting,
+        latency.below_floor
+    );
+}
+
+/// The seeds that used to fail (issue 11: 12 of 40 far from the knee under PARDA's law):
+/// `scenarios/sim-congested-array.toml`'s LUN, 3–13 s, every seed from 1 to 40.
+#[test]
+fn the_adaptive_window_sits_on_the_knee_for_every_seed() {
+    let mut worst = (f64::INFINITY, 0);
+    for seed in 1..=40 {
+        let mut s = congested_array_scenario();
+        s.seed = seed;
+        let run = |depth: DepthPolicy| {
+            let mut s = s.clone();
+            s.luns[0].depth = depth;
+            crate::sim::run(&s).unwrap()
+        };
+        let adaptive = run(DepthPolicy::default());
+        let fixed = run(DepthPolicy::Fixed { depth: 16 });
+        let windows: Vec<f64> = adaptive.luns[0]
+            .window
+            .iter()
+            .filter(|(t, _)| (3.0..13.0).contains(t))
+            .map(|(_, w)| f64::from(*w))
+            .collect();
+        let mean = windows.iter().sum::<f64>() / windows.len() as f64;
+        assert!(
+            (13.0..=18.0).contains(&mean),
+            "seed {seed}: mean window {mean:.1} over 3–13 s (knee 16)"
+        );
+        let ratio = phase_throughput(&adaptive, 3.0, 13.0) / phase_throughput(&fixed, 3.0, 13.0);
+        if ratio < worst.0 {
+            worst = (ratio, seed);
+        }
+    }
+    eprintln!(
+        "worst throughput ÷ fixed:16 over 3–13 s: {:.3} (seed {})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 >= 0.8,
+        "seed {}: {:.3} of fixed:16",
+        worst.1,
+        worst.0
+    );
+}
+
+fn congested_array_scenario() -> SimScenario {
+    let mut s: SimScenario =
+        toml::from_str(include_str!("../../scenarios/sim-congested-array.toml")).unwrap();
+    s.compare.clear();
+    s.victim = None;
+    s
 }

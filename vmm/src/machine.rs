@@ -429,8 +429,11 @@ fn run_vcpu(id: usize, mut vcpu: VcpuFd, shared: &Shared) -> VmEnd {
             }
             VcpuExit::Hlt => {}
             VcpuExit::Shutdown => {
+                // On AMD, KVM re-initialises the VMCB of a vCPU that shut down: the registers
+                // read now are the reset state, not the faulting context.
                 return VmEnd::TripleFault(format!(
-                    "vCPU {id}: triple fault; {}",
+                    "vCPU {id}: triple fault (shutdown); registers after it (on AMD, KVM's \
+                     reset state): {}",
                     regs_dump(&vcpu)
                 ));
             }

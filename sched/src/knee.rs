@@ -1,0 +1,496 @@
+//! The `adaptive` policy's window law: a search for the knee of the throughput curve.
+//!
+//! The knee is the depth `k` where throughput `X(D)` stops rising: below it every added
+//! request adds throughput, beyond it only latency (by Little's law `L = D / X`). Arrays
+//! signal it with QUEUE FULL/BUSY; files and block devices do not, and their latency is noisy,
+//! so the law measures the curve directly, as BBR (Cardwell et al., ACM Queue 2016) measures a
+//! path's bandwidth by probing above and below its estimate, and decides with one rule.
+//!
+//! **The rule (elasticity η).** Of two depths `a < b`, `b` is worth it when the throughput it
+//! adds is at least η times the depth it adds, relatively:
+//!
+//! ```text
+//!   X(b) / X(a) − 1  ≥  η · (b / a − 1)                      (1)
+//! ```
+//!
+//! On a curve `X ∝ D` below the knee (elasticity 1) the deeper window always wins; on the flat
+//! part (elasticity 0) never. η = 0.3 puts the knee where 30 % of each added request still
+//! turns into throughput, the rest into latency (`d ln L / d ln D = 1 − d ln X / d ln D`);
+//! with `g = 1.25` a step up must add ≥ 7.5 % throughput, i.e. latency may rise ≤ 16 % per step.
+//! (0.5 held windows closer to the knee but lost throughput where the curve bends softly —
+//! a link's round trip, random service; 0.15 went deeper than the latency target allows; the
+//! sweep's figures are in docs/scheduling.md.)
+//!
+//! **Measurement.** A period lasts at least `period_s`, at least four mean latencies (so a
+//! window change has settled) and until `period_ios` requests completed (the throughput of a
+//! period of `n` completions has a relative noise of about `1/√n`: 384 → 5 %), but at most
+//! `10 · period_s`. Its throughput `X = n / t`; its mean in-flight `Q = Σ latency / t`
+//! (Little). A period counts only if the window bound (`Q ≥ 0.7 · D`): when the tenants ask for
+//! less than the window, the window says nothing about the device, and nothing is learnt.
+//!
+//! **Phases.**
+//! - *start*: `D` doubles each period (needing only 32 completions) while a doubling adds
+//!   ≥ 25 % throughput (BBR's start-up rule; a doubling below the knee adds 100 %); the first
+//!   that does not ends it at the last depth that did, measured again in a cruise.
+//! - *up*: one period at `u = max(g·k, k + 1)`; if (1) holds for `(k, u)`, `k ← u` and up again;
+//!   if not, one period at the half step `1 + (g − 1)/2` (a knee inside the last step would
+//!   otherwise hold `k` up to `1 / (1 + η(g − 1))` = 7 % short of it), then down.
+//! - *down*: one period at `d = min(k / g, k − 1)`; unless (1) holds for `(d, k)`, `k ← d` and
+//!   down again. A down probe that finds nothing makes the next wait 1, 2, 4, then 8 cycles
+//!   (each costs up to `1 − 1/g` of a period's throughput, half of it at `k = 2`); a capacity
+//!   drop does not need one (below).
+//! - *cruise*: one period of at least `cruise_periods · period_s` at `k`, updating
+//!   `X(k) ← (X(k) + X) / 2`; then up.
+//!
+//! A capacity drop shows at the end of the cruise: throughput at the same window fell below
+//! 0.8 × `X(k)`, and `k ← k · X / X(k)` (the knee moves with the capacity), measured again in
+//! a cruise; a smaller drop shows in the next down probe (throughput no longer falls with the
+//! window). A capacity return shows in the next up probe. With `g = 1.25` a move is a quarter of the window
+//! per period, so a halving or doubling of the knee is followed within about
+//! `cruise_periods + 4` periods.
+//!
+//! **Congestion.** A QUEUE FULL or BUSY is the array naming its knee: the window that drew
+//! it, less one, caps `k` and every probe for `cap_hold_s` (so the law does not knock the array
+//! over every cycle); after that, probes may look above it again. The caller halves the
+//! window at once and climbs back to `k` (`crate::depth`).
+//!
+//! **Failure modes.** A device whose throughput keeps rising gently (elasticity just below η
+//! over a long range) is held where the rule stops, not at its last few percent. A workload
+//! whose demand changes within a period looks like a curve that moved. A period measures
+//! requests per second, not cost: a mix of sizes that changes between the periods compared
+//! moves the estimate (the rule sees only completions).
+
+use serde::{Deserialize, Serialize};
+
+/// Parameters of the knee search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KneeParams {
+    /// Shortest measurement period, s.
+    #[serde(default = "d_period")]
+    pub period_s: f64,
+    /// Completions a period needs (its throughput's relative noise is about 1/√n).
+    #[serde(default = "d_period_ios")]
+    pub period_ios: u32,
+    /// Probes run at `g·k` and `k/g`.
+    #[serde(default = "d_gain")]
+    pub probe_gain: f64,
+    /// η of rule (1): the share of an added request that must turn into throughput.
+    #[serde(default = "d_elasticity")]
+    pub elasticity: f64,
+    /// Periods at the knee between probe cycles.
+    #[serde(default = "d_cruise")]
+    pub cruise_periods: u32,
+    /// After QUEUE FULL/BUSY, probes stay below the window that drew it for this long, s.
+    #[serde(default = "d_cap_hold")]
+    pub cap_hold_s: f64,
+    #[serde(default = "d_min")]
+    pub min: u32,
+    #[serde(default = "d_max")]
+    pub max: u32,
+}
+
+fn d_period() -> f64 {
+    0.1
+}
+fn d_period_ios() -> u32 {
+    384
+}
+fn d_gain() -> f64 {
+    1.25
+}
+fn d_elasticity() -> f64 {
+    0.3
+}
+fn d_cruise() -> u32 {
+    6
+}
+fn d_cap_hold() -> f64 {
+    2.0
+}
+fn d_min() -> u32 {
+    1
+}
+fn d_max() -> u32 {
+    1024
+}
+
+impl Default for KneeParams {
+    fn default() -> Self {
+        KneeParams {
+            period_s: d_period(),
+            period_ios: d_period_ios(),
+            probe_gain: d_gain(),
+            elasticity: d_elasticity(),
+            cruise_periods: d_cruise(),
+            cap_hold_s: d_cap_hold(),
+            min: d_min(),
+            max: d_max(),
+        }
+    }
+}
+
+/// Completions a start-up period needs: a doubling's effect is far above its noise.
+const START_IOS: u64 = 32;
+/// Start-up doubles while a doubling adds at least this much throughput (BBR's 25 %): a
+/// doubling that pays adds far more, and an overshoot is undone by the down probes.
+const START_GROWTH: f64 = 0.25;
+/// A cruise whose throughput falls below this share of the last at the same window is a
+/// capacity drop (4σ of a 384-completion period's noise).
+const DROP_SHARE: f64 = 0.8;
+/// A period counts only where the window bound: mean in-flight ≥ this share of it.
+const BOUND_SHARE: f64 = 0.7;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    Start,
+    Up,
+    /// A half step up, after a full one did not pay: a knee inside the last step.
+    UpHalf,
+    Down,
+    Cruise,
+}
+
+/// One measured period.
+#[derive(Debug, Clone, Copy)]
+pub struct Period {
+    /// Completions per second.
+    pub throughput: f64,
+    /// Mean requests in flight (Σ latency ÷ period).
+    pub mean_in_flight: f64,
+    /// The window the period ran at.
+    pub window: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct KneeSearch {
+    p: KneeParams,
+    /// The knee estimate: the window outside probes.
+    k: f64,
+    /// Throughput measured at `k`.
+    x_ref: Option<f64>,
+    /// Start-up: the last depth whose doubling paid.
+    start_prev: f64,
+    phase: Phase,
+    /// From a congestion signal: `(bound, until)`.
+    cap: Option<(f64, f64)>,
+    /// Down probes that found nothing back off: cycles to skip now, and the next backoff.
+    down_skip: u32,
+    down_backoff: u32,
+    now: f64,
+}
+
+impl KneeSearch {
+    pub fn new(p: KneeParams) -> Self {
+        let min = f64::from(p.min.max(1));
+        KneeSearch {
+            p,
+            k: min,
+            x_ref: None,
+            start_prev: min,
+            phase: Phase::Start,
+            cap: None,
+            down_skip: 0,
+            down_backoff: 0,
+            now: 0.0,
+        }
+    }
+
+    pub fn params(&self) -> &KneeParams {
+        &self.p
+    }
+
+    /// The knee estimate.
+    pub fn knee(&self) -> f64 {
+        self.k
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    fn bounds(&self) -> (f64, f64) {
+        let min = f64::from(self.p.min.max(1));
+        (min, f64::from(self.p.max).max(min))
+    }
+
+    /// The highest window allowed now (`max`, or below a recent congestion).
+    fn ceiling(&self) -> f64 {
+        let (_, max) = self.bounds();
+        match self.cap {
+            Some((bound, until)) if self.now < until => bound.min(max),
+            _ => max,
+        }
+    }
+
+    fn up(&self) -> f64 {
+        self.up_by(self.p.probe_gain)
+    }
+
+    fn up_by(&self, gain: f64) -> f64 {
+        (self.k * gain)
+            .max(self.k + 1.0)
+            .min(self.ceiling())
+            .round()
+    }
+
+    fn half_gain(&self) -> f64 {
+        1.0 + (self.p.probe_gain - 1.0) / 2.0
+    }
+
+    fn down(&self) -> f64 {
+        let (min, _) = self.bounds();
+        (self.k / self.p.probe_gain)
+            .min(self.k - 1.0)
+            .max(min)
+            .round()
+    }
+
+    /// The window to run at now.
+    pub fn window(&self) -> f64 {
+        match self.phase {
+            Phase::Start | Phase::Cruise => self.k,
+            Phase::Up => self.up(),
+            Phase::UpHalf => self.up_by(self.half_gain()),
+            Phase::Down => self.down(),
+        }
+    }
+
+    /// Completions the current period needs.
+    pub fn period_ios(&self) -> u64 {
+        match self.phase {
+            Phase::Start => START_IOS,
+            _ => u64::from(self.p.period_ios),
+        }
+    }
+
+    /// Rule (1): depth `b > a` is worth it.
+    fn pays(&self, a: f64, xa: f64, b: f64, xb: f64) -> bool {
+        xa > 0.0 && xb / xa - 1.0 >= self.p.elasticity * (b / a - 1.0)
+    }
+
+    fn cruise(&mut self) {
+        self.phase = Phase::Cruise;
+    }
+
+    /// The shortest the current period may be, s.
+    pub fn min_period_s(&self) -> f64 {
+        match self.phase {
+            Phase::Cruise => self.p.period_s * f64::from(self.p.cruise_periods.max(1)),
+            _ => self.p.period_s,
+        }
+    }
+
+    /// Goes up if an up probe can look above `k` now, else down.
+    fn probe(&mut self) {
+        if self.up() > self.k {
+            self.phase = Phase::Up;
+        } else {
+            self.probe_down();
+        }
+    }
+
+    /// A down probe, unless the last ones found nothing: each costs up to `1 − 1/g` of a
+    /// period's throughput (half of it at `k = 2`), so after a fruitless one the next waits
+    /// 1, 2, 4, then 8 cycles. A capacity drop needs none: the cruise sees it.
+    fn probe_down(&mut self) {
+        if self.down_skip > 0 {
+            self.down_skip -= 1;
+            self.cruise();
+        } else {
+            self.phase = Phase::Down;
+        }
+    }
+
+    fn moved(&mut self) {
+        self.down_skip = 0;
+        self.down_backoff = 0;
+    }
+
+    /// A period ended at `now`.
+    pub fn on_period(&mut self, now: f64, m: Period) {
+        self.now = now;
+        let (min, max) = self.bounds();
+        if m.mean_in_flight < BOUND_SHARE * m.window {
+            // The tenants asked for less than the window: nothing to learn. A probe is
+            // abandoned (its depth was not tried); start-up waits for demand.
+            if matches!(self.phase, Phase::Up | Phase::UpHalf | Phase::Down) {
+                self.cruise();
+            }
+            return;
+        }
+        let x = m.throughput;
+        match self.phase {
+            Phase::Start => match self.x_ref {
+                Some(x0) if x < x0 * (1.0 + START_GROWTH) => {
+                    // The last doubling did not pay: the knee is below it. Measure the last
+                    // depth that did properly (start-up periods are short and noisy), then
+                    // refine from there.
+                    self.k = self.start_prev;
+                    self.x_ref = None;
+                    self.cruise();
+                }
+                _ => {
+                    self.x_ref = Some(x);
+                    self.start_prev = self.k;
+                    self.k = (self.k * 2.0).min(self.ceiling()).min(max);
+                    if self.k <= self.start_prev {
+                        self.probe();
+                    }
+                }
+            },
+            Phase::Up => {
+                let u = m.window;
+                match self.x_ref {
+                    Some(x0) if u > self.k && self.pays(self.k, x0, u, x) => {
+                        self.k = u;
+                        self.x_ref = Some(x);
+                        self.moved();
+                        if self.up() <= self.k {
+                            self.cruise();
+                        }
+                    }
+                    _ => {
+                        let half = self.up_by(self.half_gain());
+                        if half > self.k && half < u {
+                            self.phase = Phase::UpHalf;
+                        } else {
+                            self.probe_down();
+                        }
+                    }
+                }
+            }
+            Phase::UpHalf => {
+                let u = m.window;
+                match self.x_ref {
+                    Some(x0) if u > self.k && self.pays(self.k, x0, u, x) => {
+                        self.k = u;
+                        self.x_ref = Some(x);
+                        self.moved();
+                        self.cruise();
+                    }
+                    _ => self.probe_down(),
+                }
+            }
+            Phase::Down => {
+                let d = m.window;
+                match self.x_ref {
+                    Some(x0) if d < self.k && !self.pays(d, x, self.k, x0) => {
+                        self.k = d;
+                        self.x_ref = Some(x);
+                        self.moved();
+                        if self.k <= min {
+                            self.cruise();
+                        }
+                    }
+                    _ => {
+                        self.down_backoff = (self.down_backoff * 2).clamp(1, 8);
+                        self.down_skip = self.down_backoff;
+                        self.cruise();
+                    }
+                }
+            }
+            Phase::Cruise => match self.x_ref {
+                Some(x0) if x < DROP_SHARE * x0 => {
+                    // Same window, far less throughput: the device lost capacity, and its knee
+                    // moved down in proportion. Jump there and measure again, rather than walk
+                    // down a quarter per probe.
+                    self.k = (self.k * x / x0).round().max(min);
+                    self.x_ref = None;
+                    self.moved();
+                }
+                _ => {
+                    self.x_ref = Some(self.x_ref.map_or(x, |x0| (x0 + x) / 2.0));
+                    self.probe();
+                }
+            },
+        }
+    }
+
+    /// QUEUE FULL/BUSY drawn by `window` at `now`: the knee is below it.
+    pub fn on_congestion(&mut self, now: f64, window: f64) {
+        self.now = now;
+        let (min, _) = self.bounds();
+        let bound = (window - 1.0).max(min);
+        self.cap = Some((bound, now + self.p.cap_hold_s));
+        if self.k > bound {
+            self.k = bound;
+            // The throughput measured at the old estimate is not this window's.
+            self.x_ref = None;
+            self.moved();
+        }
+        self.cruise();
+    }
+
+    /// Advances the clock (the congestion cap expires).
+    pub fn set_now(&mut self, now: f64) {
+        self.now = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ideal device: `n` units of service time `s`.
+    fn device(n: f64, s: f64, w: f64) -> Period {
+        Period {
+            throughput: w.min(n) / s,
+            mean_in_flight: w,
+            window: w,
+        }
+    }
+
+    fn run(k: &mut KneeSearch, n: f64, periods: usize, t0: f64) -> f64 {
+        let mut t = t0;
+        for _ in 0..periods {
+            t += 0.1;
+            let w = k.window();
+            k.on_period(t, device(n, 0.004, w));
+        }
+        t
+    }
+
+    #[test]
+    fn finds_the_knee_and_follows_it_down_and_up() {
+        let mut k = KneeSearch::new(KneeParams::default());
+        let t = run(&mut k, 16.0, 30, 0.0);
+        assert!((16.0..=20.0).contains(&k.knee()), "{}", k.knee());
+        let t = run(&mut k, 8.0, 20, t);
+        assert!((8.0..=10.0).contains(&k.knee()), "{}", k.knee());
+        run(&mut k, 32.0, 30, t);
+        assert!((31.0..=40.0).contains(&k.knee()), "{}", k.knee());
+    }
+
+    #[test]
+    fn learns_nothing_while_demand_is_below_the_window() {
+        let mut k = KneeSearch::new(KneeParams::default());
+        run(&mut k, 16.0, 30, 0.0);
+        let before = k.knee();
+        for i in 0..50 {
+            let w = k.window();
+            k.on_period(
+                10.0 + f64::from(i) * 0.1,
+                Period {
+                    throughput: 100.0,
+                    mean_in_flight: 2.0,
+                    window: w,
+                },
+            );
+        }
+        assert_eq!(k.knee(), before);
+    }
+
+    #[test]
+    fn congestion_caps_probes_for_the_hold_then_lets_them_look_again() {
+        let mut k = KneeSearch::new(KneeParams::default());
+        run(&mut k, 64.0, 40, 0.0);
+        assert!((61.0..=80.0).contains(&k.knee()), "{}", k.knee());
+        k.on_congestion(4.0, 20.0);
+        assert_eq!(k.knee(), 19.0);
+        let t = run(&mut k, 64.0, 15, 4.0);
+        assert!(k.knee() <= 19.0, "{} at {t}", k.knee());
+        run(&mut k, 64.0, 40, t);
+        assert!((61.0..=80.0).contains(&k.knee()), "{}", k.knee());
+    }
+}

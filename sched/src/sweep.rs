@@ -1,0 +1,645 @@
+//! The window policies' robustness sweep: seeds × array shapes, each judged against the best
+//! fixed depth of every phase (`weir sim --sweep`, docs/scheduling.md).
+//!
+//! A *shape* is one emulated LUN: `servers` units, a service-time distribution, a link
+//! latency, where it answers BUSY, and `tenants` closed-loop tenants who together keep three
+//! knees' worth of requests waiting (so the window always binds). Every case runs three phases
+//! of `phase_s`: full capacity, `drop_pct` % of it, full again. In each phase, from `settle_s`
+//! after its start to its end:
+//! - **throughput ratio** = the policy's completions ÷ the best of the fixed depths tried
+//!   (`{0.5, 0.75, 1, 1.25, 1.5, 2} × knee`, and the dropped phase's knee);
+//! - **window ratio** = the policy's mean window ÷ the phase's knee `k = ⌈N · (S + ℓ) / S⌉`
+//!   (`N` units, mean service `S`, link round trip `ℓ`: the outstanding requests that keep
+//!   every unit busy);
+//! - **latency ratio** = the policy's mean device latency ÷ that of `fixed:k` in the phase.
+//!
+//! A case meets the targets when every phase has throughput ratio ≥ `throughput` and latency
+//! ratio ≤ `latency`.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::array::LunModel;
+use crate::depth::DepthPolicy;
+use crate::mclock::TenantPolicy;
+use crate::sim::{
+    EventSpec, LunSpec, PortSpec, SchedulerKind, SimResult, SimScenario, TenantSpec, Workload,
+};
+
+/// Where the LUN answers BUSY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Busy {
+    /// As soon as every unit is busy.
+    Knee,
+    /// With one request waiting beyond the units.
+    OnePast,
+    /// Never: the LUN queues whatever it gets (a file, a block device).
+    Never,
+}
+
+impl Busy {
+    fn threshold(self) -> u32 {
+        match self {
+            Busy::Knee => 0,
+            Busy::OnePast => 1,
+            Busy::Never => 65536,
+        }
+    }
+}
+
+/// A service-time distribution: exponential around `mean_us`; with `slow_pct` > 0, that
+/// share of requests is slow, exponential around `slow_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub mean_us: f64,
+    #[serde(default)]
+    pub slow_pct: f64,
+    #[serde(default)]
+    pub slow_us: f64,
+}
+
+impl Service {
+    fn mean_s(&self) -> f64 {
+        let p = self.slow_pct / 100.0;
+        ((1.0 - p) * self.mean_us + p * self.slow_us) / 1e6
+    }
+
+    fn label(&self) -> String {
+        if self.slow_pct > 0.0 {
+            format!(
+                "bimodal {}us/{}%·{}us",
+                self.mean_us, self.slow_pct, self.slow_us
+            )
+        } else {
+            format!("exp {}us", self.mean_us)
+        }
+    }
+}
+
+/// What a case must meet.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Throughput ÷ the best fixed depth, at least.
+    #[serde(default = "d_thr")]
+    pub throughput: f64,
+    /// Mean device latency ÷ that at the knee, at most.
+    #[serde(default = "d_lat")]
+    pub latency: f64,
+}
+
+fn d_thr() -> f64 {
+    0.95
+}
+fn d_lat() -> f64 {
+    1.2
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets {
+            throughput: d_thr(),
+            latency: d_lat(),
+        }
+    }
+}
+
+/// The grid: shapes are every combination of `servers × service × busy`; `link_us` and
+/// `tenants` are given to the shapes in turn (shape `i` gets `link_us[i % len]` and
+/// `tenants[(i / len(link_us)) % len]`), so each value meets every other dimension.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepGrid {
+    /// Seeds `1..=seeds`.
+    pub seeds: u64,
+    /// Window policies judged, short forms (`adaptive`, `latency`, `aimd`).
+    pub policies: Vec<String>,
+    pub servers: Vec<u32>,
+    pub service: Vec<Service>,
+    pub busy: Vec<Busy>,
+    #[serde(default = "d_link")]
+    pub link_us: Vec<f64>,
+    #[serde(default = "d_tenants")]
+    pub tenants: Vec<u32>,
+    /// Length of each of the three phases, s.
+    #[serde(default = "d_phase")]
+    pub phase_s: f64,
+    /// Capacity in the middle phase, % (100: no change).
+    #[serde(default = "d_drop")]
+    pub drop_pct: f64,
+    /// Seconds after a phase's start left out of its figures (the settling allowed).
+    #[serde(default = "d_settle")]
+    pub settle_s: f64,
+    #[serde(default)]
+    pub targets: Targets,
+}
+
+fn d_link() -> Vec<f64> {
+    vec![0.0]
+}
+fn d_tenants() -> Vec<u32> {
+    vec![4]
+}
+fn d_phase() -> f64 {
+    8.0
+}
+fn d_drop() -> f64 {
+    50.0
+}
+fn d_settle() -> f64 {
+    3.0
+}
+
+/// One array shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Shape {
+    pub name: String,
+    pub servers: u32,
+    pub service: Service,
+    pub busy: Busy,
+    pub link_us: f64,
+    pub tenants: u32,
+}
+
+impl Shape {
+    /// Outstanding requests that keep `servers` units busy.
+    fn knee_at(&self, servers: f64) -> u32 {
+        let s = self.service.mean_s();
+        let knee = servers * (s + self.link_us / 1e6) / s;
+        (knee - 1e-9).ceil().max(1.0) as u32
+    }
+}
+
+impl SweepGrid {
+    pub fn check(&self) -> Result<(), String> {
+        if self.seeds == 0 {
+            return Err("seeds: must be at least 1".into());
+        }
+        for (field, empty) in [
+            ("policies", self.policies.is_empty()),
+            ("servers", self.servers.is_empty()),
+            ("service", self.service.is_empty()),
+            ("busy", self.busy.is_empty()),
+            ("link_us", self.link_us.is_empty()),
+            ("tenants", self.tenants.is_empty()),
+        ] {
+            if empty {
+                return Err(format!("{field}: give at least one value"));
+            }
+        }
+        for p in &self.policies {
+            if DepthPolicy::from_short(p).is_none() {
+                return Err(format!(
+                    "policies: {p:?} is not a window policy (fixed:N, aimd, latency, adaptive)"
+                ));
+            }
+        }
+        if self.servers.contains(&0) || self.tenants.contains(&0) {
+            return Err("servers, tenants: every value must be at least 1".into());
+        }
+        if self.service.iter().any(|s| {
+            s.mean_us.is_nan()
+                || s.mean_us <= 0.0
+                || !(0.0..100.0).contains(&s.slow_pct)
+                || s.slow_us.is_nan()
+                || s.slow_us < 0.0
+        }) {
+            return Err("service: mean_us > 0, slow_pct from 0 to below 100, slow_us ≥ 0".into());
+        }
+        if self.phase_s.is_nan()
+            || self.settle_s.is_nan()
+            || self.phase_s <= self.settle_s
+            || self.settle_s < 0.0
+        {
+            return Err("phase_s: must be longer than settle_s".into());
+        }
+        if self.drop_pct.is_nan() || self.drop_pct <= 0.0 || self.drop_pct > 100.0 {
+            return Err("drop_pct: must be above 0 and at most 100".into());
+        }
+        Ok(())
+    }
+
+    pub fn shapes(&self) -> Vec<Shape> {
+        let mut out = Vec::new();
+        for &servers in &self.servers {
+            for service in &self.service {
+                for &busy in &self.busy {
+                    let i = out.len();
+                    let link_us = self.link_us[i % self.link_us.len()];
+                    let tenants = self.tenants[(i / self.link_us.len()) % self.tenants.len()];
+                    let busy_name = match busy {
+                        Busy::Knee => "busy@knee",
+                        Busy::OnePast => "busy@knee+1",
+                        Busy::Never => "no-busy",
+                    };
+                    out.push(Shape {
+                        name: format!(
+                            "{servers}u {} {busy_name} link {link_us}us {tenants}t",
+                            service.label()
+                        ),
+                        servers,
+                        service: *service,
+                        busy,
+                        link_us,
+                        tenants,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The scenario of one case under one window policy.
+    fn scenario(&self, shape: &Shape, seed: u64, depth: DepthPolicy) -> SimScenario {
+        let knee = shape.knee_at(f64::from(shape.servers));
+        let per_tenant = (3 * knee).div_ceil(shape.tenants).max(2);
+        let model = LunModel {
+            servers: shape.servers,
+            read_base_us: shape.service.mean_us,
+            write_base_us: shape.service.mean_us,
+            // The size part is left out: 4 KiB at this rate adds nothing measurable.
+            unit_mib_per_s: 1e9,
+            busy_threshold: shape.busy.threshold(),
+            slow_pct: shape.service.slow_pct,
+            slow_us: shape.service.slow_us,
+        };
+        let mut events = Vec::new();
+        if self.drop_pct < 100.0 {
+            events.push(EventSpec::capacity(self.phase_s, "lun", self.drop_pct));
+            events.push(EventSpec::capacity(2.0 * self.phase_s, "lun", 100.0));
+        }
+        SimScenario {
+            seed,
+            duration_s: 3.0 * self.phase_s,
+            warmup_s: 0.0,
+            retry_delay_us: 1000.0,
+            cost: Default::default(),
+            ports: vec![PortSpec {
+                name: "port".into(),
+                queue_limit: 65536,
+                budget: None,
+                latency_us: shape.link_us,
+            }],
+            luns: vec![LunSpec {
+                name: "lun".into(),
+                port: Some("port".into()),
+                paths: Vec::new(),
+                multipath: Default::default(),
+                size_mib: None,
+                model,
+                depth,
+                scheduler: SchedulerKind::Mclock,
+                pool: None,
+            }],
+            tenants: (0..shape.tenants)
+                .map(|i| TenantSpec {
+                    name: format!("t{i}"),
+                    lun: "lun".into(),
+                    policy: TenantPolicy::default(),
+                    workload: Workload::Closed {
+                        depth: per_tenant,
+                        bytes: 4096,
+                        read_pct: 100.0,
+                    },
+                    start_s: 0.0,
+                    stop_s: None,
+                    alloc_pct: 0.0,
+                })
+                .collect(),
+            events,
+            compare: Vec::new(),
+            victim: None,
+            pools: Vec::new(),
+        }
+    }
+}
+
+/// One phase's measured span of a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PhaseFigures {
+    pub iops: f64,
+    pub device_lat_us: Option<f64>,
+    pub mean_window: f64,
+}
+
+fn phase_figures(r: &SimResult, from: f64, to: f64) -> PhaseFigures {
+    let Some(lun) = r.luns.first() else {
+        return PhaseFigures {
+            iops: 0.0,
+            device_lat_us: None,
+            mean_window: 0.0,
+        };
+    };
+    let secs = (from.ceil() as usize)..(to.floor() as usize);
+    let n: u64 = secs.clone().filter_map(|s| lun.per_second.get(s)).sum();
+    let lat_sum: f64 = secs
+        .clone()
+        .filter_map(|s| {
+            Some(lun.per_second_device_lat_us.get(s)?.as_ref()? * lun.per_second[s] as f64)
+        })
+        .sum();
+    let windows: Vec<f64> = lun
+        .window
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, w)| f64::from(*w))
+        .collect();
+    PhaseFigures {
+        iops: n as f64 / secs.len().max(1) as f64,
+        device_lat_us: (n > 0).then(|| lat_sum / n as f64),
+        mean_window: if windows.is_empty() {
+            0.0
+        } else {
+            windows.iter().sum::<f64>() / windows.len() as f64
+        },
+    }
+}
+
+/// One policy in one phase of one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseVerdict {
+    pub phase: usize,
+    pub knee: u32,
+    pub best_fixed: u32,
+    pub throughput_ratio: f64,
+    pub window_ratio: f64,
+    pub latency_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub shape: String,
+    pub seed: u64,
+    pub policy: String,
+    pub phases: Vec<PhaseVerdict>,
+    pub meets: bool,
+}
+
+impl CaseResult {
+    fn worst_throughput(&self) -> f64 {
+        self.phases
+            .iter()
+            .map(|p| p.throughput_ratio)
+            .fold(f64::INFINITY, f64::min)
+    }
+}
+
+/// Runs one case (a shape and a seed): the fixed depths, then each policy.
+fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult>, String> {
+    let full = shape.knee_at(f64::from(shape.servers));
+    let dropped = shape.knee_at(f64::from(shape.servers) * grid.drop_pct / 100.0);
+    let mut depths: Vec<u32> = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
+        .iter()
+        .map(|f| ((f64::from(full) * f).round() as u32).max(1))
+        .chain([dropped])
+        .collect();
+    depths.sort_unstable();
+    depths.dedup();
+    let spans: Vec<(f64, f64, u32)> = (0..3)
+        .map(|i| {
+            let start = f64::from(i) * grid.phase_s;
+            let knee = if i == 1 { dropped } else { full };
+            (start + grid.settle_s, start + grid.phase_s, knee)
+        })
+        .collect();
+    let mut fixed: Vec<(u32, Vec<PhaseFigures>)> = Vec::new();
+    for &d in &depths {
+        let r = crate::sim::run(&grid.scenario(shape, seed, DepthPolicy::Fixed { depth: d }))?;
+        fixed.push((
+            d,
+            spans.iter().map(|s| phase_figures(&r, s.0, s.1)).collect(),
+        ));
+    }
+    let mut out = Vec::new();
+    for p in &grid.policies {
+        let depth = DepthPolicy::from_short(p).ok_or_else(|| format!("policy {p}"))?;
+        let r = crate::sim::run(&grid.scenario(shape, seed, depth))?;
+        let phases: Vec<PhaseVerdict> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, &(from, to, knee))| {
+                let f = phase_figures(&r, from, to);
+                let (best_fixed, best) = fixed
+                    .iter()
+                    .map(|(d, ph)| (*d, ph[i].iops))
+                    .fold((0, 0.0), |b, x| if x.1 > b.1 { x } else { b });
+                let at_knee = fixed
+                    .iter()
+                    .find(|(d, _)| *d == knee)
+                    .and_then(|(_, ph)| ph[i].device_lat_us);
+                PhaseVerdict {
+                    phase: i,
+                    knee,
+                    best_fixed,
+                    throughput_ratio: if best > 0.0 { f.iops / best } else { 0.0 },
+                    window_ratio: f.mean_window / f64::from(knee),
+                    latency_ratio: match (f.device_lat_us, at_knee) {
+                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                        _ => None,
+                    },
+                }
+            })
+            .collect();
+        let meets = phases.iter().all(|v| {
+            v.throughput_ratio >= grid.targets.throughput
+                && v.latency_ratio.is_some_and(|l| l <= grid.targets.latency)
+        });
+        out.push(CaseResult {
+            shape: shape.name.clone(),
+            seed,
+            policy: p.clone(),
+            phases,
+            meets,
+        });
+    }
+    Ok(out)
+}
+
+/// The sweep's figures for one policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySummary {
+    pub policy: String,
+    pub cases: usize,
+    /// Share of cases meeting the targets.
+    pub meeting: f64,
+    /// Cases with a phase below 0.85× the best fixed depth.
+    pub below_floor: usize,
+    /// p5, median and worst over every (case, phase).
+    pub throughput_ratio: [f64; 3],
+    /// p5, median, p95 of window ÷ knee.
+    pub window_ratio: [f64; 3],
+    /// median, p95 and worst latency ÷ latency at the knee.
+    pub latency_ratio: [f64; 3],
+    /// The worst cases by throughput ratio: `(shape, seed, phase, ratio)`.
+    pub worst: Vec<(String, u64, usize, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepResult {
+    pub shapes: Vec<Shape>,
+    pub seeds: u64,
+    pub targets: Targets,
+    pub policies: Vec<PolicySummary>,
+    pub cases: Vec<CaseResult>,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Runs the grid on `threads` threads.
+pub fn run(grid: &SweepGrid, threads: usize) -> Result<SweepResult, String> {
+    grid.check()?;
+    let shapes = grid.shapes();
+    let jobs: Vec<(usize, u64)> = (0..shapes.len())
+        .flat_map(|s| (1..=grid.seeds).map(move |seed| (s, seed)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    let failure = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(s, seed)) = jobs.get(i) else { break };
+                    match run_case(grid, &shapes[s], seed) {
+                        Ok(r) => results
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((i, r)),
+                        Err(e) => {
+                            *failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(format!("{} seed {seed}: {e}", shapes[s].name));
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    let cases: Vec<CaseResult> = results.into_iter().flat_map(|(_, r)| r).collect();
+    let policies = grid
+        .policies
+        .iter()
+        .map(|p| summarize(p, &cases, grid.targets))
+        .collect();
+    Ok(SweepResult {
+        shapes,
+        seeds: grid.seeds,
+        targets: grid.targets,
+        policies,
+        cases,
+    })
+}
+
+fn summarize(policy: &str, cases: &[CaseResult], _targets: Targets) -> PolicySummary {
+    let mine: Vec<&CaseResult> = cases.iter().filter(|c| c.policy == policy).collect();
+    let phases = || mine.iter().flat_map(|c| c.phases.iter());
+    let thr = sorted(phases().map(|p| p.throughput_ratio).collect());
+    let win = sorted(phases().map(|p| p.window_ratio).collect());
+    let lat = sorted(phases().filter_map(|p| p.latency_ratio).collect());
+    let mut worst: Vec<(String, u64, usize, f64)> = mine
+        .iter()
+        .flat_map(|c| {
+            c.phases
+                .iter()
+                .map(|p| (c.shape.clone(), c.seed, p.phase, p.throughput_ratio))
+        })
+        .collect();
+    worst.sort_by(|a, b| a.3.total_cmp(&b.3));
+    worst.truncate(5);
+    PolicySummary {
+        policy: policy.into(),
+        cases: mine.len(),
+        meeting: mine.iter().filter(|c| c.meets).count() as f64 / mine.len().max(1) as f64,
+        below_floor: mine.iter().filter(|c| c.worst_throughput() < 0.85).count(),
+        throughput_ratio: [
+            quantile(&thr, 0.05),
+            quantile(&thr, 0.5),
+            thr.first().copied().unwrap_or(f64::NAN),
+        ],
+        window_ratio: [
+            quantile(&win, 0.05),
+            quantile(&win, 0.5),
+            quantile(&win, 0.95),
+        ],
+        latency_ratio: [
+            quantile(&lat, 0.5),
+            quantile(&lat, 0.95),
+            lat.last().copied().unwrap_or(f64::NAN),
+        ],
+        worst,
+    }
+}
+
+/// The terminal table.
+pub fn render(r: &SweepResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} shapes × {} seeds; targets: throughput ≥ {:.2}× the best fixed depth and mean device latency ≤ {:.2}× that at the knee, in every phase",
+        r.shapes.len(),
+        r.seeds,
+        r.targets.throughput,
+        r.targets.latency
+    );
+    let _ = writeln!(
+        s,
+        "{:<12} {:>6} {:>8} {:>6}   {:>22}   {:>20}   {:>20}",
+        "policy",
+        "cases",
+        "meeting",
+        "<0.85",
+        "thr÷best p5/med/worst",
+        "window÷knee p5/med/p95",
+        "lat÷knee med/p95/worst"
+    );
+    for p in &r.policies {
+        let _ = writeln!(
+            s,
+            "{:<12} {:>6} {:>7.1}% {:>6}   {:>6.3} {:>6.3} {:>6.3}     {:>5.2} {:>5.2} {:>5.2}       {:>5.2} {:>5.2} {:>5.2}",
+            p.policy,
+            p.cases,
+            p.meeting * 100.0,
+            p.below_floor,
+            p.throughput_ratio[0],
+            p.throughput_ratio[1],
+            p.throughput_ratio[2],
+            p.window_ratio[0],
+            p.window_ratio[1],
+            p.window_ratio[2],
+            p.latency_ratio[0],
+            p.latency_ratio[1],
+            p.latency_ratio[2],
+        );
+    }
+    for p in &r.policies {
+        let _ = writeln!(
+            s,
+            "\nworst cases of {} (throughput ÷ best fixed):",
+            p.policy
+        );
+        for (shape, seed, phase, ratio) in &p.worst {
+            let _ = writeln!(s, "  {ratio:.3}  {shape}, seed {seed}, phase {phase}");
+        }
+    }
+    s
+}
