@@ -39,6 +39,12 @@ pub fn terminal(r: &Results) -> String {
             metrics::PolicyRow {
                 name: label(p, repeats),
                 aggregate_iops: m.aggregate_iops,
+                cost: metrics::CostShares {
+                    jain: m.cost_jain,
+                    max_share_error: m.cost_max_share_error,
+                    mean_share_error: m.cost_mean_share_error,
+                    contended_seconds: m.contended_seconds,
+                },
                 jain: m.jain,
                 min_max_ratio: m.min_max_ratio,
                 max_share_error: m.max_share_error,
@@ -54,9 +60,11 @@ pub fn terminal(r: &Results) -> String {
     s.push_str(&metrics::policy_table(&rows));
     let _ = writeln!(
         s,
-        "(Jain, min/max, share errors on weight-normalised IOPS from the guests' own reports; resv: \
-         1 s windows at >= 99 % of the reservation; v.p99/v.p999: victim tail with everyone / \
-         alone; work: IOPS / fifo's)\n"
+        "(Jain, max/mean err: shares in cost units over the contended seconds (cont.s: seconds in \
+         which two or more tenants of a LUN had requests waiting in the broker; a tenant that was \
+         not waiting got what it asked); IOPS-Jain, IOPS-err, min/max: weight-normalised IOPS \
+         from the guests' own reports over the whole run; resv: 1 s windows at >= 99 % of the \
+         reservation; v.p99/v.p999: victim tail with everyone / alone; work: IOPS / fifo's)\n"
     );
     let _ = writeln!(
         s,

@@ -74,12 +74,36 @@ pub struct TenantResult {
     pub ok: bool,
     /// `(percentile, µs)` points of the latency distribution, ascending.
     pub cdf: Vec<(f64, f64)>,
-    /// IOPS per second seen by the broker (telemetry), from the guest's first I/O.
+    /// IOPS per second seen by the broker (telemetry), from the guest's first I/O: second
+    /// `per_second_start_s` of the run's clock.
     pub per_second: Vec<f64>,
+    /// Where `per_second` starts on the run's clock (seconds from the policy run's first
+    /// telemetry sample).
+    #[serde(default)]
+    pub per_second_start_s: usize,
+    /// On the run's clock (from its first telemetry second): the cost the broker completed for
+    /// this tenant in each second (the scheduler's units), and whether it had requests waiting
+    /// in the broker at that second.
+    #[serde(default)]
+    pub cost_per_second: Vec<f64>,
+    #[serde(default)]
+    pub backlogged: Vec<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Metrics {
+    /// Fairness in cost units over the contended seconds (`weir_sched::metrics::CostShares`):
+    /// the figures to judge the scheduler by.
+    #[serde(default)]
+    pub cost_jain: Option<f64>,
+    #[serde(default)]
+    pub cost_max_share_error: Option<f64>,
+    #[serde(default)]
+    pub cost_mean_share_error: Option<f64>,
+    #[serde(default)]
+    pub contended_seconds: usize,
+    /// The IOPS-based figures over the whole run, from the guests' own reports (extras: idle
+    /// seconds and request sizes distort them).
     pub jain: Option<f64>,
     pub min_max_ratio: Option<f64>,
     pub max_share_error: f64,
@@ -101,7 +125,26 @@ pub fn compute_metrics(tenants: &[TenantResult], warmup_s: usize) -> Metrics {
             t.per_second.get(warmup_s..).unwrap_or(&[]),
         )
     }));
+    let ok: Vec<&TenantResult> = tenants.iter().filter(|t| t.ok).collect();
+    let mut luns: Vec<&str> = ok.iter().map(|t| t.lun.as_str()).collect();
+    luns.sort_unstable();
+    luns.dedup();
+    let seconds: Vec<metrics::TenantSeconds> = ok
+        .iter()
+        .map(|t| metrics::TenantSeconds {
+            group: luns.iter().position(|l| *l == t.lun).unwrap_or(0),
+            weight: t.weight,
+            limited: t.limit_iops > 0.0,
+            cost: t.cost_per_second.get(warmup_s..).unwrap_or(&[]),
+            backlogged: t.backlogged.get(warmup_s..).unwrap_or(&[]),
+        })
+        .collect();
+    let c = metrics::CostShares::of(&seconds);
     Metrics {
+        cost_jain: c.jain,
+        cost_max_share_error: c.max_share_error,
+        cost_mean_share_error: c.mean_share_error,
+        contended_seconds: c.contended_seconds,
         jain: f.jain,
         min_max_ratio: f.min_max_ratio,
         max_share_error: f.max_share_error,
@@ -175,6 +218,9 @@ mod tests {
             ok: true,
             cdf: vec![],
             per_second: vec![],
+            per_second_start_s: 0,
+            cost_per_second: vec![],
+            backlogged: vec![],
         }
     }
 

@@ -333,6 +333,9 @@ fn tenant_from(
         ok: false,
         cdf: Vec::new(),
         per_second: Vec::new(),
+        per_second_start_s: 0,
+        cost_per_second: Vec::new(),
+        backlogged: Vec::new(),
     };
     match outcome {
         Outcome::Fio(r) => {
@@ -394,16 +397,21 @@ fn tenant_from(
         }
         Outcome::Failed(_) => {}
     }
-    let series: Vec<f64> = telemetry
+    // Every telemetry second of the run, this guest's disk in it (or none yet).
+    let disk = |s: &serde_json::Value| -> Option<serde_json::Value> {
+        s["disks"]
+            .as_array()?
+            .iter()
+            .find(|d| d["tenant"] == g.name.as_str())
+            .cloned()
+    };
+    let disks: Vec<Option<serde_json::Value>> = telemetry.iter().map(disk).collect();
+    let series: Vec<f64> = disks
         .iter()
-        .filter_map(|s| {
-            s["disks"]
-                .as_array()?
-                .iter()
-                .find(|d| d["tenant"] == g.name.as_str())
-                .map(|d| {
-                    d["read_iops"].as_f64().unwrap_or(0.0) + d["write_iops"].as_f64().unwrap_or(0.0)
-                })
+        .map(|d| {
+            d.as_ref().map_or(0.0, |d| {
+                d["read_iops"].as_f64().unwrap_or(0.0) + d["write_iops"].as_f64().unwrap_or(0.0)
+            })
         })
         .collect();
     let first = series.iter().position(|v| *v > 0.0).unwrap_or(series.len());
@@ -412,6 +420,19 @@ fn tenant_from(
         .rposition(|v| *v > 0.0)
         .map_or(first, |l| l + 1);
     t.per_second = series[first..last.max(first)].to_vec();
+    t.per_second_start_s = first;
+    t.cost_per_second = disks
+        .iter()
+        .map(|d| {
+            d.as_ref()
+                .and_then(|d| d["cost_per_s"].as_f64())
+                .unwrap_or(0.0)
+        })
+        .collect();
+    t.backlogged = disks
+        .iter()
+        .map(|d| d.as_ref().and_then(|d| d["queued"].as_u64()).unwrap_or(0) > 0)
+        .collect();
     t
 }
 

@@ -88,6 +88,16 @@ impl<T> LunDispatch<T> {
         }
     }
 
+    /// Every request waiting in the broker: re-issues, BUSY retries and the tenants' queue.
+    pub fn for_each_waiting(&self, mut f: impl FnMut(&T)) {
+        self.reissue.iter().for_each(&mut f);
+        self.retry.iter().for_each(&mut f);
+        match &self.queue {
+            TenantQueue::Mclock(m) => m.for_each_queued(f),
+            TenantQueue::Fifo(q) => q.iter().for_each(f),
+        }
+    }
+
     /// A new request of `tenant`.
     pub fn enqueue(&mut self, tenant: usize, item: T, bytes: u64, now: f64) {
         match &mut self.queue {

@@ -181,6 +181,13 @@ impl<T> MClock<T> {
         self.tenants.get(tenant).map_or(0, |t| t.queue.len())
     }
 
+    /// Every queued request, in no particular order.
+    pub fn for_each_queued(&self, mut f: impl FnMut(&T)) {
+        for t in &self.tenants {
+            t.queue.iter().for_each(|q| f(&q.item));
+        }
+    }
+
     /// Queues a request of `bytes` for `tenant`, arriving at `now`.
     pub fn enqueue(&mut self, tenant: TenantId, item: T, bytes: u64, now: f64) {
         let (cost, vtime) = (self.cost, self.vtime);

@@ -100,11 +100,89 @@ impl Fairness {
     }
 }
 
+/// One tenant's seconds, for [`CostShares`].
+#[derive(Debug, Clone, Copy)]
+pub struct TenantSeconds<'a> {
+    /// Tenants compete only within a group (a LUN).
+    pub group: usize,
+    pub weight: f64,
+    /// A tenant under an IOPS or bandwidth limit is held back by design: it is judged as
+    /// demand-limited, never as a contender.
+    pub limited: bool,
+    /// Cost completed in each second.
+    pub cost: &'a [f64],
+    /// Whether it had requests waiting in the broker in each second.
+    pub backlogged: &'a [bool],
+}
+
+/// Fairness in the scheduler's own units, over the time the tenants compete.
+///
+/// In each second and group, the tenants with requests waiting in the broker are the
+/// contenders `B`; the others got what they asked for (max-min fairness given their demand:
+/// a rate-capped victim is never "behind its weight"). The capacity the contenders shared is
+/// the group's completed cost less the others', `R = Σ_g c_i − Σ_{g∖B} c_i`, and a contender's
+/// due is `R · w_i / Σ_B w`. Summed over the seconds with at least two contenders, each
+/// contender gets `x_i = Σ c_i / Σ due_i`; Jain's index is over the `x_i`, the share error of a
+/// tenant `|Σ c_i − Σ due_i| / Σ due_i`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct CostShares {
+    pub jain: Option<f64>,
+    pub max_share_error: Option<f64>,
+    pub mean_share_error: Option<f64>,
+    /// Seconds (of any group) with at least two contenders.
+    pub contended_seconds: usize,
+}
+
+impl CostShares {
+    pub fn of(tenants: &[TenantSeconds]) -> Self {
+        let n = tenants.len();
+        let (mut got, mut due) = (vec![0.0; n], vec![0.0; n]);
+        let seconds = tenants.iter().map(|t| t.cost.len()).max().unwrap_or(0);
+        let mut groups: Vec<usize> = tenants.iter().map(|t| t.group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let mut contended = 0;
+        for g in groups {
+            let members: Vec<usize> = (0..n).filter(|&i| tenants[i].group == g).collect();
+            for sec in 0..seconds {
+                let cost = |i: usize| tenants[i].cost.get(sec).copied().unwrap_or(0.0);
+                let contender = |i: usize| {
+                    !tenants[i].limited && tenants[i].backlogged.get(sec).copied().unwrap_or(false)
+                };
+                let b: Vec<usize> = members.iter().copied().filter(|&i| contender(i)).collect();
+                if b.len() < 2 {
+                    continue;
+                }
+                contended += 1;
+                let shared: f64 = b.iter().map(|&i| cost(i)).sum();
+                let weights: f64 = b.iter().map(|&i| tenants[i].weight).sum();
+                for &i in &b {
+                    got[i] += cost(i);
+                    due[i] += shared * tenants[i].weight / weights;
+                }
+            }
+        }
+        let judged: Vec<usize> = (0..n).filter(|&i| due[i] > 0.0).collect();
+        let x: Vec<f64> = judged.iter().map(|&i| got[i] / due[i]).collect();
+        let errors: Vec<f64> = x.iter().map(|x| (x - 1.0).abs()).collect();
+        CostShares {
+            jain: jain(&x),
+            max_share_error: errors.iter().copied().reduce(f64::max),
+            mean_share_error: (!errors.is_empty())
+                .then(|| errors.iter().sum::<f64>() / errors.len() as f64),
+            contended_seconds: contended,
+        }
+    }
+}
+
 /// One row of the policies × metrics table that `weir sim` and `weir run` print.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyRow {
     pub name: String,
     pub aggregate_iops: f64,
+    /// [`CostShares`]: in cost units, over the contended seconds.
+    pub cost: CostShares,
+    /// The IOPS-based figures over the whole run (kept as labelled extras).
     pub jain: Option<f64>,
     pub min_max_ratio: Option<f64>,
     pub max_share_error: f64,
@@ -129,13 +207,16 @@ pub fn policy_table(rows: &[PolicyRow]) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "{:<20} {:>9} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "{:<20} {:>9} {:>7} {:>8} {:>8} {:>6} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7}",
         "policy",
         "IOPS",
         "Jain",
-        "min/max",
         "max err",
         "mean err",
+        "cont.s",
+        "IOPS-Jain",
+        "IOPS-err",
+        "min/max",
         "resv",
         "v.p99",
         "v.p999",
@@ -153,13 +234,16 @@ pub fn policy_table(rows: &[PolicyRow]) -> String {
     for r in rows {
         let _ = write!(
             s,
-            "{:<20} {:>9.0} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+            "{:<20} {:>9.0} {:>7} {:>8} {:>8} {:>6} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7}",
             r.name,
             r.aggregate_iops,
+            opt(r.cost.jain, false),
+            opt(r.cost.max_share_error, true),
+            opt(r.cost.mean_share_error, true),
+            r.cost.contended_seconds,
             opt(r.jain, false),
-            opt(r.min_max_ratio, false),
             opt(Some(r.max_share_error), true),
-            opt(Some(r.mean_share_error), true),
+            opt(r.min_max_ratio, false),
             opt(r.reservation_conformance, true),
             opt(r.victim_p99_ratio, false),
             opt(r.victim_p999_ratio, false),
@@ -195,6 +279,50 @@ mod tests {
         assert!(max < 1e-12 && mean < 1e-12);
         let e = share_errors(&[150.0, 150.0], &[1.0, 2.0]);
         assert!((e[0] - 0.5).abs() < 1e-12 && (e[1] - 0.25).abs() < 1e-12);
+    }
+
+    fn seconds<'a>(
+        group: usize,
+        weight: f64,
+        cost: &'a [f64],
+        backlogged: &'a [bool],
+    ) -> TenantSeconds<'a> {
+        TenantSeconds {
+            group,
+            weight,
+            limited: false,
+            cost,
+            backlogged,
+        }
+    }
+
+    #[test]
+    fn cost_shares_judge_only_contended_seconds_and_only_contenders() {
+        // 1:3 weights served 1:3 while both wait; in second 2 the first is idle (not waiting)
+        // and the second takes everything: no contest, not counted.
+        let (a, b) = ([100.0, 100.0, 0.0], [300.0, 300.0, 400.0]);
+        let t = [true, true, false];
+        let all = [true; 3];
+        let r = CostShares::of(&[seconds(0, 1.0, &a, &t), seconds(0, 3.0, &b, &all)]);
+        assert_eq!(r.contended_seconds, 2);
+        assert!((r.jain.unwrap() - 1.0).abs() < 1e-12, "{r:?}");
+        assert!(r.max_share_error.unwrap() < 1e-12);
+        // A rate-capped third tenant that never waits got what it asked: the other two share
+        // the rest by weight, and it is not judged.
+        let capped = [50.0, 50.0, 50.0];
+        let never = [false; 3];
+        let r = CostShares::of(&[
+            seconds(0, 1.0, &a, &t),
+            seconds(0, 3.0, &b, &all),
+            seconds(0, 8.0, &capped, &never),
+        ]);
+        assert!(r.max_share_error.unwrap() < 1e-12, "{r:?}");
+        // 1:1 served 1:3: both 50 % off.
+        let r = CostShares::of(&[seconds(0, 1.0, &a, &t), seconds(0, 1.0, &b, &all)]);
+        assert!((r.max_share_error.unwrap() - 0.5).abs() < 1e-9, "{r:?}");
+        // Different groups never compete; a group with one contender has no contested second.
+        let r = CostShares::of(&[seconds(0, 1.0, &a, &all), seconds(1, 1.0, &b, &all)]);
+        assert_eq!((r.contended_seconds, r.jain), (0, None));
     }
 
     #[test]

@@ -405,6 +405,15 @@ pub struct TenantResult {
     pub queue_lat_mean_us: f64,
     /// Completions in each whole second after warm-up.
     pub per_second: Vec<u64>,
+    /// Cost completed in each whole second after warm-up (the scheduler's units).
+    pub per_second_cost: Vec<f64>,
+    /// Whether the tenant had requests waiting in the broker for at least half of each second.
+    pub per_second_backlogged: Vec<bool>,
+    /// The tenant's LUN (tenants compete only within one) and whether it has a limit.
+    #[serde(skip)]
+    pub lun_index: usize,
+    #[serde(skip)]
+    pub limited: bool,
     /// Requests answered with an I/O error (no path for longer than the hold time).
     pub errors: u64,
     /// When the first and the last of them were answered, s.
@@ -468,7 +477,11 @@ pub struct SimResult {
     pub tenants: Vec<TenantResult>,
     pub luns: Vec<LunResult>,
     pub aggregate_iops: f64,
-    /// Jain's index of weight-normalised IOPS over all tenants.
+    /// Fairness in cost units over the contended seconds ([`metrics::CostShares`]): the figure
+    /// to judge the scheduler by.
+    pub cost: metrics::CostShares,
+    /// Jain's index of weight-normalised IOPS over all tenants and the whole run (an extra:
+    /// idle seconds and request sizes distort it).
     pub jain: Option<f64>,
     pub max_share_error: f64,
     pub mean_share_error: f64,
@@ -484,6 +497,24 @@ pub struct SimResult {
     /// Thin pools at the end of the run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<PoolResult>,
+}
+
+impl SimResult {
+    /// [`metrics::CostShares`] of the tenants' per-second cost and backlog.
+    pub fn cost_shares(&self) -> metrics::CostShares {
+        let seconds: Vec<metrics::TenantSeconds> = self
+            .tenants
+            .iter()
+            .map(|t| metrics::TenantSeconds {
+                group: t.lun_index,
+                weight: t.weight,
+                limited: t.limited,
+                cost: &t.per_second_cost,
+                backlogged: &t.per_second_backlogged,
+            })
+            .collect();
+        metrics::CostShares::of(&seconds)
+    }
 }
 
 /// A thin pool at the end of a run.
@@ -577,6 +608,10 @@ struct TenantRun {
     measured: u64,
     bytes: u64,
     per_second: Vec<u64>,
+    /// Cost completed in each second after warm-up (the scheduler's units).
+    per_second_cost: Vec<f64>,
+    /// Control ticks in each second in which the tenant had requests waiting in the broker.
+    backlog_ticks: Vec<u32>,
     errors: u64,
     first_error_s: Option<f64>,
     last_error_s: Option<f64>,
@@ -674,6 +709,7 @@ pub fn render(results: &[(String, SimResult)]) -> String {
         .map(|(name, r)| metrics::PolicyRow {
             name: name.clone(),
             aggregate_iops: r.aggregate_iops,
+            cost: r.cost_shares(),
             jain: r.jain,
             min_max_ratio: r.min_max_ratio,
             max_share_error: r.max_share_error,
@@ -688,9 +724,11 @@ pub fn render(results: &[(String, SimResult)]) -> String {
     let mut s = metrics::policy_table(&rows);
     let _ = writeln!(
         s,
-        "(Jain, min/max and share errors on weight-normalised IOPS; resv: 1 s windows at ≥ 99 % of the \
-         reservation; v.p99/v.p999: victim tail with everyone ÷ alone; work: IOPS ÷ fifo's; cong: \
-         QUEUE FULL/BUSY answers)"
+        "(Jain, max/mean err: shares in cost units over the contended seconds (cont.s: seconds with \
+         two or more tenants of a LUN waiting in the broker; a tenant that was not waiting got what \
+         it asked); IOPS-Jain, IOPS-err, min/max: weight-normalised IOPS over the whole run; resv: \
+         1 s windows at ≥ 99 % of the reservation; v.p99/v.p999: victim tail with everyone ÷ alone; \
+         work: IOPS ÷ fifo's; cong: QUEUE FULL/BUSY answers)"
     );
     let _ = writeln!(s, "\nwindow D per LUN, 1 s means:");
     for (name, r) in results {
@@ -1063,6 +1101,8 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 measured: 0,
                 bytes: 0,
                 per_second: vec![0; seconds],
+                per_second_cost: vec![0.0; seconds],
+                backlog_ticks: vec![0; seconds],
                 errors: 0,
                 first_error_s: None,
                 last_error_s: None,
@@ -1233,6 +1273,9 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 if let Some(slot) = t.per_second.get_mut(sec) {
                     *slot += 1;
                 }
+                if let Some(slot) = t.per_second_cost.get_mut(sec) {
+                    *slot += s.cost.cost(req.bytes);
+                }
             }
             if let Workload::Closed { .. } = s.tenants[req.tenant].workload {
                 push(&mut heap, now, Ev::Arrival(req.tenant));
@@ -1325,6 +1368,20 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                             luns[lun].d.enqueue(local, h.req, bytes, now);
                         }
                     }
+                    if now >= s.warmup_s {
+                        // Who has requests waiting in the broker: the tenants the scheduler
+                        // is dividing among in this tick.
+                        let sec = (now - s.warmup_s) as usize;
+                        let mut waiting = vec![false; tenants.len()];
+                        for l in luns.iter() {
+                            l.d.for_each_waiting(|r| waiting[r.tenant] = true);
+                        }
+                        for (t, w) in tenants.iter_mut().zip(waiting) {
+                            if let (true, Some(n)) = (w, t.backlog_ticks.get_mut(sec)) {
+                                *n += 1;
+                            }
+                        }
+                    }
                     for lun in 0..luns.len() {
                         let l = &mut luns[lun];
                         let outstanding = l.d.in_flight;
@@ -1388,6 +1445,15 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 device_lat_mean_us: t.device_sum / n * 1e6,
                 queue_lat_mean_us: t.queue_sum / n * 1e6,
                 per_second: t.per_second.clone(),
+                per_second_cost: t.per_second_cost.clone(),
+                // Ticks are TICK_S apart: half a second's worth.
+                per_second_backlogged: t
+                    .backlog_ticks
+                    .iter()
+                    .map(|n| f64::from(*n) * TICK_S >= 0.5)
+                    .collect(),
+                lun_index: t.lun,
+                limited: spec.policy.limit_iops > 0.0 || spec.policy.limit_bytes_per_s > 0.0,
                 errors: t.errors,
                 first_error_s: t.first_error_s,
                 last_error_s: t.last_error_s,
@@ -1408,7 +1474,8 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
             )
         },
     ));
-    Ok(SimResult {
+    let mut result = SimResult {
+        cost: metrics::CostShares::default(),
         min_max_ratio: f.min_max_ratio,
         reservation_conformance: f.reservation_conformance,
         victim_p99_ratio: None,
@@ -1490,7 +1557,9 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 }
             })
             .collect(),
-    })
+    };
+    result.cost = result.cost_shares();
+    Ok(result)
 }
 
 /// Makes sure every LUN holding a rejected request has a retry event at its retry time.
