@@ -62,6 +62,57 @@ impl Drop for Loop {
     }
 }
 
+/// `major:minor` of a device number (glibc's encoding).
+fn dev_pair(dev: u64) -> String {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    format!("{major}:{minor}")
+}
+
+/// The block device a path's I/O goes to: itself when it is one, else the device it lives on.
+fn block_device_of(path: &Path) -> String {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).unwrap();
+    dev_pair(if m.file_type().is_block_device() {
+        m.rdev()
+    } else {
+        m.dev()
+    })
+}
+
+/// A blkio (cgroup v1) group holding the broker, with a read IOPS cap on one block device: the
+/// kernel's own throttle makes the storage the bottleneck (as a cloud disk's IOPS cap does),
+/// which this machine's disk is not for two CPU-bound probe guests. Removed on drop.
+struct Throttle(PathBuf);
+
+impl Throttle {
+    fn apply(pid: u32, device: &str, iops: u64) -> Throttle {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/cgroup/blkio/weir-test-{}-{pid}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("a blkio cgroup (cgroup v1, root)");
+        std::fs::write(
+            dir.join("blkio.throttle.read_iops_device"),
+            format!("{device} {iops}"),
+        )
+        .expect("the throttle rule");
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("the broker moves in");
+        Throttle(dir)
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        if let Ok(pids) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in pids.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// What one run measured over the seconds both guests were backlogged.
 #[derive(Debug)]
 struct Shares {
@@ -76,7 +127,13 @@ struct Shares {
     active_seconds: usize,
 }
 
-fn run(dir: &Path, probe: &Path, backing: &str, depth: Option<&str>) -> Shares {
+fn run(
+    dir: &Path,
+    probe: &Path,
+    backing: &str,
+    depth: Option<&str>,
+    throttle_iops: Option<u64>,
+) -> Shares {
     let control = dir.join("broker.ctl");
     let mut c = format!(
         "control_socket = {:?}\n[[lun]]\nname = \"shared\"\npath = {backing:?}\nshareable = true\nread_only = true\n",
@@ -93,6 +150,13 @@ fn run(dir: &Path, probe: &Path, backing: &str, depth: Option<&str>) -> Shares {
     }
     let mut broker =
         BrokerProcess::start(&weir(), &c, Some(control.clone()), dir).expect("broker starts");
+    let _throttle = throttle_iops.map(|iops| {
+        Throttle::apply(
+            broker.pid().expect("the broker runs"),
+            &block_device_of(Path::new(backing)),
+            iops,
+        )
+    });
     let options = format!(
         "probe.iodepth=32 probe.rw=randread probe.mode=halt probe.size_mib={LUN_MIB} probe.runtime_ms={RUN_MS}"
     );
@@ -167,7 +231,10 @@ fn rounds_fixed_1024_against_the_default_window() {
                 Some("{ policy = \"fixed\", depth = 1024 }"),
                 Some("{ policy = \"adaptive\" }"),
             ] {
-                let s = run(dir.path(), &probe, backing, depth);
+                let throttle = std::env::var("WEIR_THROTTLE_IOPS")
+                    .ok()
+                    .and_then(|v| v.parse().ok());
+                let s = run(dir.path(), &probe, backing, depth, throttle);
                 eprintln!(
                     "round {round} {kind} {}: ratio {:.2} over {} backlogged s, {:.2} over {} s; {:.0} IOPS, window {:.1}",
                     depth.map_or("default", |d| if d.contains("fixed") {

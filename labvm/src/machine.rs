@@ -80,7 +80,9 @@ pub fn known_flake(console: &str) -> Option<&'static str> {
     if console.lines().any(|l| l.contains("double fault")) && console.contains("entry_SYSCALL_64") {
         return Some("the nested guest's double fault at entry_SYSCALL_64");
     }
-    if console.contains("stack guard page was hit") && console.contains("asm_exc_page_fault") {
+    // `RIP: asm_exc_page_fault+0x4` with a call trace, or `RIP: exc_page_fault+0x7` when the
+    // panic ("corrupted stack end detected inside scheduler") cuts the trace short.
+    if console.contains("stack guard page was hit") && console.contains("exc_page_fault") {
         return Some("the lab VM kernel's page-fault recursion (stack guard page hit)");
     }
     None
@@ -331,6 +333,10 @@ mod tests {
         assert!(known_flake(l2).is_some());
         let l1 = "BUG: TASK stack guard page was hit at 0\nRIP: 0010:asm_exc_page_fault+0x4\n";
         assert!(known_flake(l1).is_some());
+        let short = "BUG: TASK stack guard page was hit at 00000000baabc558\n\
+                     RIP: 0010:exc_page_fault+0x7/0x170\n\
+                     Kernel panic - not syncing: corrupted stack end detected inside scheduler\n";
+        assert!(known_flake(short).is_some());
         assert!(known_flake("PANIC: double fault\nRIP: 0010:do_idle+0x1\n").is_none());
         assert!(known_flake("BUG: unable to handle page fault\n").is_none());
         assert!(known_flake("BUG: TASK stack guard page was hit\nRIP: do_sys_poll\n").is_none());
