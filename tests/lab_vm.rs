@@ -38,8 +38,8 @@ impl LabOutcome {
 
 /// Lab VM runs per test at most: QEMU's TCG SVM emulation fails in ways no VMM can cause
 /// (the L1 machine resetting itself, a nested guest shutting down with no kernel message —
-/// under QEMU's own microvm as under weir vm), in up to three of five runs on one day here;
-/// one retry was not enough to tell weir's failures from the emulator's.
+/// under QEMU's own microvm as under weir vm), in most runs on one day here before the L1
+/// kernel got `mitigations=off` (docs/lab.md); one retry was not enough then.
 const LAB_ATTEMPTS: u32 = 3;
 
 /// Runs `command` in a lab VM holding weir and the Linux test guest (and the probe and `files`
@@ -73,8 +73,13 @@ fn in_lab_vm(
         qemu: false,
         command,
     };
+    let cpus = std::env::var("WEIR_LAB_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LabOptions::default().cpus);
     let options = LabOptions {
         timeout,
+        cpus,
         ..LabOptions::default()
     };
     for attempt in 1..=LAB_ATTEMPTS {

@@ -157,8 +157,12 @@ fn run(
             iops,
         )
     });
+    let qd: u32 = std::env::var("WEIR_PROBE_QD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
     let options = format!(
-        "probe.iodepth=32 probe.rw=randread probe.mode=halt probe.size_mib={LUN_MIB} probe.runtime_ms={RUN_MS}"
+        "probe.iodepth={qd} probe.rw=randread probe.mode=halt probe.size_mib={LUN_MIB} probe.runtime_ms={RUN_MS}"
     );
     let guests: Vec<ProbeVm> = ["w1", "w4"]
         .iter()

@@ -85,6 +85,11 @@ pub fn known_flake(console: &str) -> Option<&'static str> {
     if console.contains("stack guard page was hit") && console.contains("exc_page_fault") {
         return Some("the lab VM kernel's page-fault recursion (stack guard page hit)");
     }
+    // The same overflow found later, by the scheduler's check of the stack's end marker (the
+    // guard-page report does not always make it to the console first).
+    if console.contains("corrupted stack end detected inside scheduler") {
+        return Some("the lab VM kernel's stack overflow (corrupted stack end)");
+    }
     None
 }
 
@@ -172,7 +177,15 @@ impl LabVmConfig {
         ]);
         push(&["-kernel", &self.kernel.to_string_lossy()]);
         push(&["-initrd", &self.initramfs.to_string_lossy()]);
-        push(&["-append", "console=ttyS0 panic=-1 quiet loglevel=3"]);
+        // mitigations=off: with Debian's 6.1.0-57 (6.1.192) the L1 kernel's speculation
+        // mitigations (SRSO's safe RET, IBPB paths: srso_return_thunk in every crash trace)
+        // under QEMU's TCG SVM emulation overflowed vCPU threads' kernel stacks or reset the
+        // machine in 7 of 7 runs of the three-guest test here; with them off, 0 of 2. The lab
+        // VM is a test rig, not a security boundary.
+        push(&[
+            "-append",
+            "console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off",
+        ]);
         push(&[
             "-drive",
             &format!(
@@ -337,6 +350,12 @@ mod tests {
                      RIP: 0010:exc_page_fault+0x7/0x170\n\
                      Kernel panic - not syncing: corrupted stack end detected inside scheduler\n";
         assert!(known_flake(short).is_some());
+        assert!(
+            known_flake(
+                "Kernel panic - not syncing: corrupted stack end detected inside scheduler\n"
+            )
+            .is_some()
+        );
         assert!(known_flake("PANIC: double fault\nRIP: 0010:do_idle+0x1\n").is_none());
         assert!(known_flake("BUG: unable to handle page fault\n").is_none());
         assert!(known_flake("BUG: TASK stack guard page was hit\nRIP: do_sys_poll\n").is_none());
