@@ -31,6 +31,24 @@ pub(crate) fn status_kib(pid: u32, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Starts a VMM under watch: its serial file removed first (its first byte is what is timed),
+/// stdin and stdout closed, stderr kept.
+pub(crate) fn start_watched(
+    engine: &str,
+    cmd: &mut Command,
+    serial: &Path,
+) -> Result<(Instant, std::process::Child), String> {
+    let _ = std::fs::remove_file(serial);
+    let started = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{engine}: {e}"))?;
+    Ok((started, child))
+}
+
 /// Keeps the peak VmRSS of `pid` and the RssShmem (guest RAM) at that peak.
 pub(crate) fn sample_peak_rss(pid: u32, rss: &mut u64, shmem: &mut u64) {
     if let Some(v) = status_kib(pid, "VmRSS:") {
@@ -49,14 +67,7 @@ fn run_one(
     iodepth: u32,
     limit: Duration,
 ) -> Result<VmBenchRow, String> {
-    let _ = std::fs::remove_file(serial);
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{engine}: {e}"))?;
+    let (started, mut child) = start_watched(engine, &mut cmd, serial)?;
     let pid = child.id();
     let (mut first, mut rss, mut shmem) = (None, 0u64, 0u64);
     loop {

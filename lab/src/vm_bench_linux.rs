@@ -13,8 +13,8 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -57,14 +57,7 @@ fn boot_once(
     serial: &Path,
     limit: Duration,
 ) -> Result<BootRow, String> {
-    let _ = std::fs::remove_file(serial);
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{engine}: {e}"))?;
+    let (started, mut child) = crate::vm_bench::start_watched(engine, &mut cmd, serial)?;
     let pid = child.id();
     let (mut first, mut init, mut rss, mut shmem) = (None, None, 0u64, 0u64);
     let mut checked_len = 0u64;

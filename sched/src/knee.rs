@@ -307,6 +307,19 @@ impl KneeSearch {
         self.down_backoff = 0;
     }
 
+    /// An up probe at `u` measured `x`: moves the knee there when rule (1) says it paid.
+    fn move_up_if_it_paid(&mut self, u: f64, x: f64) -> bool {
+        match self.x_ref {
+            Some(x0) if u > self.k && self.pays(self.k, x0, u, x) => {
+                self.k = u;
+                self.x_ref = Some(x);
+                self.moved();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A period ended at `now`.
     pub fn on_period(&mut self, now: f64, m: Period) {
         self.now = now;
@@ -341,35 +354,24 @@ impl KneeSearch {
             },
             Phase::Up => {
                 let u = m.window;
-                match self.x_ref {
-                    Some(x0) if u > self.k && self.pays(self.k, x0, u, x) => {
-                        self.k = u;
-                        self.x_ref = Some(x);
-                        self.moved();
-                        if self.up() <= self.k {
-                            self.cruise();
-                        }
+                if self.move_up_if_it_paid(u, x) {
+                    if self.up() <= self.k {
+                        self.cruise();
                     }
-                    _ => {
-                        let half = self.up_by(self.half_gain());
-                        if half > self.k && half < u {
-                            self.phase = Phase::UpHalf;
-                        } else {
-                            self.probe_down();
-                        }
+                } else {
+                    let half = self.up_by(self.half_gain());
+                    if half > self.k && half < u {
+                        self.phase = Phase::UpHalf;
+                    } else {
+                        self.probe_down();
                     }
                 }
             }
             Phase::UpHalf => {
-                let u = m.window;
-                match self.x_ref {
-                    Some(x0) if u > self.k && self.pays(self.k, x0, u, x) => {
-                        self.k = u;
-                        self.x_ref = Some(x);
-                        self.moved();
-                        self.cruise();
-                    }
-                    _ => self.probe_down(),
+                if self.move_up_if_it_paid(m.window, x) {
+                    self.cruise();
+                } else {
+                    self.probe_down();
                 }
             }
             Phase::Down => {
