@@ -177,11 +177,9 @@ impl LabVmConfig {
         ]);
         push(&["-kernel", &self.kernel.to_string_lossy()]);
         push(&["-initrd", &self.initramfs.to_string_lossy()]);
-        // mitigations=off: with Debian's 6.1.0-57 (6.1.192) the L1 kernel's speculation
-        // mitigations (SRSO's safe RET, IBPB paths: srso_return_thunk in every crash trace)
-        // under QEMU's TCG SVM emulation overflowed vCPU threads' kernel stacks or reset the
-        // machine in 7 of 7 runs of the three-guest test here; with them off, 0 of 2. The lab
-        // VM is a test rig, not a security boundary.
+        // mitigations=off: a test rig, not a security boundary, and less for QEMU's TCG SVM
+        // emulation to get wrong. It did not cure the L1 stack overflows of Debian's 6.1.0-57
+        // (2 clean runs right after turning it off, then 4 overflows in a row: docs/lab.md).
         push(&[
             "-append",
             "console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off",
