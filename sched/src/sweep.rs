@@ -536,11 +536,7 @@ pub fn run(grid: &SweepGrid, threads: usize) -> Result<SweepResult, String> {
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     results.sort_by_key(|(i, _)| *i);
     let cases: Vec<CaseResult> = results.into_iter().flat_map(|(_, r)| r).collect();
-    let policies = grid
-        .policies
-        .iter()
-        .map(|p| summarize(p, &cases, grid.targets))
-        .collect();
+    let policies = grid.policies.iter().map(|p| summarize(p, &cases)).collect();
     Ok(SweepResult {
         shapes,
         seeds: grid.seeds,
@@ -550,7 +546,7 @@ pub fn run(grid: &SweepGrid, threads: usize) -> Result<SweepResult, String> {
     })
 }
 
-fn summarize(policy: &str, cases: &[CaseResult], _targets: Targets) -> PolicySummary {
+fn summarize(policy: &str, cases: &[CaseResult]) -> PolicySummary {
     let mine: Vec<&CaseResult> = cases.iter().filter(|c| c.policy == policy).collect();
     let phases = || mine.iter().flat_map(|c| c.phases.iter());
     let thr = sorted(phases().map(|p| p.throughput_ratio).collect());
