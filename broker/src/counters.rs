@@ -109,6 +109,12 @@ pub struct DiskCounters {
     /// from the frontend's inflight region after a restart.
     pub resubmitted: AtomicU64,
     pub latency: LatencyHistograms,
+    /// When the disk last had nothing at the broker (ns on [`idle_clock_ns`]'s clock, 0 while
+    /// something is), and the longest such idle gap that ended with a new request since
+    /// telemetry last read it, µs: a closed-loop guest that stops asking for this long is
+    /// not being run (its host is starved), whatever the storage does.
+    idle_since_ns: AtomicU64,
+    longest_idle_gap_us: AtomicU64,
 }
 
 /// A point-in-time copy of [`DiskCounters`], serialisable.
@@ -148,7 +154,41 @@ pub struct DiskCountersSnapshot {
     pub resubmitted: u64,
 }
 
+/// Nanoseconds on one monotonic clock for the whole process (never 0).
+fn idle_clock_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 impl DiskCounters {
+    /// A request was taken from the guest: one more in flight; when the disk had nothing
+    /// before, the idle gap that ends here is measured.
+    pub fn request_taken(&self) {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            let since = self.idle_since_ns.swap(0, Ordering::Relaxed);
+            if since != 0 {
+                let gap_us = idle_clock_ns().saturating_sub(since) / 1000;
+                self.longest_idle_gap_us
+                    .fetch_max(gap_us, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A request was answered: one fewer in flight; the disk goes idle when it was the last.
+    pub fn request_answered(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_since_ns.store(idle_clock_ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// The longest idle gap between two requests that ended since the last call, µs (0: none).
+    pub fn take_longest_idle_gap_us(&self) -> u64 {
+        self.longest_idle_gap_us.swap(0, Ordering::Relaxed)
+    }
+
     /// Counts a completed request.
     pub fn completed(&self, kind: RequestKind, bytes: u64) {
         if matches!(kind, RequestKind::Read | RequestKind::Write) {

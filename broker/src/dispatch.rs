@@ -38,6 +38,7 @@ use weir_sched::path::{MultipathPolicy, PathGroup, PathSet, PathState, PathStats
 use weir_sched::rng::SplitMix64;
 use weir_sched::sim::SchedulerKind;
 
+use crate::health::{ClockHealth, LATE_LIMIT_S};
 use crate::lun::LunStore;
 use crate::path_probe::{PROBE_WAIT, PathProber, ProbeOutcome};
 
@@ -89,7 +90,9 @@ pub enum InboxEvent {
     },
     /// The array model finished serving `slot`: well, or with a transport error (`ok` false:
     /// the request must be re-issued on another path).
-    ModelDone { slot: usize, ok: bool },
+    /// `at`: when the model finished it, on the broker's clock. The window controller times
+    /// the storage by it, not by when a (possibly starved) thread got round to delivering it.
+    ModelDone { slot: usize, ok: bool, at: f64 },
     /// No path for longer than the hold time: answer `slot` with an I/O error.
     Failed { slot: usize },
     /// A thin pool may have space again (or a held write's time is up): look at the writes
@@ -239,6 +242,8 @@ pub struct DispatchCounters {
     pub queued: AtomicU64,
     pub congestion: AtomicU64,
     pub halvings: AtomicU64,
+    /// Controller periods dropped because the broker's clock was late in them.
+    pub late_periods: AtomicU64,
     /// Requests moved to another path after theirs failed.
     pub reissued: AtomicU64,
     /// Requests failed to the guest for want of a path.
@@ -733,6 +738,12 @@ impl LunDispatcher {
         slots
     }
 
+    /// The broker's clock ran `lag_s` late since the last tick (the controller decides
+    /// whether its period still measures the storage).
+    pub fn note_lateness(&self, lag_s: f64) {
+        self.lock().d.controller.note_lateness(lag_s);
+    }
+
     /// Controller tick, then dispatch (the window may have grown, a retry or a tag come due).
     pub fn tick(&self, now: f64) {
         {
@@ -768,6 +779,9 @@ impl LunDispatcher {
         self.counters
             .halvings
             .store(st.d.controller.halvings(), Ordering::Relaxed);
+        self.counters
+            .late_periods
+            .store(st.d.controller.late_periods(), Ordering::Relaxed);
     }
 }
 
@@ -848,18 +862,24 @@ impl ArrayRuntime {
         {
             let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
             while let Some(c) = model.complete_next(now) {
-                done.push((c.id, c.ok));
+                done.push((c.id, c.ok, c.at));
             }
         }
         if done.is_empty() {
             return;
         }
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, ok) in done {
+        for (id, ok, at) in done {
             // No waiter: the request timed out and was already answered as failed.
             if let Some(w) = waiters.remove(&id) {
-                w.owner
-                    .push(InboxEvent::ModelDone { slot: w.slot, ok }, true);
+                w.owner.push(
+                    InboxEvent::ModelDone {
+                        slot: w.slot,
+                        ok,
+                        at,
+                    },
+                    true,
+                );
             }
         }
     }
@@ -879,6 +899,7 @@ impl ArrayRuntime {
                     InboxEvent::ModelDone {
                         slot: w.slot,
                         ok: false,
+                        at: now,
                     },
                     true,
                 );
@@ -975,6 +996,7 @@ impl SchedulerThread {
         arrays: Vec<Arc<ArrayRuntime>>,
         mut events: Vec<ArrayEvent>,
         wake: Arc<(Mutex<bool>, Condvar)>,
+        health: Arc<ClockHealth>,
     ) -> std::io::Result<Self> {
         events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
         let stop = Arc::new(AtomicBool::new(false));
@@ -984,8 +1006,19 @@ impl SchedulerThread {
             .spawn(move || {
                 let mut next_tick = 0.0;
                 let mut next_event = 0usize;
+                // The deadline the thread last slept for, and how late it has woken since the
+                // controllers' last tick (wake-ups late by more than LATE_LIMIT_S, summed).
+                let mut slept_for: Option<f64> = None;
+                let mut late_since_tick = 0.0;
                 while !stop2.load(Ordering::SeqCst) {
                     let now = clock.now();
+                    if let Some(deadline) = slept_for.take() {
+                        let lag = now - deadline;
+                        health.woke_late(lag);
+                        if lag > LATE_LIMIT_S {
+                            late_since_tick += lag;
+                        }
+                    }
                     while let Some(e) = events.get(next_event).filter(|e| e.at_s <= now) {
                         log::warn!("t = {now:.1} s: scheduled event: {}", e.label);
                         match &e.kind {
@@ -1021,8 +1054,12 @@ impl SchedulerThread {
                         }
                         for d in &dispatchers {
                             d.check_paths(now);
+                            if late_since_tick > 0.0 {
+                                d.note_lateness(late_since_tick);
+                            }
                             d.tick(now);
                         }
+                        late_since_tick = 0.0;
                     } else {
                         for d in &dispatchers {
                             if d.next_deadline().is_some_and(|t| t <= now) {
@@ -1041,10 +1078,18 @@ impl SchedulerThread {
                         let (lock, cv) = &*wake2;
                         let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
                         if !*woken {
-                            woken = cv
+                            let (guard, timed_out) = cv
                                 .wait_timeout(woken, Duration::from_secs_f64(wait))
-                                .map(|(g, _)| g)
-                                .unwrap_or_else(|p| p.into_inner().0);
+                                .map(|(g, t)| (g, t.timed_out()))
+                                .unwrap_or_else(|p| {
+                                    let (g, t) = p.into_inner();
+                                    (g, t.timed_out())
+                                });
+                            woken = guard;
+                            // Only a wake-up by the timer says how late the thread runs.
+                            if timed_out {
+                                slept_for = Some(deadline);
+                            }
                         }
                         *woken = false;
                     }
@@ -1152,6 +1197,7 @@ mod tests {
                 label: "test".into(),
             }],
             wake,
+            Arc::default(),
         )
         .unwrap();
         assert_eq!(array.servers(0), 16);
@@ -1187,8 +1233,15 @@ mod tests {
             Some((array.clone(), 0)),
         ));
         let clock = BrokerClock::new();
-        let _thread =
-            SchedulerThread::start(clock, vec![d.clone()], vec![array], Vec::new(), wake).unwrap();
+        let _thread = SchedulerThread::start(
+            clock,
+            vec![d.clone()],
+            vec![array],
+            Vec::new(),
+            wake,
+            Arc::default(),
+        )
+        .unwrap();
         const PER_TENANT: usize = 4000;
         let workers: Vec<_> = (0..2usize)
             .map(|tenant| {
@@ -1279,7 +1332,11 @@ mod tests {
         array.fire_due(done);
         assert_eq!(
             inbox.take(),
-            vec![InboxEvent::ModelDone { slot: 1, ok: true }]
+            vec![InboxEvent::ModelDone {
+                slot: 1,
+                ok: true,
+                at: done
+            }]
         );
         d.on_complete(done, 0, done, 0, done, 4096, None);
         d.pump(done.max(RETRY_DELAY_S), None);
@@ -1351,7 +1408,9 @@ mod tests {
             .take()
             .into_iter()
             .filter_map(|e| match e {
-                InboxEvent::ModelDone { slot, ok: false } => Some(slot),
+                InboxEvent::ModelDone {
+                    slot, ok: false, ..
+                } => Some(slot),
                 _ => None,
             })
             .collect();

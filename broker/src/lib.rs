@@ -14,6 +14,7 @@ pub mod counters;
 pub mod dark;
 pub mod device;
 pub mod dispatch;
+pub mod health;
 pub mod inflight;
 pub mod lun;
 pub mod metrics;

@@ -30,6 +30,7 @@ use crate::dispatch::{
     ArrayEvent, ArrayEventKind, ArrayRuntime, BrokerClock, LunDispatcher, PathRoute, PortBudget,
     SchedulerThread,
 };
+use crate::health::ClockHealth;
 use crate::lun::{LunError, LunStore};
 use crate::metrics_http::MetricsServer;
 use crate::request::ID_BYTES;
@@ -429,12 +430,14 @@ impl Broker {
                 .collect(),
             None => Vec::new(),
         };
+        let health = Arc::new(ClockHealth::default());
         let scheduler = SchedulerThread::start(
             clock,
             dispatcher_list.clone(),
             array.into_iter().collect(),
             events,
             wake,
+            health.clone(),
         )
         .map_err(|e| BrokerError::Setup(format!("cannot start the scheduler thread: {e}")))?;
         let telemetry = TelemetryRecorder::start(
@@ -442,6 +445,7 @@ impl Broker {
             dispatcher_list,
             ports,
             state.pools.clone(),
+            health,
             Duration::from_secs(1),
         )
         .map_err(|e| BrokerError::Setup(format!("cannot start telemetry: {e}")))?;

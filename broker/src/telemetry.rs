@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::counters::DiskCountersSnapshot;
 use crate::dispatch::{ArrayRuntime, LunDispatcher, PathSnapshot};
+use crate::health::{ClockHealth, HostSample, HostSampler};
 use crate::server::DiskInfo;
 use crate::thin::ThinPool;
 
@@ -48,6 +49,11 @@ pub struct DiskSample {
     /// Writes held for thin-pool space at the end of the interval.
     #[serde(default)]
     pub held: u64,
+    /// The longest time in the interval the guest had nothing at the broker between two of
+    /// its requests, ms (null: no such gap ended in it). A closed-loop guest that stops
+    /// asking for hundreds of ms was not being run.
+    #[serde(default)]
+    pub longest_idle_gap_ms: Option<f64>,
 }
 
 /// One LUN's dispatcher at the end of an interval.
@@ -132,6 +138,10 @@ pub struct TelemetrySample {
     pub paths: Vec<PathSample>,
     #[serde(default)]
     pub pools: Vec<PoolSample>,
+    /// Whether the broker kept time: host CPU pressure, its own wait for a CPU, its clock's
+    /// lateness (absent in samples from older brokers).
+    #[serde(default)]
+    pub host: Option<HostSample>,
 }
 
 /// Rates between two counter snapshots taken `dt` seconds apart.
@@ -176,6 +186,7 @@ pub fn disk_sample(
         io_errors: after.io_errors.saturating_sub(before.io_errors),
         connected: info.connected.load(Ordering::SeqCst),
         held: after.held,
+        longest_idle_gap_ms: None,
     }
 }
 
@@ -192,6 +203,7 @@ impl TelemetryRecorder {
         luns: Vec<Arc<LunDispatcher>>,
         ports: Vec<PortTelemetry>,
         pools: Vec<Arc<ThinPool>>,
+        health: Arc<ClockHealth>,
         period: Duration,
     ) -> std::io::Result<Self> {
         let samples = Arc::new(Mutex::new(VecDeque::with_capacity(TELEMETRY_SECONDS)));
@@ -225,6 +237,13 @@ impl TelemetryRecorder {
                     disks.iter().map(|d| d.counters.snapshot()).collect();
                 // Per pool, the newest event already reported.
                 let mut pool_seen: Vec<f64> = vec![f64::NEG_INFINITY; pools.len()];
+                let mut host = HostSampler::new();
+                let late_periods = |luns: &[Arc<LunDispatcher>]| -> u64 {
+                    luns.iter()
+                        .map(|l| l.counters.late_periods.load(Ordering::Relaxed))
+                        .sum()
+                };
+                let mut last_late = late_periods(&luns);
                 let mut next = last_at + period;
                 while !stop2.is_stopped() {
                     let now = Instant::now();
@@ -242,8 +261,21 @@ impl TelemetryRecorder {
                         disks: disks
                             .iter()
                             .zip(last.iter().zip(&current))
-                            .map(|(info, (b, a))| disk_sample(info, b, a, dt))
+                            .map(|(info, (b, a))| DiskSample {
+                                longest_idle_gap_ms: match info.counters.take_longest_idle_gap_us()
+                                {
+                                    0 => None,
+                                    us => Some(us as f64 / 1000.0),
+                                },
+                                ..disk_sample(info, b, a, dt)
+                            })
                             .collect(),
+                        host: Some({
+                            let late = late_periods(&luns);
+                            let held = late.saturating_sub(last_late);
+                            last_late = late;
+                            host.sample(&health, dt, held)
+                        }),
                         luns: luns
                             .iter()
                             .zip(last_congestion.iter_mut().zip(last_reissued.iter_mut()))
@@ -455,6 +487,7 @@ mod tests {
             Vec::new(),
             Vec::new(),
             Vec::new(),
+            Arc::default(),
             Duration::from_millis(100),
         )
         .unwrap();

@@ -131,6 +131,8 @@ struct Scheduled {
     failed_at: Option<f64>,
     io_done: bool,
     model_done: bool,
+    /// When the emulated array finished it (broker clock): the storage's own answer time.
+    model_at: Option<f64>,
     /// The model answered with a transport error (or the attempt timed out).
     model_failed: bool,
     /// The I/O itself failed (on a multipath LUN this fails the path, not the request).
@@ -511,10 +513,7 @@ impl QueueWorker {
         if inflight.sched.is_none() {
             inflight.started = Some(inflight.submitted);
         }
-        self.ctx
-            .counters
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.counters.request_taken();
         match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(inflight);
@@ -737,10 +736,11 @@ impl QueueWorker {
                         self.submit(slot);
                     }
                 }
-                InboxEvent::ModelDone { slot, ok } => {
+                InboxEvent::ModelDone { slot, ok, at } => {
                     let ready = match self.slots.get_mut(slot) {
                         Some(Some(Inflight { sched: Some(s), .. })) if !s.model_done => {
                             s.model_done = true;
+                            s.model_at = Some(at);
                             s.model_failed = !ok;
                             s.io_done
                         }
@@ -1169,24 +1169,26 @@ impl QueueWorker {
             path,
             attempt_at,
             failed_at,
+            model_at,
             ..
         }) = inflight.sched
         {
+            // An emulated LUN is timed by its model: a late delivery (the broker starved of
+            // CPU) is not the storage's latency, and the window must not shrink for it.
             let now = self.ctx.clock.at(done);
+            let end = model_at.map_or(now, |at| at.min(now));
             self.ctx.dispatcher.on_complete(
                 now,
                 epoch,
-                now - dispatched_at,
+                end - dispatched_at,
                 path,
-                now - attempt_at,
+                end - attempt_at,
                 inflight.bytes,
                 failed_at,
             );
         }
         let counters = &self.ctx.counters;
-        counters
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        counters.request_answered();
         let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let started = inflight.started.unwrap_or(inflight.submitted);
         let relaxed = std::sync::atomic::Ordering::Relaxed;

@@ -21,5 +21,6 @@ pub mod scenario;
 pub mod serial;
 pub mod summary;
 pub mod testenv;
+pub mod trust;
 pub mod vm_bench;
 pub mod vm_bench_linux;

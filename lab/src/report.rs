@@ -108,6 +108,17 @@ pub fn terminal(r: &Results) -> String {
             );
         }
     }
+    for p in &r.policies {
+        let runs = std::iter::once(("", Some(&p.trust))).chain(std::iter::once((
+            " (victim alone)",
+            p.victim_solo_trust.as_ref(),
+        )));
+        for (which, t) in runs {
+            if let Some(line) = t.and_then(crate::trust::summary) {
+                let _ = writeln!(s, "DISTORTED under {}{which}: {line}", label(p, repeats));
+            }
+        }
+    }
     let _ = writeln!(s, "host: {}; {} s", r.host.kvm, r.wall_s.round());
     s
 }
@@ -442,6 +453,20 @@ pub fn html(r: &Results, tel: &[(String, u32, serde_json::Value)]) -> String {
             );
         }
         h.push_str("</table>");
+        if let Some(line) = crate::trust::summary(&p.trust) {
+            let seconds: Vec<String> = p
+                .trust
+                .distorted
+                .iter()
+                .map(|d| format!("t = {} s: {}", d.t_s, d.reasons.join(", ")))
+                .collect();
+            let _ = write!(
+                h,
+                "<p class=\"distorted\" style=\"color:#a00\"><b>Distorted run — do not trust                  these figures.</b> {}</p><pre>{}</pre>",
+                esc(&line),
+                esc(&seconds.join("\n"))
+            );
+        }
         for f in &p.failures {
             let _ = write!(
                 h,

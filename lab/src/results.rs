@@ -1,6 +1,7 @@
 //! `results.json`: what a `weir run` measured, in a documented, versioned schema
 //! (`docs/scenarios.md`), and the fairness metrics computed from it.
 
+use crate::trust::Trust;
 use serde::{Deserialize, Serialize};
 use weir_sched::metrics;
 
@@ -40,6 +41,12 @@ pub struct PolicyResult {
     pub failures: Vec<GuestFailure>,
     /// The victim alone under this policy, when the scenario names one.
     pub victim_solo: Option<TenantResult>,
+    /// Whether the host let the broker keep time and the guests run (`crate::trust`); the
+    /// victim-alone run's verdict beside it.
+    #[serde(default)]
+    pub trust: Trust,
+    #[serde(default)]
+    pub victim_solo_trust: Option<Trust>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,6 +243,8 @@ mod tests {
                 tenants,
                 failures: vec![],
                 victim_solo: solo.then(|| tenant("v", 1.0, 100.0, 100.0)),
+                trust: Trust::default(),
+                victim_solo_trust: None,
             }
         };
         let mut p = vec![

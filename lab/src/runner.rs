@@ -202,15 +202,25 @@ fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressB
                     (g.duration_s * 1000.0) as u64
                 ));
             }
+            // Like a real guest, the probe halts its vCPU while it waits (and KVM does not
+            // poll for it): a polling probe takes a whole core per guest, and on a small host
+            // the broker then waits for a CPU and every latency in the run stretches. A
+            // workload that says `mode=` keeps its own.
+            let halt = !opts.iter().any(|o| o.starts_with("probe.mode="));
+            if halt {
+                opts.push("probe.mode=halt".into());
+            }
             opts.push(format!("probe.seed={seed}"));
             opts.push(format!("probe.tsc_khz={}", env.tsc_khz));
-            let vm = match ProbeVm::spawn(
+            let extra: &[&str] = if halt { &["--halt-poll-us", "0"] } else { &[] };
+            let vm = match ProbeVm::spawn_with(
                 &env.weir,
                 &probe,
                 &[format!("socket={}", socket.display())],
                 &opts.join(" "),
                 dir,
                 &g.name,
+                extra,
             ) {
                 Ok(vm) => vm,
                 Err(e) => return Outcome::Failed(e.to_string()),
@@ -619,10 +629,21 @@ pub fn run(r: &Resolved, scenario_text: &str, env: &RunEnv, out: &Path) -> Resul
                         Some(v),
                         &mp,
                     )?;
-                    solo.tenants.into_iter().find(|t| t.ok)
+                    Some((
+                        solo.tenants.into_iter().find(|t| t.ok),
+                        crate::trust::assess(&solo.telemetry),
+                    ))
                 }
                 _ => None,
             };
+            let (victim_solo, victim_solo_trust) = match victim_solo {
+                Some((t, trust)) => (t, Some(trust)),
+                None => (None, None),
+            };
+            let trust = crate::trust::assess(&run.telemetry);
+            if let Some(line) = crate::trust::summary(&trust) {
+                let _ = mp.println(format!("== {label}: DISTORTED: {line}"));
+            }
             let warmup = s.warmup_s.round() as usize;
             let metrics = results::compute_metrics(&run.tenants, warmup);
             policies.push(PolicyResult {
@@ -633,6 +654,8 @@ pub fn run(r: &Resolved, scenario_text: &str, env: &RunEnv, out: &Path) -> Resul
                 metrics,
                 failures: run.failures,
                 victim_solo,
+                trust,
+                victim_solo_trust,
             });
         }
     }

@@ -49,6 +49,10 @@ use crate::knee::{KneeParams, KneeSearch, Period};
 /// Good completions per +1 of the `adaptive` policy's recovery after a halving.
 pub const ADAPTIVE_RECOVERY_IOS: u32 = 4;
 
+/// A control period in which the caller's clock was late for more than this share of its
+/// length is not a measurement of the storage ([`QueueDepthController::note_lateness`]).
+pub const LATE_SHARE: f64 = 0.1;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DepthPolicy {
@@ -250,6 +254,10 @@ pub struct QueueDepthController {
     /// `adaptive`: the knee search, and the window the current period runs at.
     knee: Option<KneeSearch>,
     period_window: f64,
+    /// The caller's clock lateness summed over the current period, s, and the periods
+    /// dropped for it.
+    period_late_s: f64,
+    late_periods: u64,
 }
 
 impl QueueDepthController {
@@ -297,6 +305,8 @@ impl QueueDepthController {
             halvings: 0,
             knee,
             period_window: w,
+            period_late_s: 0.0,
+            late_periods: 0,
         }
     }
 
@@ -494,9 +504,11 @@ impl QueueDepthController {
         let elapsed = now - self.period_start;
         let completions = self.period_completions;
         let mean_latency = (completions > 0).then(|| self.period_latency_sum / completions as f64);
-        self.period_start = now;
-        self.period_completions = 0;
-        self.period_latency_sum = 0.0;
+        let late = !matches!(self.policy, DepthPolicy::Fixed { .. }) && self.too_late(elapsed);
+        self.start_period(now);
+        if late {
+            return;
+        }
 
         if completions == 0 {
             if outstanding > 0 && !matches!(self.policy, DepthPolicy::Fixed { .. }) {
@@ -541,8 +553,32 @@ impl QueueDepthController {
         self.w = next.clamp(min, max);
     }
 
+    /// The caller's clock ran `lag_s` late (its thread woke that long after a deadline: a
+    /// host starved of CPU). Lateness stretches the latencies and thins the completions a
+    /// period sees for reasons that are not the storage's; a period whose summed lateness
+    /// passes [`LATE_SHARE`] of its length is dropped and the window holds, and a period
+    /// with no completions is not taken for a stuck device when the clock was late in it.
+    pub fn note_lateness(&mut self, lag_s: f64) {
+        self.period_late_s += lag_s.max(0.0);
+    }
+
+    /// Periods dropped for lateness so far.
+    pub fn late_periods(&self) -> u64 {
+        self.late_periods
+    }
+
+    /// Whether the period that ends now (`elapsed` long) was too late to learn from; counts it.
+    fn too_late(&mut self, elapsed: f64) -> bool {
+        let late = self.period_late_s > LATE_SHARE * elapsed;
+        if late {
+            self.late_periods += 1;
+        }
+        late
+    }
+
     fn start_period(&mut self, now: f64) {
         self.period_start = now;
+        self.period_late_s = 0.0;
         self.period_completions = 0;
         self.period_latency_sum = 0.0;
         self.period_window = self.w;
@@ -563,7 +599,7 @@ impl QueueDepthController {
         }
         let n = self.period_completions;
         if n == 0 {
-            if outstanding > 0 {
+            if outstanding > 0 && !self.too_late(elapsed) {
                 self.halve_for_stall();
             }
             self.start_period(now);
@@ -581,6 +617,14 @@ impl QueueDepthController {
         if !long_enough {
             return;
         }
+        if self.period_late_s > LATE_SHARE * elapsed {
+            self.late_periods += 1;
+            self.start_period(now);
+            return;
+        }
+        let Some(knee) = self.knee.as_mut() else {
+            return;
+        };
         knee.on_period(
             now,
             Period {
@@ -597,6 +641,59 @@ impl QueueDepthController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drives `c` for `periods` control periods of 0.1 s with `outstanding` requests and
+    /// `per_period` completions of `latency_s` each; `late_s` of clock lateness per period.
+    fn drive(
+        c: &mut QueueDepthController,
+        from: f64,
+        periods: u32,
+        per_period: u32,
+        latency_s: f64,
+        late_s: f64,
+    ) -> f64 {
+        let mut now = from;
+        for _ in 0..periods {
+            for i in 0..per_period {
+                let t = now + 0.1 * f64::from(i) / f64::from(per_period.max(1));
+                c.on_completion(t, c.epoch(), Outcome::Good, latency_s);
+            }
+            now += 0.1;
+            c.note_lateness(late_s);
+            c.tick(now, c.window());
+        }
+        now
+    }
+
+    #[test]
+    fn a_late_clock_is_not_taken_for_a_stuck_device_or_a_slow_one() {
+        // Adaptive: a period with requests outstanding and no completion is a stuck device
+        // (halve) — unless the caller's clock was late in it (the broker was not run).
+        for (late_s, halved) in [(0.0, true), (0.05, false)] {
+            let mut c = QueueDepthController::new(DepthPolicy::Adaptive(KneeParams::default()));
+            drive(&mut c, 0.0, 10, 0, 0.004, late_s);
+            assert_eq!(c.halvings() > 0, halved, "late {late_s}");
+            assert_eq!(c.late_periods() > 0, !halved);
+        }
+        // The latency law (target 5 ms) moves the window on 1 ms latencies — not when the
+        // clock was late for a fifth of each period; lateness under the share is noise.
+        for (late_s, moves) in [(0.0, true), (0.02, false), (0.005, true)] {
+            let mut c = QueueDepthController::new(DepthPolicy::Latency(LatencyParams {
+                target_ms: Some(5.0),
+                min: 4,
+                max: 64,
+                ..LatencyParams::default()
+            }));
+            let w0 = c.window();
+            drive(&mut c, 0.0, 20, 50, 0.001, late_s);
+            assert_eq!(
+                c.window() != w0,
+                moves,
+                "late {late_s}: {} from {w0}",
+                c.window()
+            );
+        }
+    }
 
     #[test]
     fn bounds_out_of_order_do_not_panic_the_latency_law() {

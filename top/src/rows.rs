@@ -656,6 +656,7 @@ mod tests {
             io_errors: 0,
             connected: true,
             held: 0,
+            longest_idle_gap_ms: None,
         }
     }
 
@@ -691,6 +692,7 @@ mod tests {
                 ports: Vec::new(),
                 paths: Vec::new(),
                 pools: Vec::new(),
+                host: None,
             }),
             luns: vec![LunTopology {
                 name: "l".into(),
