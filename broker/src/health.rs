@@ -71,9 +71,9 @@ pub struct HostSampler {
 
 /// One thread's `schedstat`: ns runnable but not running, and times it was run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct SchedStat {
-    run_delay_ns: u64,
-    runs: u64,
+pub struct SchedStat {
+    pub run_delay_ns: u64,
+    pub runs: u64,
 }
 
 impl HostSampler {
@@ -132,7 +132,13 @@ fn parse_psi_some_total_us(text: &str) -> Option<u64> {
 
 /// Each thread of this process: its run delay and run count so far.
 fn read_thread_run_delays() -> HashMap<u32, SchedStat> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+    read_task_schedstats("self")
+}
+
+/// Each thread of process `pid` (`"self"` for this one): its run delay and run count so far
+/// (empty when the process is gone or schedstat is not readable).
+pub fn read_task_schedstats(pid: &str) -> HashMap<u32, SchedStat> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return HashMap::new();
     };
     dir.flatten()

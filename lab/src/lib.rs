@@ -10,6 +10,7 @@ pub mod bench;
 pub mod broker;
 pub mod fio;
 pub mod fiojob;
+pub mod guest_cpu;
 pub mod host;
 pub mod hostfio;
 pub mod probe;

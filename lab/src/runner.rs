@@ -16,6 +16,7 @@ use weir_guest_images::GuestImage;
 use crate::broker::BrokerProcess;
 use crate::fio::FioReport;
 use crate::fiojob::with_target;
+use crate::guest_cpu::{GuestCpuSecond, GuestCpuWatch};
 use crate::host::{AccelChoice, HostFacts};
 use crate::probe::{ProbeReport, ProbeVm};
 use crate::qemu::{GuestDisk, LinuxGuestSpec};
@@ -167,7 +168,14 @@ fn broker_config(
 }
 
 /// One guest, start to end.
-fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressBar) -> Outcome {
+fn run_guest(
+    g: &GuestPlan,
+    env: &RunEnv,
+    dir: &Path,
+    seed: u64,
+    bar: &ProgressBar,
+    watch: &GuestCpuWatch,
+) -> Outcome {
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < g.start_s {
         if aborted() {
@@ -227,8 +235,10 @@ fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressB
             };
             let pid = vm.child.id();
             register(pid);
+            watch.add(&g.name, pid);
             bar.set_message(format!("{}: running (weir vm, pid {pid})", g.name));
             let r = vm.wait(Duration::from_secs_f64(g.duration_s + 60.0));
+            watch.remove(&g.name);
             unregister(pid);
             match r {
                 Ok(run) if run.exit_code == Some(0) => Outcome::Probe(run.report),
@@ -285,6 +295,7 @@ fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressB
             let pid = running.pid();
             if let Some(p) = pid {
                 register(p);
+                watch.add(&g.name, p);
             }
             bar.set_message(format!(
                 "{}: running ({}, pid {})",
@@ -297,6 +308,7 @@ fn run_guest(g: &GuestPlan, env: &RunEnv, dir: &Path, seed: u64, bar: &ProgressB
                 pid.unwrap_or(0)
             ));
             let r = running.wait();
+            watch.remove(&g.name);
             if let Some(p) = pid {
                 unregister(p);
             }
@@ -450,6 +462,7 @@ struct PolicyRun {
     tenants: Vec<TenantResult>,
     failures: Vec<GuestFailure>,
     telemetry: Vec<serde_json::Value>,
+    guest_cpu: Vec<GuestCpuSecond>,
     wall_s: f64,
 }
 
@@ -488,6 +501,8 @@ fn run_policy(
     let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
         .map_err(|e| e.to_string())?;
     let all_done = AtomicBool::new(false);
+    let guest_watch = GuestCpuWatch::start(started);
+    let watch = &guest_watch;
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         // Ctrl-C: kill every guest now rather than when its workload would have ended.
         scope.spawn(|| {
@@ -521,7 +536,7 @@ fn run_policy(
                             std::thread::sleep(Duration::from_millis(200));
                         }
                     });
-                    let o = run_guest(g, env, dir, seed, &bar);
+                    let o = run_guest(g, env, dir, seed, &bar, watch);
                     done.store(true, Ordering::SeqCst);
                     let _ = ticker.join();
                     match &o {
@@ -580,6 +595,7 @@ fn run_policy(
         tenants,
         failures,
         telemetry,
+        guest_cpu: guest_watch.finish(),
         wall_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -631,7 +647,7 @@ pub fn run(r: &Resolved, scenario_text: &str, env: &RunEnv, out: &Path) -> Resul
                     )?;
                     Some((
                         solo.tenants.into_iter().find(|t| t.ok),
-                        crate::trust::assess(&solo.telemetry),
+                        crate::trust::assess(&solo.telemetry, &solo.guest_cpu),
                     ))
                 }
                 _ => None,
@@ -640,7 +656,7 @@ pub fn run(r: &Resolved, scenario_text: &str, env: &RunEnv, out: &Path) -> Resul
                 Some((t, trust)) => (t, Some(trust)),
                 None => (None, None),
             };
-            let trust = crate::trust::assess(&run.telemetry);
+            let trust = crate::trust::assess(&run.telemetry, &run.guest_cpu);
             if let Some(line) = crate::trust::summary(&trust) {
                 let _ = mp.println(format!("== {label}: DISTORTED: {line}"));
             }
