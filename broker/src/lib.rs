@@ -8,6 +8,7 @@
 //! reservation, limit and weight), the LUN scheduler with its queue-depth controller, and the
 //! path selector between validation and the backend.
 
+pub mod array_runtime;
 pub mod config;
 pub mod control;
 pub mod counters;
@@ -15,6 +16,7 @@ pub mod dark;
 pub mod device;
 pub mod dispatch;
 pub mod health;
+pub mod inbox;
 pub mod inflight;
 pub mod lun;
 pub mod metrics;
@@ -22,6 +24,7 @@ pub mod metrics_http;
 pub mod path_probe;
 pub mod request;
 pub mod sandbox;
+pub mod scheduler_thread;
 pub mod server;
 pub mod stopper;
 pub mod telemetry;

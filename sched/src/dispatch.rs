@@ -11,11 +11,39 @@
 
 use std::collections::VecDeque;
 
+use crate::array::Admission;
 use crate::cost::CostModel;
 use crate::depth::{DepthPolicy, Outcome, QueueDepthController};
 use crate::mclock::{MClock, TenantPolicy};
 use crate::path::{PathSet, Selection};
 use crate::sim::SchedulerKind;
+
+/// What the admission rule needs of a request: when a path first failed it (a request moved
+/// to another path is counted once, however many paths fail it).
+pub trait Attempted {
+    fn failed_at(&mut self) -> &mut Option<f64>;
+}
+
+/// What became of a request the array answered ([`LunDispatch::admit`]).
+#[derive(Debug)]
+pub enum Admitted<T> {
+    /// The array took it: the caller starts it (and its completion comes later).
+    Sent(Dispatch<T>),
+    /// Its path's port is down: the path failed, the request goes first elsewhere; the caller
+    /// may send the next one.
+    Requeued,
+    /// QUEUE FULL or BUSY: a congestion signal; nothing more leaves until the retry is due.
+    Congested,
+}
+
+/// A LUN's window after its port's budget: when the windows of the LUNs behind the port add
+/// up to `total` > `budget`, each gets its proportional part of the budget (at least one).
+pub fn port_share(own: u32, total: u64, budget: u32) -> u32 {
+    if total <= u64::from(budget) {
+        return own;
+    }
+    ((u64::from(own) * u64::from(budget) / total.max(1)) as u32).max(1)
+}
 
 /// Where a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +92,10 @@ pub struct LunDispatch<T> {
     /// Requests sent and not yet finished.
     pub in_flight: u32,
     pub paths: PathSet,
+    /// QUEUE FULL/BUSY answers, and requests moved to another path after theirs failed
+    /// them (each counted once), so far.
+    pub congestion: u64,
+    pub reissued: u64,
 }
 
 impl<T> LunDispatch<T> {
@@ -85,6 +117,8 @@ impl<T> LunDispatch<T> {
             controller: QueueDepthController::new(depth),
             in_flight: 0,
             paths,
+            congestion: 0,
+            reissued: 0,
         }
     }
 
@@ -188,14 +222,6 @@ impl<T> LunDispatch<T> {
             .on_completion(now, epoch, Outcome::Good, latency_s);
     }
 
-    /// A sent request failed on `path` (transport error, timeout, I/O error on a multipath
-    /// LUN): the path fails and the request is sent again elsewhere.
-    pub fn failed(&mut self, item: T, path: usize, now: f64, why: &str) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        self.paths.on_failure(path, now, why);
-        self.reissue.push_back(item);
-    }
-
     /// A sent request is given up without a verdict (its owner went away).
     pub fn abandoned(&mut self, path: usize) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -237,6 +263,52 @@ impl<T> LunDispatch<T> {
     }
 }
 
+impl<T: Attempted> LunDispatch<T> {
+    /// The array's answer `admission` to `d`, sent at `now`: the one rule the broker and
+    /// `weir sim` share. A refused request is offered again after `retry_delay_s`.
+    pub fn admit(
+        &mut self,
+        mut d: Dispatch<T>,
+        admission: Admission,
+        now: f64,
+        retry_delay_s: f64,
+    ) -> Admitted<T> {
+        match admission {
+            Admission::Accepted => {
+                self.sent(d.path, now);
+                Admitted::Sent(d)
+            }
+            Admission::PortDown => {
+                self.note_failure(&mut d.item, now);
+                self.port_down(d.item, d.path, now);
+                Admitted::Requeued
+            }
+            Admission::QueueFull | Admission::Busy => {
+                self.congestion += 1;
+                self.congested(d.item, d.epoch, now, retry_delay_s);
+                Admitted::Congested
+            }
+        }
+    }
+
+    /// A sent request failed on `path` (transport error, timeout, I/O error on a multipath
+    /// LUN): the path fails and the request is sent again elsewhere.
+    pub fn failed(&mut self, mut item: T, path: usize, now: f64, why: &str) {
+        self.note_failure(&mut item, now);
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.paths.on_failure(path, now, why);
+        self.reissue.push_back(item);
+    }
+
+    fn note_failure(&mut self, item: &mut T, now: f64) {
+        let first = item.failed_at();
+        if first.is_none() {
+            *first = Some(now);
+            self.reissued += 1;
+        }
+    }
+}
+
 /// Moves the items of `q` that `pred` selects to `out`, keeping the others in order.
 fn take_where<T>(q: &mut VecDeque<T>, pred: &mut impl FnMut(&T) -> bool, out: &mut Vec<T>) {
     let mut kept = VecDeque::with_capacity(q.len());
@@ -262,9 +334,19 @@ mod tests {
         )
     }
 
+    /// A request in the tests: an id, and when a path first failed it.
+    #[derive(Debug, PartialEq)]
+    struct R(u32, Option<f64>);
+
+    impl Attempted for R {
+        fn failed_at(&mut self) -> &mut Option<f64> {
+            &mut self.1
+        }
+    }
+
     #[test]
     fn a_refused_request_is_retried_first_and_a_failed_one_before_everything() {
-        let mut d: LunDispatch<u32> = LunDispatch::new(
+        let mut d: LunDispatch<R> = LunDispatch::new(
             SchedulerKind::Fifo,
             vec![],
             CostModel::default(),
@@ -272,28 +354,38 @@ mod tests {
             one_path(),
         );
         for i in 0..3 {
-            d.enqueue(0, i, 4096, 0.0);
+            d.enqueue(0, R(i, None), 4096, 0.0);
         }
-        let Step::Send(Dispatch { item, epoch, .. }) = d.next(0.0, 8) else {
+        let Step::Send(send) = d.next(0.0, 8) else {
             panic!()
         };
-        d.congested(item, epoch, 0.0, 0.001);
+        assert!(matches!(
+            d.admit(send, Admission::QueueFull, 0.0, 0.001),
+            Admitted::Congested
+        ));
         // Until the retry is due nothing else overtakes it (a SCSI initiator retries first).
         assert!(matches!(d.next(0.0005, 8), Step::Idle));
-        let Step::Send(Dispatch { item, source, .. }) = d.next(0.001, 8) else {
+        let Step::Send(send) = d.next(0.001, 8) else {
             panic!()
         };
-        assert_eq!((item, source), (0, Source::Retry));
-        d.sent(0, 0.001);
+        assert_eq!((send.item.0, send.source), (0, Source::Retry));
+        let Admitted::Sent(Dispatch { item, .. }) =
+            d.admit(send, Admission::Accepted, 0.001, 0.001)
+        else {
+            panic!()
+        };
         d.failed(item, 0, 0.002, "test");
         // The only path failed: nothing leaves until the checker takes it back.
         assert!(matches!(d.next(0.002, 8), Step::Idle));
         d.paths.check(0.003, |_| true);
         let order: Vec<(u32, Source)> = (0..3)
             .filter_map(|_| match d.next(0.003, 8) {
-                Step::Send(Dispatch { item, source, .. }) => {
-                    d.sent(0, 0.003);
-                    Some((item, source))
+                Step::Send(send) => {
+                    let source = send.source;
+                    match d.admit(send, Admission::Accepted, 0.003, 0.001) {
+                        Admitted::Sent(s) => Some((s.item.0, source)),
+                        _ => None,
+                    }
                 }
                 _ => None,
             })
@@ -303,6 +395,42 @@ mod tests {
             [(0, Source::Reissue), (1, Source::Fresh), (2, Source::Fresh)]
         );
         assert_eq!((d.in_flight, d.queued()), (3, 0));
+        assert_eq!((d.congestion, d.reissued), (1, 1));
+    }
+
+    #[test]
+    fn a_request_moved_to_another_path_is_counted_once_however_many_fail_it() {
+        let mut d: LunDispatch<R> = LunDispatch::new(
+            SchedulerKind::Fifo,
+            vec![],
+            CostModel::default(),
+            DepthPolicy::Fixed { depth: 8 },
+            PathSet::new(
+                &[
+                    (PathGroup::Optimized, u32::MAX),
+                    (PathGroup::Optimized, u32::MAX),
+                ],
+                MultipathPolicy::default(),
+            ),
+        );
+        d.enqueue(0, R(7, None), 4096, 0.0);
+        // Its first path's port is down, then the second fails it after the I/O.
+        let Step::Send(send) = d.next(0.0, 8) else {
+            panic!()
+        };
+        assert!(matches!(
+            d.admit(send, Admission::PortDown, 0.0, 0.001),
+            Admitted::Requeued
+        ));
+        let Step::Send(send) = d.next(0.0, 8) else {
+            panic!()
+        };
+        assert_eq!((send.item.1, send.source), (Some(0.0), Source::Reissue));
+        let Admitted::Sent(sent) = d.admit(send, Admission::Accepted, 0.0, 0.001) else {
+            panic!()
+        };
+        d.failed(sent.item, sent.path, 0.01, "transport error");
+        assert_eq!(d.reissued, 1, "one request moved, whatever failed it twice");
     }
 
     #[test]
