@@ -10,7 +10,9 @@
 //! the window — QD 200 here; at QD 32 the heavier guest's queue in the broker empties whenever
 //! its own turnaround lags (a knee of ~40 on this disk is more than 80 % of 32), and mClock has
 //! nothing of it to favour. Not yet a test of a property: the knee search's window on these
-//! devices (18–144) costs 0.6–1.0 of the throughput.
+//! devices (18–144) costs 0.6–1.0 of the throughput. The test below holds the window at 32 and
+//! checks the scheduler's part: 3.98–4.00 here on both, six runs on a quiet host (3.44 once
+//! while a build took both cores: a starved guest cannot keep its queue full).
 
 mod common;
 
@@ -140,6 +142,7 @@ fn run(
     backing: &str,
     depth: Option<&str>,
     throttle_iops: Option<u64>,
+    qd: u32,
 ) -> Shares {
     let control = dir.join("broker.ctl");
     let mut c = format!(
@@ -149,10 +152,6 @@ fn run(
     if let Some(d) = depth {
         c.push_str(&format!("depth = {d}\n"));
     }
-    let qd: u32 = std::env::var("WEIR_PROBE_QD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
     // A ring of 256 carries at most 77 of the probe's requests (three descriptors each).
     let queue_size = if qd > 77 { 1024 } else { 256 };
     for (tenant, weight) in [("w1", 1), ("w4", 4)] {
@@ -250,7 +249,11 @@ fn rounds_fixed_1024_against_the_default_window() {
                 let throttle = std::env::var("WEIR_THROTTLE_IOPS")
                     .ok()
                     .and_then(|v| v.parse().ok());
-                let s = run(dir.path(), &probe, backing, depth, throttle);
+                let qd = std::env::var("WEIR_PROBE_QD")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(32);
+                let s = run(dir.path(), &probe, backing, depth, throttle, qd);
                 eprintln!(
                     "round {round} {kind} {}: ratio {:.2} over {} backlogged s, {:.2} over {} s; {:.0} IOPS, window {:.1}",
                     depth.map_or("default", |d| if d.contains("fixed") {
@@ -267,5 +270,47 @@ fn rounds_fixed_1024_against_the_default_window() {
                 );
             }
         }
+    }
+}
+
+/// The scheduler on real storage: weights 1:4 on a file LUN on this machine's disk and on a
+/// loop device over it, a window that binds (fixed 32) and guests that ask for more than it
+/// (QD 200 each). mClock's shares in cost units, over the seconds both guests had requests
+/// waiting in the broker, must be 1:4 within 10 %. (The adaptive window's own choice on these
+/// devices is the bench above: it does not bind reliably yet.)
+#[test]
+fn weights_hold_on_a_file_and_a_loop_device_when_the_window_binds() {
+    let Some(probe) = common::probe_guest_setup("real_storage_weights") else {
+        return;
+    };
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let file = data_file(dir.path());
+    let lo = Loop::attach(&file).expect("losetup --direct-io (root)");
+    let file_path = file.display().to_string();
+    for (kind, backing) in [("file", file_path.as_str()), ("loop", lo.0.as_str())] {
+        let s = run(
+            dir.path(),
+            &probe,
+            backing,
+            Some("{ policy = \"fixed\", depth = 32 }"),
+            None,
+            200,
+        );
+        let ratio = s.cost[1] / s.cost[0];
+        eprintln!(
+            "{kind}: ratio {ratio:.2} over {} backlogged s of {}; {:.0} IOPS",
+            s.seconds, s.active_seconds, s.iops
+        );
+        assert!(
+            s.seconds >= 4,
+            "{kind}: only {} seconds with both guests waiting in the broker: {s:?}",
+            s.seconds
+        );
+        assert!(
+            (3.6..=4.4).contains(&ratio),
+            "{kind}: weight-4 / weight-1 cost {ratio:.2}, not 4 ± 10 %: {s:?}"
+        );
     }
 }
