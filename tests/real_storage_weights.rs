@@ -225,6 +225,17 @@ fn run(
     }
 }
 
+/// A directory under target/ (the machine's disk, not tmpfs) holding the data file, the file's
+/// path and a loop device over it.
+fn storage() -> (tempfile::TempDir, String, Loop) {
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let file = data_file(dir.path());
+    let lo = Loop::attach(&file).expect("losetup --direct-io (root)");
+    (dir, file.display().to_string(), lo)
+}
+
 /// Three interleaved rounds of the deep fixed window (weights ignored) and `adaptive` on the
 /// file and on the loop device (run by hand:
 /// `cargo test --release --test real_storage_weights -- --ignored --nocapture`).
@@ -234,12 +245,7 @@ fn rounds_fixed_1024_against_the_default_window() {
     let Some(probe) = common::probe_guest_setup("real_storage_weights_rounds") else {
         return;
     };
-    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(&base).unwrap();
-    let file = data_file(dir.path());
-    let lo = Loop::attach(&file).expect("losetup");
-    let file_path = file.display().to_string();
+    let (dir, file_path, lo) = storage();
     for round in 1..=3 {
         for (kind, backing) in [("file", file_path.as_str()), ("loop", lo.0.as_str())] {
             for depth in [
@@ -283,12 +289,7 @@ fn weights_hold_on_a_file_and_a_loop_device_when_the_window_binds() {
     let Some(probe) = common::probe_guest_setup("real_storage_weights") else {
         return;
     };
-    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(&base).unwrap();
-    let file = data_file(dir.path());
-    let lo = Loop::attach(&file).expect("losetup --direct-io (root)");
-    let file_path = file.display().to_string();
+    let (dir, file_path, lo) = storage();
     for (kind, backing) in [("file", file_path.as_str()), ("loop", lo.0.as_str())] {
         let s = run(
             dir.path(),

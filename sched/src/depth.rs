@@ -617,8 +617,7 @@ impl QueueDepthController {
         if !long_enough {
             return;
         }
-        if self.period_late_s > LATE_SHARE * elapsed {
-            self.late_periods += 1;
+        if self.too_late(elapsed) {
             self.start_period(now);
             return;
         }
