@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
-use weir_sched::array::LunModel;
 use weir_sched::check;
-use weir_sched::depth::DepthPolicy;
 use weir_sched::mclock::TenantPolicy;
-use weir_sched::path::{MultipathPolicy, PathGroup};
-use weir_sched::sim::{EventAction, EventSpec, SchedulerKind};
+use weir_sched::sim::{EventAction, EventSpec};
+
+pub use weir_sched::lun::{
+    ByteSize, LunBackend, LunSpec as LunConfig, PathSpec as LunPathConfig, ResolvedPath, parse_size,
+};
 
 /// The largest queue count a disk may ask for (virtio-blk MQ).
 pub const MAX_QUEUES: u16 = 16;
@@ -79,57 +80,6 @@ pub struct BrokerConfig {
     /// entries as `weir sim`'s).
     #[serde(default, rename = "event")]
     pub events: Vec<EventSpec>,
-}
-
-/// A LUN: one backing store (file or block device).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LunConfig {
-    pub name: String,
-    /// Backing file or block device.
-    pub path: PathBuf,
-    /// Size the guest sees. A missing file is created sparse with this size; an existing one
-    /// must be at least this large. Omitted: the backing store's size.
-    #[serde(default)]
-    pub size: Option<ByteSize>,
-    #[serde(default)]
-    pub read_only: bool,
-    /// Several disks may map to this LUN only when it is shareable.
-    #[serde(default)]
-    pub shareable: bool,
-    /// Open with O_DIRECT (bypass the host page cache). Falls back, with a logged reason, when
-    /// the backing store refuses it.
-    #[serde(default = "default_true")]
-    pub direct: bool,
-    /// `file`: the backing store's own speed. `emulated`: the backing store holds the data,
-    /// and a model of a congested array port and LUN (`port`, `model`) decides when each
-    /// request completes and answers QUEUE FULL/BUSY (docs/scheduling.md).
-    #[serde(default)]
-    pub backend: LunBackend,
-    /// The emulated array port this LUN sits behind (emulated only), when it has one path.
-    #[serde(default)]
-    pub port: Option<String>,
-    /// Several paths to the LUN (multipath): each its own descriptor onto the backing store
-    /// (`device`, default the LUN's `path`) and, when emulated, its own array port.
-    #[serde(default)]
-    pub paths: Vec<LunPathConfig>,
-    /// Path selector, failback, checker, hold and timeout settings.
-    #[serde(default)]
-    pub multipath: MultipathPolicy,
-    /// The emulated LUN's service model (emulated only; defaults describe a small congested
-    /// array LUN).
-    #[serde(default)]
-    pub model: Option<LunModel>,
-    /// The dispatch window policy. Default: `adaptive` on emulated LUNs; on file LUNs a fixed
-    /// window of 1024 (no throttling, scheduling still orders the tenants).
-    #[serde(default)]
-    pub depth: Option<DepthPolicy>,
-    /// `mclock` (tenants' weights, reservations and limits) or `fifo` (arrival order).
-    #[serde(default)]
-    pub scheduler: SchedulerKind,
-    /// The thin pool this LUN's image belongs to (its `path` must lie in the pool's `dir`).
-    #[serde(default)]
-    pub pool: Option<String>,
 }
 
 /// What a pool does with a write that needs space it does not have.
@@ -221,113 +171,9 @@ impl PoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LunBackend {
-    #[default]
-    File,
-    Emulated,
-}
-
-/// One path to a LUN.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LunPathConfig {
-    /// Defaults to the port's name, else `path<N>`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The emulated array port (emulated LUNs).
-    #[serde(default)]
-    pub port: Option<String>,
-    /// Another node for the same store (e.g. a second `/dev/sdX` of one multipath LUN);
-    /// default: the LUN's `path`.
-    #[serde(default)]
-    pub device: Option<PathBuf>,
-    #[serde(default)]
-    pub group: PathGroup,
-    /// Requests this path carries at most at once.
-    #[serde(default = "default_path_cap")]
-    pub max_in_flight: u32,
-}
-
-fn default_path_cap() -> u32 {
-    32
-}
-
-/// A LUN's path after defaults: what the broker opens.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedPath {
-    pub name: String,
-    pub port: Option<String>,
-    pub device: PathBuf,
-    pub group: PathGroup,
-    pub max_in_flight: u32,
-}
-
 /// A port of the emulated array: the same entry as `weir sim`'s `[[port]]` (name, queue
 /// limit, the broker's budget for the windows behind it, link latency).
 pub type PortConfig = weir_sched::sim::PortSpec;
-
-impl LunConfig {
-    /// A file-backed LUN with every other setting at its default.
-    pub fn file(name: &str, path: &Path, size: Option<u64>, read_only: bool) -> Self {
-        LunConfig {
-            name: name.to_string(),
-            path: path.to_path_buf(),
-            size: size.map(ByteSize),
-            read_only,
-            shareable: false,
-            direct: true,
-            backend: LunBackend::File,
-            port: None,
-            paths: Vec::new(),
-            multipath: MultipathPolicy::default(),
-            model: None,
-            depth: None,
-            scheduler: SchedulerKind::default(),
-            pool: None,
-        }
-    }
-
-    /// The LUN's paths: its `paths` entries, or one path (its `port`, its `path`).
-    pub fn resolved_paths(&self) -> Vec<ResolvedPath> {
-        if self.paths.is_empty() {
-            return vec![ResolvedPath {
-                name: self.port.clone().unwrap_or_else(|| "path0".into()),
-                port: self.port.clone(),
-                device: self.path.clone(),
-                group: PathGroup::Optimized,
-                max_in_flight: u32::MAX,
-            }];
-        }
-        self.paths
-            .iter()
-            .enumerate()
-            .map(|(k, p)| ResolvedPath {
-                name: p
-                    .name
-                    .clone()
-                    .or_else(|| p.port.clone())
-                    .unwrap_or_else(|| format!("path{k}")),
-                port: p.port.clone(),
-                device: p.device.clone().unwrap_or_else(|| self.path.clone()),
-                group: p.group,
-                max_in_flight: p.max_in_flight,
-            })
-            .collect()
-    }
-
-    /// The window policy in force (see [`LunConfig::depth`]).
-    pub fn depth_policy(&self) -> DepthPolicy {
-        // Files and block devices keep a deep fixed window until the knee search holds there
-        // (docs/scheduling.md: on this machine's disk it still found windows from 7 to 48
-        // between rounds, halving throughput in some).
-        self.depth.clone().unwrap_or(match self.backend {
-            LunBackend::Emulated => DepthPolicy::default(),
-            LunBackend::File => DepthPolicy::Fixed { depth: 1024 },
-        })
-    }
-}
 
 /// A guest disk: one vhost-user-blk socket mapped to one LUN.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -365,51 +211,6 @@ fn default_queues() -> u16 {
 }
 fn default_queue_size() -> u16 {
     256
-}
-
-/// A byte count written as an integer or as a string with a unit ("256MiB", "1G", "4096").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_size(&s)
-                .map(ByteSize)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// Parses "4096", "64K", "256MiB", "1GiB", "2G" (binary units; K/M/G/T and KiB/MiB/GiB/TiB).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("'{s}' is not a size (write e.g. 4096, \"64KiB\", \"256MiB\", \"1GiB\")")
-    })?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => {
-            return Err(format!(
-                "'{s}': unknown unit '{other}' (use KiB, MiB, GiB or TiB)"
-            ));
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 impl BrokerConfig {
@@ -493,8 +294,10 @@ impl BrokerConfig {
                     format!("no pool named '{name}': add a [[pool]] with that name"),
                 ));
             };
-            let parent = lun
-                .path
+            let Some(image) = &lun.path else {
+                continue; // refused below: a broker LUN needs its path
+            };
+            let parent = image
                 .parent()
                 .and_then(|p| p.canonicalize().ok())
                 .unwrap_or_default();
@@ -503,7 +306,7 @@ impl BrokerConfig {
                     format!("lun[{i}].path"),
                     format!(
                         "{} is not in pool '{name}''s directory {}: put the image there",
-                        lun.path.display(),
+                        image.display(),
                         pool.dir.display()
                     ),
                 ));
@@ -517,92 +320,19 @@ impl BrokerConfig {
         }
         let mut luns: HashMap<&str, &LunConfig> = HashMap::new();
         for (i, lun) in self.luns.iter().enumerate() {
-            if lun.name.is_empty() {
-                return Err(invalid(format!("lun[{i}].name"), "must not be empty"));
-            }
+            // What every context refuses (weir_sched::lun), then the backing store.
+            lun.check_in(i, &self.ports).map_err(field_problem)?;
             if luns.insert(lun.name.as_str(), lun).is_some() {
                 return Err(invalid(
                     format!("lun[{i}].name"),
                     format!("'{}' is defined twice; LUN names must be unique", lun.name),
                 ));
             }
-            if lun.port.is_some() && !lun.paths.is_empty() {
+            if lun.path.is_none() {
                 return Err(invalid(
-                    format!("lun[{i}].port"),
-                    "give either port or [[lun.paths]] entries (each with its port), not both",
+                    format!("lun[{i}].path"),
+                    "missing: the backing file or block device (an emulated LUN keeps its data there too)",
                 ));
-            }
-            match lun.backend {
-                LunBackend::Emulated => {
-                    if lun.paths.is_empty() && lun.port.is_none() {
-                        return Err(invalid(
-                            format!("lun[{i}].port"),
-                            "an emulated LUN needs the [[port]] it sits behind (or [[lun.paths]])",
-                        ));
-                    }
-                    for (k, p) in lun.resolved_paths().iter().enumerate() {
-                        let field = if lun.paths.is_empty() {
-                            format!("lun[{i}].port")
-                        } else {
-                            format!("lun[{i}].paths[{k}].port")
-                        };
-                        match &p.port {
-                            None => {
-                                return Err(invalid(
-                                    field,
-                                    "each path of an emulated LUN goes through a [[port]]",
-                                ));
-                            }
-                            Some(name) if !self.ports.iter().any(|x| &x.name == name) => {
-                                return Err(invalid(field, format!("no [[port]] named '{name}'")));
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                }
-                LunBackend::File => {
-                    if lun.port.is_some()
-                        || lun.model.is_some()
-                        || lun.paths.iter().any(|p| p.port.is_some())
-                    {
-                        return Err(invalid(
-                            format!("lun[{i}].backend"),
-                            "port and model apply to emulated LUNs only: set backend = \"emulated\"",
-                        ));
-                    }
-                }
-            }
-            let mut names = HashSet::new();
-            for (k, p) in lun.resolved_paths().iter().enumerate() {
-                if !names.insert(p.name.clone()) {
-                    return Err(invalid(
-                        format!("lun[{i}].paths[{k}].name"),
-                        format!("'{}' names two paths of this LUN", p.name),
-                    ));
-                }
-                if p.max_in_flight == 0 {
-                    return Err(invalid(
-                        format!("lun[{i}].paths[{k}].max_in_flight"),
-                        "must be at least 1",
-                    ));
-                }
-            }
-            if let Some(problem) = lun.multipath.problem() {
-                return Err(invalid(format!("lun[{i}]"), problem));
-            }
-            if let Some(m) = &lun.model {
-                check::within(&format!("lun[{i}].model"), m).map_err(field_problem)?;
-            }
-            if let Some(d) = &lun.depth {
-                check::within(&format!("lun[{i}].depth"), d).map_err(field_problem)?;
-            }
-            if let Some(ByteSize(size)) = lun.size {
-                if size == 0 || size % 512 != 0 {
-                    return Err(invalid(
-                        format!("lun[{i}].size"),
-                        format!("{size} bytes: must be a positive multiple of 512"),
-                    ));
-                }
             }
         }
         let mut sockets = HashSet::new();
@@ -680,7 +410,7 @@ impl BrokerConfig {
                             format!("no LUN named '{lun}'"),
                         ));
                     }
-                    Some(l) if l.backend != LunBackend::Emulated => {
+                    Some(l) if !l.is_emulated() => {
                         return Err(invalid(
                             format!("event[{i}].lun"),
                             format!(
@@ -863,13 +593,16 @@ lun = "shared"
         let paths = c.luns[0].resolved_paths();
         assert_eq!(paths.len(), 2);
         assert_eq!((paths[0].name.as_str(), paths[0].max_in_flight), ("a", 32));
-        assert_eq!(paths[1].group, PathGroup::NonOptimized);
-        assert_eq!(paths[1].device, PathBuf::from("/x"));
+        assert_eq!(paths[1].group, weir_sched::path::PathGroup::NonOptimized);
+        assert_eq!(paths[1].device, Some(PathBuf::from("/x")));
         assert_eq!(c.luns[0].multipath.hold_s, 5.0);
         assert_eq!(c.ports[1].latency_us, 300.0);
         // Without paths: one path, the LUN's own.
         let one = LunConfig::file("f", Path::new("/y"), None, false).resolved_paths();
-        assert_eq!((one.len(), one[0].device.as_path()), (1, Path::new("/y")));
+        assert_eq!(
+            (one.len(), one[0].device.as_deref()),
+            (1, Some(Path::new("/y")))
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum LunError {
         actual: u64,
         wanted: u64,
     },
+    #[error("LUN '{lun}': no path: give the backing file or block device")]
+    NoPath { lun: String },
     #[error("LUN '{lun}': {path} does not exist; give lun.size so the broker can create it")]
     MissingNoSize { lun: String, path: PathBuf },
     #[error(
@@ -84,14 +86,16 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 impl LunStore {
     pub fn open(cfg: &LunConfig) -> Result<Self, LunError> {
         let name = cfg.name.clone();
-        let path = cfg.path.clone();
+        let Some(path) = cfg.path.clone() else {
+            return Err(LunError::NoPath { lun: name });
+        };
         let open_err = |source| LunError::Open {
             lun: name.clone(),
             path: path.clone(),
             source,
         };
         let exists = path.exists();
-        if !exists && cfg.size.is_none() {
+        if !exists && cfg.size_bytes().is_none() {
             return Err(LunError::MissingNoSize { lun: name, path });
         }
         let mut opts = OpenOptions::new();
@@ -124,7 +128,7 @@ impl LunStore {
         } else {
             meta.len()
         };
-        if let Some(wanted) = cfg.size.map(|s| s.0) {
+        if let Some(wanted) = cfg.size_bytes() {
             if !block_device && actual < wanted {
                 if exists && actual > 0 {
                     return Err(LunError::TooSmall {
@@ -149,7 +153,7 @@ impl LunStore {
                 });
             }
         }
-        let size_bytes = cfg.size.map(|s| s.0).unwrap_or(actual) / SECTOR_SIZE * SECTOR_SIZE;
+        let size_bytes = cfg.size_bytes().unwrap_or(actual) / SECTOR_SIZE * SECTOR_SIZE;
         if size_bytes == 0 {
             return Err(LunError::Empty { lun: name, path });
         }
@@ -172,14 +176,16 @@ impl LunStore {
         };
         let mut paths = Vec::new();
         for p in cfg.resolved_paths() {
+            // A path without its own device opens the LUN's.
+            let device = p.device.clone().unwrap_or_else(|| path.clone());
             let open_path = |custom: i32| {
                 let mut o = OpenOptions::new();
                 o.read(true).write(!cfg.read_only).custom_flags(custom);
-                o.open(&p.device)
+                o.open(&device)
             };
             let buffered = open_path(0).map_err(|source| LunError::Open {
                 lun: name.clone(),
-                path: p.device.clone(),
+                path: device.clone(),
                 source,
             })?;
             let direct = if direct.is_some() {
@@ -188,7 +194,7 @@ impl LunStore {
                 None
             };
             paths.push(PathFds {
-                device: p.device.clone(),
+                device,
                 direct,
                 buffered,
             });

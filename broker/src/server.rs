@@ -22,7 +22,7 @@ use weir_sched::array::{EmulatedArray, LunModel, PortModel};
 use weir_sched::mclock::TenantPolicy;
 use weir_sched::sim::EventAction;
 
-use crate::config::{BrokerConfig, DiskConfig, LunBackend, LunConfig, MAX_SERIAL_BYTES};
+use crate::config::{BrokerConfig, DiskConfig, LunConfig, MAX_SERIAL_BYTES};
 use crate::control::ControlServer;
 use crate::counters::{DiskCounters, RateLimitedLog};
 use crate::device::{BlkDevice, BlkDeviceSpec};
@@ -188,11 +188,7 @@ impl Broker {
         // per LUN with the policies of the disks mapped to it, one clock thread.
         let clock = BrokerClock::new();
         let wake = Arc::new((Mutex::new(false), Condvar::new()));
-        let emulated: Vec<&LunConfig> = config
-            .luns
-            .iter()
-            .filter(|l| l.backend == LunBackend::Emulated)
-            .collect();
+        let emulated: Vec<&LunConfig> = config.luns.iter().filter(|l| l.is_emulated()).collect();
         let array = (!emulated.is_empty()).then(|| {
             let ports: Vec<PortModel> = config.ports.iter().map(|p| p.model()).collect();
             let models: Vec<LunModel> = emulated

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use weir_guest_images::GuestImage;
+use weir_sched::lun::{ByteSize, LunBackend};
 
 use crate::broker::BrokerProcess;
 use crate::fio::FioReport;
@@ -116,23 +117,15 @@ fn broker_config(
         .collect::<Result<_, _>>()?;
     root.insert("port".into(), toml::Value::Array(ports));
     let mut luns = Vec::new();
-    for l in luns_for(s, policy) {
-        let mut t = toml_table(&l)?;
-        let size = t
-            .remove("size_mib")
-            .and_then(|v| v.as_integer())
-            .unwrap_or(256);
-        t.insert(
-            "path".into(),
-            dir.join(format!("{}.img", l.name))
-                .display()
-                .to_string()
-                .into(),
-        );
-        t.insert("size".into(), format!("{size}MiB").into());
-        t.insert("backend".into(), "emulated".into());
-        t.insert("shareable".into(), true.into());
-        luns.push(toml::Value::Table(t));
+    for mut l in luns_for(s, policy) {
+        // The scenario's LUN is the broker's (one type, weir_sched::lun): only the store is
+        // added, a file per LUN under the run directory.
+        l.size = Some(ByteSize(l.size_bytes().unwrap_or(256 << 20)));
+        l.size_mib = None;
+        l.path = Some(dir.join(format!("{}.img", l.name)));
+        l.backend = Some(LunBackend::Emulated);
+        l.shareable = true;
+        luns.push(toml::Value::Table(toml_table(&l)?));
     }
     root.insert("lun".into(), toml::Value::Array(luns));
     let mut disks = Vec::new();

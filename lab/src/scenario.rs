@@ -326,7 +326,7 @@ pub fn luns_for(s: &RunScenario, policy: &str) -> Vec<LunSpec> {
         if policy == "fifo" {
             l.scheduler = weir_sched::sim::SchedulerKind::Fifo;
         } else if let Some(d) = DepthPolicy::from_short(policy) {
-            l.depth = d;
+            l.depth = Some(d);
         } else if let Some(sel) = PathSelectorKind::from_short(policy) {
             l.multipath.selector = sel;
         }

@@ -17,6 +17,7 @@ pub mod cost;
 pub mod depth;
 pub mod dispatch;
 pub mod knee;
+pub mod lun;
 pub mod mclock;
 pub mod metrics;
 pub mod path;

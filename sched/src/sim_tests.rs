@@ -7,15 +7,10 @@ use crate::sim::*;
 
 fn lun(depth: DepthPolicy, scheduler: SchedulerKind) -> LunSpec {
     LunSpec {
-        name: "lun0".into(),
-        port: Some("p0".into()),
-        paths: vec![],
-        multipath: Default::default(),
-        size_mib: None,
-        model: LunModel::default(),
-        depth,
+        model: Some(LunModel::default()),
+        depth: Some(depth),
         scheduler,
-        pool: None,
+        ..LunSpec::emulated("lun0", "p0")
     }
 }
 
@@ -155,7 +150,7 @@ fn same_seed_same_result_different_seed_different() {
 /// `busy_threshold` waiting slots.
 fn drop_run(depth: DepthPolicy, busy_threshold: u32) -> SimResult {
     let mut l = lun(depth, SchedulerKind::Mclock);
-    l.model.busy_threshold = busy_threshold;
+    l.model.get_or_insert_with(LunModel::default).busy_threshold = busy_threshold;
     let mut s = scenario(
         vec![l],
         vec![closed("a", 1.0, 64), closed("b", 1.0, 64)],
@@ -585,11 +580,19 @@ fn scenario_errors_name_the_field() {
     s.luns[0].port = Some("a".into());
     assert!(validate(&s).unwrap_err().contains("not both"));
     let mut s = shipped("failure");
-    s.luns[0].paths[1].port = "nope".into();
+    s.luns[0].paths[1].port = Some("nope".into());
     assert_eq!(
         validate(&s).unwrap_err(),
-        "lun[0].paths[1].port: no port named 'nope'"
+        "lun[0].paths[1].port: no [[port]] named 'nope'"
     );
+    // One LUN type with the broker's: the store fields are the broker's, and a simulation
+    // says so rather than ignore them.
+    let mut s = shipped("failure");
+    s.luns[0].path = Some("/var/lib/x.img".into());
+    assert!(validate(&s).unwrap_err().starts_with("lun[0].path"));
+    let mut s = shipped("failure");
+    s.luns[0].backend = Some(crate::lun::LunBackend::File);
+    assert!(validate(&s).unwrap_err().starts_with("lun[0].backend"));
     let mut s = shipped("failure");
     s.events = vec![EventSpec::fault(1.0, "a", "slow")];
     assert!(validate(&s).unwrap_err().contains("needs factor"));
@@ -609,12 +612,12 @@ fn numbers_the_engine_cannot_hold_are_refused_before_it_runs() {
     s.duration_s = 1e15;
     assert!(validate(&s).unwrap_err().starts_with("duration_s"));
     let mut s = base();
-    s.luns[0].depth = DepthPolicy::Latency(crate::depth::LatencyParams {
+    s.luns[0].depth = Some(DepthPolicy::Latency(crate::depth::LatencyParams {
         target_ms: Some(5.0),
         min: 64,
         max: 8,
         ..Default::default()
-    });
+    }));
     assert!(
         validate(&s).unwrap_err().starts_with("lun[0].depth.min"),
         "{:?}",
@@ -632,7 +635,10 @@ fn numbers_the_engine_cannot_hold_are_refused_before_it_runs() {
             .starts_with("tenant[0].workload.rate_iops")
     );
     let mut s = base();
-    s.luns[0].model.unit_mib_per_s = 0.0;
+    s.luns[0]
+        .model
+        .get_or_insert_with(LunModel::default)
+        .unit_mib_per_s = 0.0;
     assert!(
         validate(&s)
             .unwrap_err()
@@ -796,7 +802,7 @@ fn the_adaptive_window_sits_on_the_knee_for_every_seed() {
         s.seed = seed;
         let run = |depth: DepthPolicy| {
             let mut s = s.clone();
-            s.luns[0].depth = depth;
+            s.luns[0].depth = Some(depth);
             crate::sim::run(&s).unwrap()
         };
         let adaptive = run(DepthPolicy::default());

@@ -6,8 +6,14 @@
 //! knees' worth of requests waiting (so the window always binds). Every case runs three phases
 //! of `phase_s`: full capacity, `drop_pct` % of it, full again. In each phase, from `settle_s`
 //! after its start to its end:
-//! - **throughput ratio** = the policy's completions ÷ the best of the fixed depths tried
-//!   (`{0.5, 0.75, 1, 1.25, 1.5, 2} × knee`, and the dropped phase's knee);
+//! - **throughput ratio** = the policy's completions ÷ those of the best fixed depth that meets
+//!   the latency target: of the depths tried (`{0.5, 0.75, 1, 1.25, 1.5, 2} × knee`, and the
+//!   dropped phase's knee), the one with the most completions among those whose mean device
+//!   latency is within `latency` × that of `fixed:k`. On a curve that bends softly (a link's
+//!   round trip, random service) `2 × knee` still adds a few per cent of throughput at 1.5–2×
+//!   the latency: asking a policy to match that *and* hold the knee's latency asks for two
+//!   things no window gives at once. The ratio against the best depth of all is kept beside it
+//!   (`throughput_ratio_any`);
 //! - **window ratio** = the policy's mean window ÷ the phase's knee `k = ⌈N · (S + ℓ) / S⌉`
 //!   (`N` units, mean service `S`, link round trip `ℓ`: the outstanding requests that keep
 //!   every unit busy);
@@ -23,9 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::array::LunModel;
 use crate::depth::DepthPolicy;
 use crate::mclock::TenantPolicy;
-use crate::sim::{
-    EventSpec, LunSpec, PortSpec, SchedulerKind, SimResult, SimScenario, TenantSpec, Workload,
-};
+use crate::sim::{EventSpec, LunSpec, PortSpec, SimResult, SimScenario, TenantSpec, Workload};
 
 /// Where the LUN answers BUSY.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,15 +288,9 @@ impl SweepGrid {
                 latency_us: shape.link_us,
             }],
             luns: vec![LunSpec {
-                name: "lun".into(),
-                port: Some("port".into()),
-                paths: Vec::new(),
-                multipath: Default::default(),
-                size_mib: None,
-                model,
-                depth,
-                scheduler: SchedulerKind::Mclock,
-                pool: None,
+                model: Some(model),
+                depth: Some(depth),
+                ..LunSpec::emulated("lun", "port")
             }],
             tenants: (0..shape.tenants)
                 .map(|i| TenantSpec {
@@ -363,8 +361,12 @@ fn phase_figures(r: &SimResult, from: f64, to: f64) -> PhaseFigures {
 pub struct PhaseVerdict {
     pub phase: usize,
     pub knee: u32,
+    /// The best fixed depth within the latency target, and the policy's throughput ÷ its.
     pub best_fixed: u32,
     pub throughput_ratio: f64,
+    /// The best fixed depth of all (latency aside), and the policy's throughput ÷ its.
+    pub best_fixed_any: u32,
+    pub throughput_ratio_any: f64,
     pub window_ratio: f64,
     pub latency_ratio: Option<f64>,
 }
@@ -422,19 +424,34 @@ fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult
             .enumerate()
             .map(|(i, &(from, to, knee))| {
                 let f = phase_figures(&r, from, to);
-                let (best_fixed, best) = fixed
-                    .iter()
-                    .map(|(d, ph)| (*d, ph[i].iops))
-                    .fold((0, 0.0), |b, x| if x.1 > b.1 { x } else { b });
                 let at_knee = fixed
                     .iter()
                     .find(|(d, _)| *d == knee)
                     .and_then(|(_, ph)| ph[i].device_lat_us);
+                let best_of = |within: Option<f64>| {
+                    fixed
+                        .iter()
+                        .filter(|(_, ph)| match (within, ph[i].device_lat_us) {
+                            (None, _) => true,
+                            (Some(limit), Some(l)) => l <= limit,
+                            (Some(_), None) => false,
+                        })
+                        .map(|(d, ph)| (*d, ph[i].iops))
+                        .fold((0, 0.0), |b, x| if x.1 > b.1 { x } else { b })
+                };
+                let (best_fixed_any, best_any) = best_of(None);
+                let (best_fixed, best) = match at_knee {
+                    Some(l) => best_of(Some(l * grid.targets.latency)),
+                    None => (best_fixed_any, best_any),
+                };
+                let ratio = |b: f64| if b > 0.0 { f.iops / b } else { 0.0 };
                 PhaseVerdict {
                     phase: i,
                     knee,
                     best_fixed,
-                    throughput_ratio: if best > 0.0 { f.iops / best } else { 0.0 },
+                    throughput_ratio: ratio(best),
+                    best_fixed_any,
+                    throughput_ratio_any: ratio(best_any),
                     window_ratio: f.mean_window / f64::from(knee),
                     latency_ratio: match (f.device_lat_us, at_knee) {
                         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -469,6 +486,8 @@ pub struct PolicySummary {
     pub below_floor: usize,
     /// p5, median and worst over every (case, phase).
     pub throughput_ratio: [f64; 3],
+    /// The same against the best fixed depth of all, latency aside.
+    pub throughput_ratio_any: [f64; 3],
     /// p5, median, p95 of window ÷ knee.
     pub window_ratio: [f64; 3],
     /// median, p95 and worst latency ÷ latency at the knee.
@@ -550,6 +569,7 @@ fn summarize(policy: &str, cases: &[CaseResult]) -> PolicySummary {
     let mine: Vec<&CaseResult> = cases.iter().filter(|c| c.policy == policy).collect();
     let phases = || mine.iter().flat_map(|c| c.phases.iter());
     let thr = sorted(phases().map(|p| p.throughput_ratio).collect());
+    let thr_any = sorted(phases().map(|p| p.throughput_ratio_any).collect());
     let win = sorted(phases().map(|p| p.window_ratio).collect());
     let lat = sorted(phases().filter_map(|p| p.latency_ratio).collect());
     let mut worst: Vec<(String, u64, usize, f64)> = mine
@@ -572,6 +592,11 @@ fn summarize(policy: &str, cases: &[CaseResult]) -> PolicySummary {
             quantile(&thr, 0.5),
             thr.first().copied().unwrap_or(f64::NAN),
         ],
+        throughput_ratio_any: [
+            quantile(&thr_any, 0.05),
+            quantile(&thr_any, 0.5),
+            thr_any.first().copied().unwrap_or(f64::NAN),
+        ],
         window_ratio: [
             quantile(&win, 0.05),
             quantile(&win, 0.5),
@@ -591,7 +616,7 @@ pub fn render(r: &SweepResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} shapes × {} seeds; targets: throughput ≥ {:.2}× the best fixed depth and mean device latency ≤ {:.2}× that at the knee, in every phase",
+        "{} shapes × {} seeds; targets: throughput ≥ {:.2}× the best fixed depth within the latency target, and mean device latency ≤ {:.2}× that at the knee, in every phase",
         r.shapes.len(),
         r.seeds,
         r.targets.throughput,
@@ -627,10 +652,21 @@ pub fn render(r: &SweepResult) -> String {
             p.latency_ratio[2],
         );
     }
+    let _ = writeln!(s, "\nagainst the best fixed depth of all, latency aside:");
     for p in &r.policies {
         let _ = writeln!(
             s,
-            "\nworst cases of {} (throughput ÷ best fixed):",
+            "{:<12} thr÷best p5/med/worst {:>6.3} {:>6.3} {:>6.3}",
+            p.policy,
+            p.throughput_ratio_any[0],
+            p.throughput_ratio_any[1],
+            p.throughput_ratio_any[2],
+        );
+    }
+    for p in &r.policies {
+        let _ = writeln!(
+            s,
+            "\nworst cases of {} (throughput ÷ best fixed within the latency target):",
             p.policy
         );
         for (shape, seed, phase, ratio) in &p.worst {

@@ -126,7 +126,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
     let port_index = |name: &str| s.ports.iter().position(|p| p.name == name).unwrap_or(0);
     let lun_index = |name: &str| s.luns.iter().position(|l| l.name == name).unwrap_or(0);
     let port_models: Vec<PortModel> = s.ports.iter().map(PortSpec::model).collect();
-    let lun_models: Vec<LunModel> = s.luns.iter().map(|l| l.model.clone()).collect();
+    let lun_models: Vec<LunModel> = s.luns.iter().map(|l| l.model()).collect();
     let mut array = EmulatedArray::new(&port_models, &lun_models, rng.next_u64());
     let seconds = (s.duration_s - s.warmup_s).ceil() as usize;
 
@@ -145,8 +145,11 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                 .iter()
                 .map(|&i| s.tenants[i].policy.clone())
                 .collect();
-            let paths = l.path_list();
-            let path_ports: Vec<usize> = paths.iter().map(|p| port_index(&p.port)).collect();
+            let paths = l.resolved_paths();
+            let path_ports: Vec<usize> = paths
+                .iter()
+                .map(|p| port_index(p.port.as_deref().unwrap_or_default()))
+                .collect();
             let groups: Vec<(PathGroup, u32)> =
                 paths.iter().map(|p| (p.group, p.max_in_flight)).collect();
             LunRun {
@@ -155,7 +158,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     l.scheduler,
                     tenant_policies,
                     s.cost,
-                    l.depth.clone(),
+                    l.depth_policy(),
                     PathSet::new(&groups, l.multipath.clone()),
                 ),
                 window_log: Vec::new(),
@@ -589,10 +592,10 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
             .iter()
             .zip(&luns)
             .map(|(spec, l)| {
-                let specs = spec.path_list();
+                let specs = spec.resolved_paths();
                 LunResult {
                     name: spec.name.clone(),
-                    policy: spec.depth.name(),
+                    policy: spec.depth_policy().name(),
                     window: l.window_log.clone(),
                     congestion_signals: l.d.congestion,
                     halvings: l.d.controller.halvings(),
@@ -614,8 +617,8 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                             let st = l.d.paths.stats(k).cloned().unwrap_or_default();
                             let per_second = l.path_per_second[k].clone();
                             PathResult {
-                                name: p.display_name().to_string(),
-                                port: p.port.clone(),
+                                name: p.name.clone(),
+                                port: p.port.clone().unwrap_or_default(),
                                 iops: per_second.iter().sum::<u64>() as f64 / measured_s,
                                 errors: st.errors,
                                 state_at_end: l.d.paths.state(k),
@@ -630,9 +633,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                         .events()
                         .iter()
                         .map(|e| NamedPathEvent {
-                            path: specs
-                                .get(e.path)
-                                .map_or("?".into(), |p| p.display_name().to_string()),
+                            path: specs.get(e.path).map_or("?".into(), |p| p.name.clone()),
                             event: e.clone(),
                         })
                         .collect(),

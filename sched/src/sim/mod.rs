@@ -26,6 +26,8 @@ pub use render::render;
 pub use results::*;
 pub use spec::*;
 
+pub use crate::lun::{LunSpec, PathSpec};
+
 /// Runs the scenario once per entry of `compare` (or once as written), in order.
 pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> {
     let mut variants: Vec<(String, SimScenario)> = Vec::new();
@@ -59,7 +61,7 @@ pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> 
                 )
             })?;
             for l in &mut variant.luns {
-                l.depth = policy.clone();
+                l.depth = Some(policy.clone());
             }
         }
         variants.push((name.clone(), variant));

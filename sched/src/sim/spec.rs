@@ -3,12 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::array::{LunModel, PortFault, PortModel};
+use crate::array::{PortFault, PortModel};
 use crate::check;
 use crate::cost::CostModel;
 use crate::depth::DepthPolicy;
+use crate::lun::LunSpec;
 use crate::mclock::TenantPolicy;
-use crate::path::{MultipathPolicy, PathGroup, PathSelectorKind};
+use crate::path::PathSelectorKind;
 use crate::sim_pool::PoolSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,75 +88,6 @@ pub enum SchedulerKind {
     Mclock,
     /// One FIFO in arrival order: no scheduling (the baseline).
     Fifo,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LunSpec {
-    pub name: String,
-    /// The one port the LUN is reached through; or give `paths`.
-    #[serde(default)]
-    pub port: Option<String>,
-    /// Several paths (multipath), each through a port.
-    #[serde(default)]
-    pub paths: Vec<PathSpec>,
-    #[serde(default)]
-    pub multipath: MultipathPolicy,
-    /// The LUN's size for real runs (`weir run` backs it with a file); the simulation ignores it.
-    #[serde(default)]
-    pub size_mib: Option<u64>,
-    #[serde(default)]
-    pub model: LunModel,
-    #[serde(default)]
-    pub depth: DepthPolicy,
-    #[serde(default)]
-    pub scheduler: SchedulerKind,
-    /// The thin pool the LUN is in (`weir sim` only).
-    #[serde(default)]
-    pub pool: Option<String>,
-}
-
-/// One path of a LUN.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PathSpec {
-    /// Defaults to the port's name.
-    #[serde(default)]
-    pub name: Option<String>,
-    pub port: String,
-    #[serde(default)]
-    pub group: PathGroup,
-    /// Requests this path carries at most at once (an HBA's per-LUN queue depth).
-    #[serde(default = "d_path_cap")]
-    pub max_in_flight: u32,
-}
-
-fn d_path_cap() -> u32 {
-    32
-}
-
-impl PathSpec {
-    pub fn display_name(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.port)
-    }
-}
-
-impl LunSpec {
-    /// The LUN's paths: `path` entries, or the one `port`.
-    pub fn path_list(&self) -> Vec<PathSpec> {
-        if !self.paths.is_empty() {
-            return self.paths.clone();
-        }
-        self.port
-            .iter()
-            .map(|p| PathSpec {
-                name: None,
-                port: p.clone(),
-                group: PathGroup::Optimized,
-                max_in_flight: u32::MAX,
-            })
-            .collect()
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -391,41 +323,18 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
         check::within(&format!("port[{i}]"), p)?;
     }
     for (i, l) in s.luns.iter().enumerate() {
-        check::within(&format!("lun[{i}].model"), &l.model)?;
-        check::within(&format!("lun[{i}].depth"), &l.depth)?;
-        match (&l.port, l.paths.is_empty()) {
-            (Some(_), false) => {
-                return Err(format!(
-                    "lun[{i}] ({}): give either port or [[lun.paths]] entries, not both",
-                    l.name
-                ));
-            }
-            (None, true) => {
-                return Err(format!(
-                    "lun[{i}] ({}): no port; give port = \"...\" or [[lun.paths]] entries",
-                    l.name
-                ));
-            }
-            _ => {}
+        // What only a simulation refuses (it has no store), then the broker's validator.
+        if l.path.is_some() {
+            return Err(format!(
+                "lun[{i}].path: weir sim and weir run make their own backing store; remove path"
+            ));
         }
-        for (k, p) in l.path_list().iter().enumerate() {
-            if !s.ports.iter().any(|x| x.name == p.port) {
-                let field = if l.paths.is_empty() {
-                    format!("lun[{i}].port")
-                } else {
-                    format!("lun[{i}].paths[{k}].port")
-                };
-                return Err(format!("{field}: no port named '{}'", p.port));
-            }
-            if p.max_in_flight == 0 {
-                return Err(format!(
-                    "lun[{i}].paths[{k}].max_in_flight must be at least 1"
-                ));
-            }
+        if !l.is_emulated() {
+            return Err(format!(
+                "lun[{i}].backend: weir sim models emulated LUNs only; remove backend = \"file\""
+            ));
         }
-        if let Some(p) = l.multipath.problem() {
-            return Err(format!("lun[{i}].{p}"));
-        }
+        l.check_in(i, &s.ports)?;
     }
     for (i, p) in s.pools.iter().enumerate() {
         if let Some(problem) = p.problem() {
