@@ -27,11 +27,17 @@
 //! `10 · period_s`. Its throughput `X = n / t`; its mean in-flight `Q = Σ latency / t`
 //! (Little). A period counts only if the window bound (`Q ≥ 0.7 · D`): when the tenants ask for
 //! less than the window, the window says nothing about the device, and nothing is learnt.
+//! A probe whose relative step `s` is larger than a full step `g − 1` (small windows: 2 → 1 is
+//! 100 %) decides on a threshold `η·s` that many fewer completions resolve, so it needs only
+//! `period_ios · ((g − 1)/s)²` of them (at least 64): a down probe at `k = 2` runs at half the
+//! throughput, and its length is its cost.
 //!
 //! **Phases.**
 //! - *start*: `D` doubles each period (needing only 32 completions) while a doubling adds
-//!   ≥ 25 % throughput (BBR's start-up rule; a doubling below the knee adds 100 %); the first
-//!   that does not ends it at the last depth that did, measured again in a cruise.
+//!   ≥ 25 % throughput over the last that did (BBR's start-up rule; a doubling below the knee
+//!   adds 100 %); the second in a row that does not (32 completions are ±18 %: one miss may be
+//!   the previous period's luck — BBR waits three rounds), or one miss and then a window the
+//!   tenants do not fill, ends it at the last depth that paid, measured again in a cruise.
 //! - *up*: one period at `u = max(g·k, k + 1)`; if (1) holds for `(k, u)`, `k ← u` and up again;
 //!   if not, one period at the half step `1 + (g − 1)/2` (a knee inside the last step would
 //!   otherwise hold `k` up to `1 / (1 + η(g − 1))` = 7 % short of it), then down.
@@ -134,6 +140,10 @@ impl Default for KneeParams {
 
 /// Completions a start-up period needs: a doubling's effect is far above its noise.
 const START_IOS: u64 = 32;
+/// Start-up ends at this many doublings in a row that did not pay.
+const START_MISSES: u32 = 2;
+/// The fewest completions a probe period needs (its noise ≈ 12 %, for steps of 50 % and more).
+const PROBE_IOS_MIN: u64 = 64;
 /// Start-up doubles while a doubling adds at least this much throughput (BBR's 25 %): a
 /// doubling that pays adds far more, and an overshoot is undone by the down probes.
 const START_GROWTH: f64 = 0.25;
@@ -173,6 +183,8 @@ pub struct KneeSearch {
     x_ref: Option<f64>,
     /// Start-up: the last depth whose doubling paid.
     start_prev: f64,
+    /// Start-up: doublings in a row that did not pay.
+    start_misses: u32,
     phase: Phase,
     /// From a congestion signal: `(bound, until)`.
     cap: Option<(f64, f64)>,
@@ -190,6 +202,7 @@ impl KneeSearch {
             k: min,
             x_ref: None,
             start_prev: min,
+            start_misses: 0,
             phase: Phase::Start,
             cap: None,
             down_skip: 0,
@@ -259,11 +272,27 @@ impl KneeSearch {
     }
 
     /// Completions the current period needs.
+    ///
+    /// A probe decides whether throughput changed by at least `η · s` for its relative step
+    /// `s`; `period_ios` completions resolve that (noise ≈ `1/√n`) for a full step `g − 1`
+    /// at a large window. At small windows a step is far larger (2 → 1 is 100 %, and the
+    /// threshold 30 % instead of 7.5 %), so the same confidence needs `(s_full / s)²` as many
+    /// completions — and a shorter probe costs less: a down probe at `k = 2` runs at half the
+    /// throughput for its whole period. Never more than `period_ios`, never below 64.
     pub fn period_ios(&self) -> u64 {
-        match self.phase {
-            Phase::Start => START_IOS,
-            _ => u64::from(self.p.period_ios),
+        let full = u64::from(self.p.period_ios);
+        let step = match self.phase {
+            Phase::Start => return START_IOS,
+            Phase::Cruise => return full,
+            Phase::Up | Phase::UpHalf => self.window() / self.k - 1.0,
+            Phase::Down => self.k / self.window().max(1.0) - 1.0,
+        };
+        let full_step = self.p.probe_gain - 1.0;
+        if step <= full_step || step <= 0.0 {
+            return full;
         }
+        let scaled = full as f64 * (full_step / step).powi(2);
+        (scaled.round() as u64).clamp(PROBE_IOS_MIN.min(full), full)
     }
 
     /// Rule (1): depth `b > a` is worth it.
@@ -332,22 +361,41 @@ impl KneeSearch {
             if matches!(self.phase, Phase::Up | Phase::UpHalf | Phase::Down) {
                 self.cruise();
             }
+            // A start-up that already missed once doubled past what the tenants ask for: the
+            // miss stands, and the last depth that paid is the estimate.
+            if self.phase == Phase::Start && self.start_misses > 0 {
+                self.k = self.start_prev;
+                self.x_ref = None;
+                self.cruise();
+            }
             return;
         }
         let x = m.throughput;
         match self.phase {
             Phase::Start => match self.x_ref {
-                Some(x0) if x < x0 * (1.0 + START_GROWTH) => {
-                    // The last doubling did not pay: the knee is below it. Measure the last
-                    // depth that did properly (start-up periods are short and noisy), then
-                    // refine from there.
-                    self.k = self.start_prev;
-                    self.x_ref = None;
-                    self.cruise();
+                // After a miss the next doubling must pay for both (25 % per doubling over
+                // the last that paid): on a curve that keeps rising gently (a real SSD) two
+                // doublings add 25 % where one does not, and that is not a knee further up.
+                Some(x0) if x < x0 * (1.0 + START_GROWTH).powi(self.start_misses as i32 + 1) => {
+                    // This doubling did not pay. A start-up period is short (32 completions:
+                    // ±18 % each), so one miss may be the last period's luck; as BBR waits for
+                    // three rounds without growth, go on doubling, and end only at the second
+                    // miss in a row (a knee of 80 was once taken for 2 on the first). The end is
+                    // the last depth that did pay, measured again in a cruise, then refined.
+                    self.start_misses += 1;
+                    let next = (self.k * 2.0).min(self.ceiling()).min(max);
+                    if self.start_misses >= START_MISSES || next <= self.k {
+                        self.k = self.start_prev;
+                        self.x_ref = None;
+                        self.cruise();
+                    } else {
+                        self.k = next;
+                    }
                 }
                 _ => {
                     self.x_ref = Some(x);
                     self.start_prev = self.k;
+                    self.start_misses = 0;
                     self.k = (self.k * 2.0).min(self.ceiling()).min(max);
                     if self.k <= self.start_prev {
                         self.probe();
@@ -464,6 +512,45 @@ mod tests {
         assert!((8.0..=10.0).contains(&k.knee()), "{}", k.knee());
         run(&mut k, 32.0, 30, t);
         assert!((31.0..=40.0).contains(&k.knee()), "{}", k.knee());
+    }
+
+    #[test]
+    fn one_lucky_start_up_period_does_not_end_the_start_up() {
+        // A knee of 80; the period at D = 2 measures 50 % high and the one at 4 20 % low
+        // (32 completions are ±18 %), so the doubling to 4 looks like +7 %. Ending there (as
+        // one miss did) holds the window at 2; the next doubling shows the curve still rising.
+        let mut k = KneeSearch::new(KneeParams::default());
+        let mut t = 0.0;
+        for luck in [1.0, 1.5, 0.8] {
+            t += 0.1;
+            let w = k.window();
+            let mut p = device(80.0, 0.004, w);
+            p.throughput *= luck;
+            k.on_period(t, p);
+        }
+        run(&mut k, 80.0, 12, t);
+        assert!((64.0..=128.0).contains(&k.knee()), "{}", k.knee());
+    }
+
+    #[test]
+    fn a_curve_that_rises_gently_is_not_taken_for_a_knee_further_up() {
+        // Throughput ∝ D^0.2 (a doubling adds 15 %): no doubling pays, and two together (32 %)
+        // must not either.
+        let mut k = KneeSearch::new(KneeParams::default());
+        let mut t = 0.0;
+        for _ in 0..6 {
+            t += 0.1;
+            let w = k.window();
+            k.on_period(
+                t,
+                Period {
+                    throughput: 1000.0 * w.powf(0.2),
+                    mean_in_flight: w,
+                    window: w,
+                },
+            );
+        }
+        assert!(k.knee() <= 2.0, "{}", k.knee());
     }
 
     #[test]
