@@ -362,24 +362,10 @@ fn four_guests_1_2_4_8_against_unweighted() {
     let (dir, file_path, lo) = storage();
     for round in 1..=3 {
         for (kind, backing) in [("file", file_path.as_str()), ("loop", lo.0.as_str())] {
-            let flat = run(
-                dir.path(),
-                &probe,
-                backing,
-                Some(&depth),
-                None,
-                qd,
-                &[1, 1, 1, 1],
-            );
-            let weighted = run(
-                dir.path(),
-                &probe,
-                backing,
-                Some(&depth),
-                None,
-                qd,
-                &[1, 2, 4, 8],
-            );
+            let with =
+                |weights: &[u32]| run(dir.path(), &probe, backing, Some(&depth), None, qd, weights);
+            let flat = with(&[1, 1, 1, 1]);
+            let weighted = with(&[1, 2, 4, 8]);
             let shares: Vec<String> = weighted
                 .cost
                 .iter()
