@@ -6,6 +6,7 @@
 //! - [`check`]: the validator every config and scenario goes through (and the one bounded
 //!   config-file read, the crate's only I/O);
 //! - [`cost`]: what one request costs, by size (a linear model);
+//! - [`lun`]: the one `[[lun]]` type of the broker, `weir sim` and `weir run`, and its validator;
 //! - [`mclock`]: per-tenant reservation, limit and weight tags (mClock, OSDI '10) and the
 //!   dispatch rule;
 //! - [`metrics`]: the fairness measures `weir run` and `weir sim` report;
