@@ -1,5 +1,6 @@
-//! Deterministic simulation: the broker's scheduling logic ([`MClock`], the
-//! [`QueueDepthController`]) driving the [`EmulatedArray`] on a virtual clock, with seeded
+//! Deterministic simulation: the broker's scheduling logic ([`MClock`](crate::mclock::MClock), the
+//! [`QueueDepthController`](crate::depth::QueueDepthController)) driving the
+//! [`EmulatedArray`](crate::array::EmulatedArray) on a virtual clock, with seeded
 //! synthetic tenants. The same seed gives the same result, byte for byte.
 //!
 //! Per LUN, requests wait in the scheduler (mClock tags, or one FIFO for the `fifo` baseline)

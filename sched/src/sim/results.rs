@@ -105,7 +105,7 @@ pub struct SimResult {
     /// Share of (tenant, second) windows in which a tenant with a reservation got at least 99 %
     /// of it; `None` without reservations.
     pub reservation_conformance: Option<f64>,
-    /// The victim's p99 (p99.9) with everyone ÷ alone; set by [`run_compare`].
+    /// The victim's p99 (p99.9) with everyone ÷ alone; set by [`run_compare`](crate::sim::run_compare).
     pub victim_p99_ratio: Option<f64>,
     pub victim_p999_ratio: Option<f64>,
     /// Aggregate IOPS ÷ the `fifo` run's, when `fifo` is compared.
