@@ -320,18 +320,20 @@ impl BrokerConfig {
         }
         let mut luns: HashMap<&str, &LunConfig> = HashMap::new();
         for (i, lun) in self.luns.iter().enumerate() {
-            // What every context refuses (weir_sched::lun), then the backing store.
+            // The backing store first: a LUN without a `path` defaults to emulated, and a user
+            // who forgot the path must hear about the path, not about a missing port.
+            if lun.path.is_none() {
+                return Err(invalid(
+                    format!("lun[{i}].path"),
+                    "missing: the backing file or block device (an emulated LUN keeps its data there too)",
+                ));
+            }
+            // What every context refuses (weir_sched::lun).
             lun.check_in(i, &self.ports).map_err(field_problem)?;
             if luns.insert(lun.name.as_str(), lun).is_some() {
                 return Err(invalid(
                     format!("lun[{i}].name"),
                     format!("'{}' is defined twice; LUN names must be unique", lun.name),
-                ));
-            }
-            if lun.path.is_none() {
-                return Err(invalid(
-                    format!("lun[{i}].path"),
-                    "missing: the backing file or block device (an emulated LUN keeps its data there too)",
                 ));
             }
         }
@@ -520,6 +522,9 @@ lun = "shared"
             e.contains("disk[0].lun") && e.contains("no LUN named 'b'") && e.contains("defined: a"),
             "{e}"
         );
+        // A forgotten path is named as such (without one, the LUN would default to emulated).
+        let e = err("[[lun]]\nname='a'\n[[disk]]\nsocket='/s'\nlun='a'\n");
+        assert!(e.contains("lun[0].path") && e.contains("missing"), "{e}");
         let e = err("[[lun]]\nname='a'\npath='/x'\nsize='12QB'\n[[disk]]\nsocket='/s'\nlun='a'\n");
         assert!(e.contains("unknown unit"), "{e}");
         let e = err("[[lun]]\nname='a'\npath='/x'\nsize=1000\n[[disk]]\nsocket='/s'\nlun='a'\n");
