@@ -135,6 +135,9 @@ struct Shares {
     /// The guests' IOPS and the LUN's window, over every second all ran.
     iops: f64,
     mean_window: f64,
+    /// The LUN's window and the guests' IOPS in each second all ran (to read a run by).
+    windows: Vec<u64>,
+    per_second_iops: Vec<u64>,
     seconds: usize,
     active_seconds: usize,
 }
@@ -232,6 +235,11 @@ fn run(
             .collect(),
         iops: mean(&active, &iops),
         mean_window: mean(&active, &|s| s["luns"][0]["window"].as_f64().unwrap_or(0.0)),
+        windows: active
+            .iter()
+            .map(|s| s["luns"][0]["window"].as_f64().unwrap_or(0.0) as u64)
+            .collect(),
+        per_second_iops: active.iter().map(|s| iops(s) as u64).collect(),
         seconds: backlogged.len(),
         active_seconds: active.len(),
     }
@@ -248,8 +256,8 @@ fn storage() -> (tempfile::TempDir, String, Loop) {
     (dir, file.display().to_string(), lo)
 }
 
-/// Three interleaved rounds of the deep fixed window (weights ignored) and `adaptive` on the
-/// file and on the loop device (run by hand:
+/// Three interleaved rounds of the deep fixed window (weights ignored), `adaptive` 1:4 and
+/// `adaptive` 1:1 on the file and on the loop device (run by hand:
 /// `cargo test --release --test real_storage_weights -- --ignored --nocapture`).
 #[test]
 #[ignore]
@@ -260,9 +268,10 @@ fn rounds_fixed_1024_against_the_default_window() {
     let (dir, file_path, lo) = storage();
     for round in 1..=3 {
         for (kind, backing) in [("file", file_path.as_str()), ("loop", lo.0.as_str())] {
-            for depth in [
-                Some("{ policy = \"fixed\", depth = 1024 }"),
-                Some("{ policy = \"adaptive\" }"),
+            for (depth, weights) in [
+                ("{ policy = \"fixed\", depth = 1024 }", [1, 4]),
+                ("{ policy = \"adaptive\" }", [1, 4]),
+                ("{ policy = \"adaptive\" }", [1, 1]),
             ] {
                 let throttle = std::env::var("WEIR_THROTTLE_IOPS")
                     .ok()
@@ -271,20 +280,32 @@ fn rounds_fixed_1024_against_the_default_window() {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(32);
-                let s = run(dir.path(), &probe, backing, depth, throttle, qd, &[1, 4]);
+                let s = run(
+                    dir.path(),
+                    &probe,
+                    backing,
+                    Some(depth),
+                    throttle,
+                    qd,
+                    &weights,
+                );
                 eprintln!(
-                    "round {round} {kind} {}: ratio {:.2} over {} backlogged s, {:.2} over {} s; {:.0} IOPS, window {:.1}",
-                    depth.map_or("default", |d| if d.contains("fixed") {
+                    "round {round} {kind} {} {}:{}: ratio {:.2} over {} backlogged s, {:.2} over {} s; {:.0} IOPS, window {:.1}\n  windows {:?}\n  IOPS {:?}",
+                    if depth.contains("fixed") {
                         "fixed:1024"
                     } else {
                         "adaptive"
-                    }),
+                    },
+                    weights[0],
+                    weights[1],
                     s.cost[1] / s.cost[0],
                     s.seconds,
                     s.active_cost[1] / s.active_cost[0],
                     s.active_seconds,
                     s.iops,
                     s.mean_window,
+                    s.windows,
+                    s.per_second_iops,
                 );
             }
         }

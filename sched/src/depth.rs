@@ -33,10 +33,12 @@
 //! past the knee (docs/scheduling.md: the root cause of the failing seeds).
 //!
 //! **`adaptive`** (default): the knee search of [`crate::knee`] steers — the depth where
-//! throughput stops rising, measured by probing above and below it; a congestion signal of
-//! the current epoch halves `D` at once, caps the knee below the window that drew it, and `D`
-//! climbs back to the knee by one per 4 good completions (the `aimd` recovery), so one BUSY
-//! costs milliseconds of depth.
+//! throughput stops rising, measured by probing above and below it. Congestion signals of the
+//! current epoch halve `D` once the current period has drawn [`ADAPTIVE_BUSY_MIN`] of them and
+//! they are [`ADAPTIVE_BUSY_SHARE`] of its answers; the halving caps the knee below the window
+//! that drew them, and `D` climbs back to the knee by one per 4 good completions (the `aimd`
+//! recovery), so a halving costs milliseconds of depth. Fewer signals are left to the knee
+//! search, which sees their cost in the period's throughput.
 //!
 //! In every policy, a period in which requests were outstanding but **none completed** counts
 //! as congestion (a halving), never as health: a stalled device must not look idle (the lesson
@@ -48,6 +50,16 @@ use crate::knee::{KneeParams, KneeSearch, Period};
 
 /// Good completions per +1 of the `adaptive` policy's recovery after a halving.
 pub const ADAPTIVE_RECOVERY_IOS: u32 = 4;
+
+/// `adaptive` halves on QUEUE FULL/BUSY once the current period has drawn at least this many
+/// of them, of the current epoch…
+pub const ADAPTIVE_BUSY_MIN: u64 = 4;
+/// …and they are at least this share of its answers. A target behind a link that counts the
+/// requests still on their way back answers BUSY now and then at windows that serve more than
+/// any window below them (0.2 % of answers, +6 %; 1 %, +10 %); a window past a real knee draws
+/// far more (a sharp array refuses every request beyond its units). VMware's adaptive queue
+/// depth tolerates 32 QUEUE FULLs per halving for the same reason.
+pub const ADAPTIVE_BUSY_SHARE: f64 = 0.01;
 
 /// A control period in which the caller's clock was late for more than this share of its
 /// length is not a measurement of the storage ([`QueueDepthController::note_lateness`]).
@@ -247,6 +259,8 @@ pub struct QueueDepthController {
     period_start: f64,
     period_completions: u64,
     period_latency_sum: f64,
+    /// `adaptive`: QUEUE FULL/BUSY of the current epoch in the current period.
+    period_busy: u64,
     ewma_latency: Option<f64>,
     target_s: Option<f64>,
     sweep: Sweep,
@@ -299,6 +313,7 @@ impl QueueDepthController {
             period_start: 0.0,
             period_completions: 0,
             period_latency_sum: 0.0,
+            period_busy: 0,
             ewma_latency: None,
             target_s,
             sweep,
@@ -417,6 +432,7 @@ impl QueueDepthController {
         self.epoch += 1;
         self.bad = 0;
         self.good = 0;
+        self.period_busy = 0;
         self.halvings += 1;
     }
 
@@ -433,7 +449,15 @@ impl QueueDepthController {
         match self.policy.clone() {
             DepthPolicy::Fixed { .. } | DepthPolicy::Latency(_) => {}
             DepthPolicy::Adaptive(_) => match outcome {
-                Outcome::Congestion if epoch == self.epoch => self.halve(),
+                Outcome::Congestion if epoch == self.epoch => {
+                    self.period_busy += 1;
+                    let answers = (self.period_completions + self.period_busy) as f64;
+                    if self.period_busy >= ADAPTIVE_BUSY_MIN
+                        && self.period_busy as f64 >= ADAPTIVE_BUSY_SHARE * answers
+                    {
+                        self.halve();
+                    }
+                }
                 Outcome::Congestion => {}
                 Outcome::Good => {
                     // After a halving, climb back to the knee (+1 per ADAPTIVE_RECOVERY_IOS
@@ -581,6 +605,7 @@ impl QueueDepthController {
         self.period_late_s = 0.0;
         self.period_completions = 0;
         self.period_latency_sum = 0.0;
+        self.period_busy = 0;
         self.period_window = self.w;
     }
 
@@ -777,6 +802,42 @@ mod tests {
             c.on_completion(2.6, c.epoch(), Outcome::Good, 0.001);
         }
         assert_eq!(c.window(), 32, "no second probe within the interval");
+    }
+
+    #[test]
+    fn adaptive_halves_on_busy_in_numbers_not_on_one() {
+        let mut c = QueueDepthController::new(DepthPolicy::Adaptive(KneeParams {
+            min: 8,
+            ..KneeParams::default()
+        }));
+        let now = drive(&mut c, 0.0, 1, 200, 0.004, 0.0);
+        let w = c.window();
+        assert!(w >= 8, "{w}");
+        // Three BUSY among a period's good completions: a cost, not a knee.
+        for i in 0..100 {
+            c.on_completion(now + 0.0005 * f64::from(i), c.epoch(), Outcome::Good, 0.001);
+            if i % 40 == 0 {
+                c.on_completion(
+                    now + 0.0005 * f64::from(i),
+                    c.epoch(),
+                    Outcome::Congestion,
+                    0.0,
+                );
+            }
+        }
+        assert_eq!(c.halvings(), 0);
+        // Four, and 1 % of the answers: the array says where its knee is.
+        let e = c.epoch();
+        for _ in 0..4 {
+            c.on_completion(now + 0.06, e, Outcome::Congestion, 0.0);
+        }
+        assert_eq!(c.halvings(), 1);
+        assert!(c.window() <= w / 2, "{} after {w}", c.window());
+        // Answers to requests sent before the halving do not count again.
+        for _ in 0..8 {
+            c.on_completion(now + 0.07, e, Outcome::Congestion, 0.0);
+        }
+        assert_eq!(c.halvings(), 1);
     }
 
     #[test]

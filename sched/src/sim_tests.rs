@@ -768,9 +768,10 @@ fn the_knee_search_holds_across_seeds_and_array_shapes() {
         median >= 0.95 && p5 >= 0.85 && worst >= 0.75,
         "throughput ÷ best fixed: p5 {p5}, median {median}, worst {worst}"
     );
+    // η = 0.2 trades latency for a throughput floor (knee.rs): p95 1.45 here at stop 25.
     let lat_p95 = adaptive.latency_ratio[1];
     assert!(
-        lat_p95 <= 1.3,
+        lat_p95 <= 1.5,
         "latency ÷ latency at the knee, p95 {lat_p95}"
     );
     assert!(
@@ -863,4 +864,56 @@ fn fairness_is_judged_in_cost_over_the_contended_seconds() {
     assert!(fifo.cost.max_share_error.unwrap() > 0.3, "{:?}", fifo.cost);
     // The whole-run IOPS figure: sizes and the idle start make mClock look unfair.
     assert!(mclock.max_share_error > 1.0, "{}", mclock.max_share_error);
+}
+
+/// An array behind a 500 µs link that answers BUSY as soon as one request waits beyond its 16
+/// units counts the requests whose answers are still on the wire: windows past 17 draw BUSY
+/// now and then and still serve more (`fixed:18`: 0.2 % of answers BUSY, +6 %; `fixed:20`:
+/// 3 %, +11 %). `adaptive` used to halve on the first BUSY and sat at 17; it halves on BUSY in
+/// numbers (4 in a period and 1 % of its answers) and must serve ≥ 0.91× the best of those
+/// windows for every seed (0.924–0.927 for seeds 1–5 at stop 25; halving on the first BUSY:
+/// 0.880–0.882).
+#[test]
+fn a_few_busy_answers_are_a_cost_not_a_knee() {
+    let base: SimScenario = toml::from_str(
+        r#"
+        duration_s = 10
+        warmup_s = 3
+        retry_delay_us = 1000
+        [[port]]
+        name = "port"
+        queue_limit = 65536
+        latency_us = 500
+        [[lun]]
+        name = "lun"
+        port = "port"
+        model = { servers = 16, read_base_us = 1000, write_base_us = 1000, busy_threshold = 1 }
+        [[tenant]]
+        name = "t0"
+        lun = "lun"
+        workload = { kind = "closed", depth = 36 }
+        [[tenant]]
+        name = "t1"
+        lun = "lun"
+        workload = { kind = "closed", depth = 36 }
+        "#,
+    )
+    .unwrap();
+    for seed in 1..=5 {
+        let iops = |depth: DepthPolicy| {
+            let mut s = base.clone();
+            s.seed = seed;
+            s.luns[0].depth = Some(depth);
+            let r = run(&s).unwrap();
+            (r.luns[0].iops, r.luns[0].congestion_signals)
+        };
+        let best = (17..=20)
+            .map(|d| iops(DepthPolicy::Fixed { depth: d }).0)
+            .fold(0.0, f64::max);
+        let (adaptive, busy) = iops(DepthPolicy::default());
+        assert!(
+            adaptive >= 0.91 * best,
+            "seed {seed}: adaptive {adaptive:.0} IOPS ({busy} BUSY), best of fixed 17–20 {best:.0}"
+        );
+    }
 }

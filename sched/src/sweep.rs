@@ -4,19 +4,21 @@
 //! A *shape* is one emulated LUN: `servers` units, a service-time distribution, a link
 //! latency, where it answers BUSY, and `tenants` closed-loop tenants who together keep three
 //! knees' worth of requests waiting (so the window always binds). Every case runs three phases
-//! of `phase_s`: full capacity, `drop_pct` % of it, full again. In each phase, from `settle_s`
-//! after its start to its end:
+//! of `phase_s`: full capacity, `drop_pct` % of it, full again. Fixed depths
+//! `{0.5, 0.75, 1, 1.25, 1.5, 2, 3} × b` run beside each policy, `b = ⌈N · (S + ℓ) / S⌉` the
+//! bandwidth-delay product (`N` units, mean service `S`, link round trip `ℓ`: the outstanding
+//! requests that keep every unit busy if service were deterministic), and the dropped phase's
+//! `b`. A phase's **knee** `k` is where throughput stops rising: the smallest of those depths
+//! within [`KNEE_SHARE`] of the best one's throughput (`b` on a sharp curve; 1–2 × `b` behind
+//! a link with random service, where an extra request still fills units that would idle). In
+//! each phase, from `settle_s` after its start to its end:
 //! - **throughput ratio** = the policy's completions ÷ those of the best fixed depth that meets
-//!   the latency target: of the depths tried (`{0.5, 0.75, 1, 1.25, 1.5, 2} × knee`, and the
-//!   dropped phase's knee), the one with the most completions among those whose mean device
-//!   latency is within `latency` × that of `fixed:k`. On a curve that bends softly (a link's
-//!   round trip, random service) `2 × knee` still adds a few per cent of throughput at 1.5–2×
-//!   the latency: asking a policy to match that *and* hold the knee's latency asks for two
-//!   things no window gives at once. The ratio against the best depth of all is kept beside it
-//!   (`throughput_ratio_any`);
-//! - **window ratio** = the policy's mean window ÷ the phase's knee `k = ⌈N · (S + ℓ) / S⌉`
-//!   (`N` units, mean service `S`, link round trip `ℓ`: the outstanding requests that keep
-//!   every unit busy);
+//!   the latency target: the one with the most completions among those whose mean device
+//!   latency is within `latency` × that of `fixed:k`. On a curve that bends softly `2 × k` can
+//!   still add a few per cent of throughput at 1.5–2× the latency: asking a policy to match
+//!   that *and* hold the knee's latency asks for two things no window gives at once. The ratio
+//!   against the best depth of all is kept beside it (`throughput_ratio_any`);
+//! - **window ratio** = the policy's mean window ÷ `k`;
 //! - **latency ratio** = the policy's mean device latency ÷ that of `fixed:k` in the phase.
 //!
 //! A case meets the targets when every phase has throughput ratio ≥ `throughput` and latency
@@ -30,6 +32,10 @@ use crate::array::LunModel;
 use crate::depth::DepthPolicy;
 use crate::mclock::TenantPolicy;
 use crate::sim::{EventSpec, LunSpec, PortSpec, SimResult, SimScenario, TenantSpec, Workload};
+
+/// A phase's knee is the smallest fixed depth whose throughput is within this share of the
+/// best fixed depth's: where throughput stops rising.
+pub const KNEE_SHARE: f64 = 0.05;
 
 /// Where the LUN answers BUSY.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,11 +175,12 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Outstanding requests that keep `servers` units busy.
-    fn knee_at(&self, servers: f64) -> u32 {
+    /// The bandwidth-delay product: outstanding requests that keep `servers` units busy if
+    /// service were deterministic.
+    fn bdp_at(&self, servers: f64) -> u32 {
         let s = self.service.mean_s();
-        let knee = servers * (s + self.link_us / 1e6) / s;
-        (knee - 1e-9).ceil().max(1.0) as u32
+        let bdp = servers * (s + self.link_us / 1e6) / s;
+        (bdp - 1e-9).ceil().max(1.0) as u32
     }
 }
 
@@ -258,7 +265,7 @@ impl SweepGrid {
 
     /// The scenario of one case under one window policy.
     fn scenario(&self, shape: &Shape, seed: u64, depth: DepthPolicy) -> SimScenario {
-        let knee = shape.knee_at(f64::from(shape.servers));
+        let knee = shape.bdp_at(f64::from(shape.servers));
         let per_tenant = (3 * knee).div_ceil(shape.tenants).max(2);
         let model = LunModel {
             servers: shape.servers,
@@ -360,7 +367,10 @@ fn phase_figures(r: &SimResult, from: f64, to: f64) -> PhaseFigures {
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseVerdict {
     pub phase: usize,
+    /// The smallest fixed depth within [`KNEE_SHARE`] of the best fixed depth's throughput.
     pub knee: u32,
+    /// The bandwidth-delay product `⌈N · (S + ℓ) / S⌉`: the knee of deterministic service.
+    pub bdp: u32,
     /// The best fixed depth within the latency target, and the policy's throughput ÷ its.
     pub best_fixed: u32,
     pub throughput_ratio: f64,
@@ -391,9 +401,9 @@ impl CaseResult {
 
 /// Runs one case (a shape and a seed): the fixed depths, then each policy.
 fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult>, String> {
-    let full = shape.knee_at(f64::from(shape.servers));
-    let dropped = shape.knee_at(f64::from(shape.servers) * grid.drop_pct / 100.0);
-    let mut depths: Vec<u32> = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
+    let full = shape.bdp_at(f64::from(shape.servers));
+    let dropped = shape.bdp_at(f64::from(shape.servers) * grid.drop_pct / 100.0);
+    let mut depths: Vec<u32> = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0]
         .iter()
         .map(|f| ((f64::from(full) * f).round() as u32).max(1))
         .chain([dropped])
@@ -422,12 +432,8 @@ fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult
         let phases: Vec<PhaseVerdict> = spans
             .iter()
             .enumerate()
-            .map(|(i, &(from, to, knee))| {
+            .map(|(i, &(from, to, bdp))| {
                 let f = phase_figures(&r, from, to);
-                let at_knee = fixed
-                    .iter()
-                    .find(|(d, _)| *d == knee)
-                    .and_then(|(_, ph)| ph[i].device_lat_us);
                 let best_of = |within: Option<f64>| {
                     fixed
                         .iter()
@@ -440,6 +446,12 @@ fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult
                         .fold((0, 0.0), |b, x| if x.1 > b.1 { x } else { b })
                 };
                 let (best_fixed_any, best_any) = best_of(None);
+                // The knee: the smallest depth within KNEE_SHARE of the best throughput
+                // (`fixed` is sorted by depth).
+                let (knee, at_knee) = fixed
+                    .iter()
+                    .find(|(_, ph)| ph[i].iops >= (1.0 - KNEE_SHARE) * best_any)
+                    .map_or((bdp, None), |(d, ph)| (*d, ph[i].device_lat_us));
                 let (best_fixed, best) = match at_knee {
                     Some(l) => best_of(Some(l * grid.targets.latency)),
                     None => (best_fixed_any, best_any),
@@ -448,6 +460,7 @@ fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult
                 PhaseVerdict {
                     phase: i,
                     knee,
+                    bdp,
                     best_fixed,
                     throughput_ratio: ratio(best),
                     best_fixed_any,
