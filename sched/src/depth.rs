@@ -838,6 +838,23 @@ mod tests {
             c.on_completion(now + 0.07, e, Outcome::Congestion, 0.0);
         }
         assert_eq!(c.halvings(), 1);
+
+        // Five BUSY beside 500 good answers (0.99 % of them) are still a cost; a sixth (1.19 %)
+        // halves.
+        let mut c = QueueDepthController::new(DepthPolicy::Adaptive(KneeParams {
+            min: 8,
+            ..KneeParams::default()
+        }));
+        let now = drive(&mut c, 0.0, 1, 200, 0.004, 0.0);
+        for i in 0..500 {
+            c.on_completion(now + 0.0001 * f64::from(i), c.epoch(), Outcome::Good, 0.004);
+        }
+        for _ in 0..5 {
+            c.on_completion(now + 0.06, c.epoch(), Outcome::Congestion, 0.0);
+        }
+        assert_eq!(c.halvings(), 0, "5 of 505 answers");
+        c.on_completion(now + 0.06, c.epoch(), Outcome::Congestion, 0.0);
+        assert_eq!(c.halvings(), 1, "6 of 506 answers");
     }
 
     #[test]
