@@ -25,6 +25,9 @@ want chromium
 # Prometheus and linted by promtool (both in Debian's prometheus package).
 want tmux
 want prometheus
+# The NBD backend is tested against a real nbdkit (nbdinfo, from libnbd-bin, to look at exports
+# by hand).
+for p in nbdkit libnbd-bin; do want "$p"; done
 # The dark-storage report is tested on partition tables and filesystems made by the real tools.
 for p in fdisk e2fsprogs xfsprogs btrfs-progs; do want "$p"; done
 

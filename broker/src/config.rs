@@ -330,6 +330,7 @@ impl BrokerConfig {
             }
             // What every context refuses (weir_sched::lun).
             lun.check_in(i, &self.ports).map_err(field_problem)?;
+            crate::nbd::check_lun(i, lun).map_err(|(field, why)| invalid(field, why))?;
             if luns.insert(lun.name.as_str(), lun).is_some() {
                 return Err(invalid(
                     format!("lun[{i}].name"),
@@ -513,6 +514,48 @@ lun = "shared"
 
     fn err(text: &str) -> String {
         BrokerConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_nbd_lun_is_checked_by_its_uri() {
+        let lun =
+            |extra: &str| format!("[[lun]]\nname='a'\n{extra}\n[[disk]]\nsocket='/s'\nlun='a'\n");
+        // The scheme says nbd; no file is looked at.
+        let c = BrokerConfig::parse(&lun("path='nbd://127.0.0.1:10809/disk'")).unwrap();
+        assert_eq!(c.luns[0].backend(), LunBackend::Nbd);
+        let c = BrokerConfig::parse(&lun(
+            "path='nbd+unix:///?socket=/run/a.sock'\n[[lun.paths]]\nname='a'\n\
+             [[lun.paths]]\nname='b'\ndevice='nbd+unix:///?socket=/run/b.sock'",
+        ))
+        .unwrap();
+        assert_eq!(c.luns[0].resolved_paths().len(), 2);
+        for (extra, field, why) in [
+            ("path='nbd://host:0/x'", "lun[0].path", "port 0"),
+            ("path='nbd+unix:///x'", "lun[0].path", "socket="),
+            (
+                "path='/x'\nbackend='nbd'",
+                "lun[0].path",
+                "needs the export's URI",
+            ),
+            (
+                "path='nbd://h/x'\nbackend='file'",
+                "lun[0].path",
+                "set backend = \"nbd\"",
+            ),
+            (
+                "path='nbd://h/x'\n[[lun.paths]]\ndevice='/dev/sdb'",
+                "lun[0].paths[0].device",
+                "an export URI",
+            ),
+            (
+                "path='nbd://h/x'\nport='p'",
+                "lun[0].backend",
+                "emulated LUNs only",
+            ),
+        ] {
+            let e = err(&lun(extra));
+            assert!(e.contains(field) && e.contains(why), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -67,6 +67,8 @@ fn u64be(b: &[u8], at: usize) -> Option<u64> {
 }
 
 /// Reads `len` bytes at `offset`, or `None` past the end or on an error.
+/// `len` bytes at `offset`, or `None` past the end. (Callers add offsets with `checked_add`:
+/// a garbage partition entry near `u64::MAX` must not overflow.)
 fn read_at(f: &File, offset: u64, len: usize) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; len];
     f.read_exact_at(&mut buf, offset).ok()?;
@@ -76,7 +78,7 @@ fn read_at(f: &File, offset: u64, len: usize) -> Option<Vec<u8>> {
 /// The filesystem whose superblock sits at `base`, if any.
 pub fn probe_fs(f: &File, base: u64) -> Option<FsInfo> {
     // ext2/3/4: superblock at +1024, magic 0xEF53 at 0x38.
-    if let Some(sb) = read_at(f, base + 1024, 1024) {
+    if let Some(sb) = read_at(f, base.checked_add(1024)?, 1024) {
         if u16le(&sb, 0x38) == Some(0xEF53) {
             let log = u32le(&sb, 0x18)?;
             if log > 16 {
@@ -116,7 +118,7 @@ pub fn probe_fs(f: &File, base: u64) -> Option<FsInfo> {
         }
     }
     // btrfs: superblock at +64 KiB, magic "_BHRfS_M" at 0x40, total_bytes at 0x70.
-    if let Some(sb) = read_at(f, base + 0x10000, 0x100) {
+    if let Some(sb) = read_at(f, base.checked_add(0x10000)?, 0x100) {
         if sb.get(0x40..0x48) == Some(b"_BHRfS_M") {
             return Some(FsInfo {
                 kind: "btrfs".into(),

@@ -38,7 +38,7 @@ use weir_sched::sim::SchedulerKind;
 pub use crate::array_runtime::ArrayRuntime;
 pub use crate::inbox::{BrokerClock, Inbox, InboxEvent};
 use crate::lun::LunStore;
-use crate::path_probe::{PROBE_WAIT, PathProber, ProbeOutcome};
+use crate::path_probe::{NBD_PROBE_WAIT, PROBE_WAIT, PathProber, ProbeOutcome};
 pub use crate::scheduler_thread::{ArrayEvent, ArrayEventKind, SchedulerThread};
 
 /// Delay before a request the array refused is offered again.
@@ -270,9 +270,13 @@ impl LunDispatcher {
         self.array.is_some()
     }
 
-    /// `emulated` (the array model decides completion times) or `file`.
+    /// `emulated` (the array model decides completion times), `file` or `nbd`.
     pub fn backend(&self) -> &'static str {
-        if self.emulated() { "emulated" } else { "file" }
+        if self.emulated() {
+            "emulated"
+        } else {
+            self.store.as_ref().map_or("file", |s| s.kind())
+        }
     }
 
     /// Queues request `slot` of `owner` (tenant `tenant`).
@@ -500,9 +504,16 @@ impl LunDispatcher {
         let Some(store) = &self.store else {
             return true;
         };
-        let outcome = match store.probe_file(i) {
-            Ok(file) => self.prober.probe(i, file, store.size_bytes, PROBE_WAIT),
-            Err(e) => ProbeOutcome::Failed(format!("cannot open a probe descriptor: {e}")),
+        let outcome = match (store.nbd(), store.probe_file(i)) {
+            (Some(export), _) => match export.paths.get(i) {
+                Some(uri) => {
+                    self.prober
+                        .probe_nbd(i, uri.clone(), store.size_bytes, NBD_PROBE_WAIT)
+                }
+                None => ProbeOutcome::Failed(format!("no path {i}")),
+            },
+            (None, Ok(file)) => self.prober.probe(i, file, store.size_bytes, PROBE_WAIT),
+            (None, Err(e)) => ProbeOutcome::Failed(format!("cannot open a probe descriptor: {e}")),
         };
         if !outcome.ok() {
             log::debug!(
@@ -583,6 +594,12 @@ impl LunDispatcher {
                 })
             })
             .collect()
+    }
+
+    /// How long a request may stay unanswered on a path before the path counts as failed.
+    pub fn io_timeout(&self) -> std::time::Duration {
+        let s = self.lock().d.paths.policy().io_timeout_s;
+        std::time::Duration::from_secs_f64(s.max(0.001))
     }
 
     pub fn selector(&self) -> String {

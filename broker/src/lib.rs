@@ -21,6 +21,7 @@ pub mod inflight;
 pub mod lun;
 pub mod metrics;
 pub mod metrics_http;
+pub mod nbd;
 pub mod path_probe;
 pub mod request;
 pub mod sandbox;

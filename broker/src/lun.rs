@@ -1,5 +1,5 @@
 //! A LUN's backing store: a regular file or a block device, opened for direct I/O when it
-//! allows it.
+//! allows it; or an NBD export (`crate::nbd`), whose connections the queue workers own.
 //!
 //! Two descriptors are kept: one with O_DIRECT (the data path, zero-copy into guest memory,
 //! no host page cache) and one without, used when the store refuses O_DIRECT or a guest's
@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::config::LunConfig;
+use crate::config::{LunBackend, LunConfig};
+use crate::nbd::{BlockingClient, NbdExport, NbdUri};
 use crate::request::SECTOR_SIZE;
 
 #[derive(Debug, Error)]
@@ -45,6 +46,8 @@ pub enum LunError {
     Locked { lun: String, path: PathBuf },
     #[error("LUN '{lun}': {path} has size 0")]
     Empty { lun: String, path: PathBuf },
+    #[error("LUN '{lun}': {why}")]
+    Nbd { lun: String, why: String },
     #[error("LUN '{lun}': {context}: {source}")]
     Io {
         lun: String,
@@ -63,13 +66,25 @@ pub struct LunStore {
     pub size_bytes: u64,
     pub read_only: bool,
     pub block_device: bool,
-    /// O_DIRECT descriptor, when the store accepted O_DIRECT.
-    direct: Option<File>,
-    buffered: File,
+    backing: Backing,
     /// Why O_DIRECT is not in use, when it is not.
     pub direct_unavailable: Option<String>,
-    /// One pair of descriptors per path (multipath: each path its own way to the store).
-    paths: Vec<PathFds>,
+}
+
+#[derive(Debug)]
+enum Backing {
+    Files {
+        /// O_DIRECT descriptor, when the store accepted O_DIRECT.
+        direct: Option<File>,
+        buffered: File,
+        /// One pair of descriptors per path (multipath: each path its own way to the store).
+        paths: Vec<PathFds>,
+    },
+    /// The export and each path's URI as configured.
+    Nbd {
+        export: NbdExport,
+        devices: Vec<PathBuf>,
+    },
 }
 
 /// A path's own descriptors onto the store.
@@ -89,6 +104,9 @@ impl LunStore {
         let Some(path) = cfg.path.clone() else {
             return Err(LunError::NoPath { lun: name });
         };
+        if cfg.backend() == LunBackend::Nbd {
+            return Self::open_nbd(cfg, path);
+        }
         let open_err = |source| LunError::Open {
             lun: name.clone(),
             path: path.clone(),
@@ -205,17 +223,123 @@ impl LunStore {
             size_bytes,
             read_only: cfg.read_only,
             block_device,
-            direct,
-            buffered,
+            backing: Backing::Files {
+                direct,
+                buffered,
+                paths,
+            },
             direct_unavailable,
-            paths,
         })
+    }
+
+    /// An NBD LUN: each path's export is asked for its size and flags (at least one must
+    /// answer now; a path that does not is failed by its first request and checked back).
+    fn open_nbd(cfg: &LunConfig, path: PathBuf) -> Result<Self, LunError> {
+        let name = cfg.name.clone();
+        let fail = |why: String| LunError::Nbd {
+            lun: name.clone(),
+            why,
+        };
+        let mut uris = Vec::new();
+        let mut devices = Vec::new();
+        for p in cfg.resolved_paths() {
+            let device = p.device.clone().unwrap_or_else(|| path.clone());
+            let uri = NbdUri::parse(&device.to_string_lossy()).map_err(&fail)?;
+            uris.push(std::sync::Arc::new(uri));
+            devices.push(device);
+        }
+        let mut info = None;
+        let mut errors = Vec::new();
+        for uri in &uris {
+            match BlockingClient::connect(uri, crate::nbd::OPEN_TIMEOUT) {
+                Ok(c) => {
+                    let i = c.info;
+                    c.disconnect();
+                    match info {
+                        None => info = Some(i),
+                        Some(first) if first.size != i.size => {
+                            return Err(fail(format!(
+                                "{uri} holds {} bytes and {} holds {}: the paths are not one export",
+                                i.size, uris[0], first.size
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Err(e) => {
+                    log::warn!("LUN '{name}': {e}; the path starts failed");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let Some(info) = info else {
+            return Err(fail(format!("no path answers: {}", errors.join("; "))));
+        };
+        if uris.len() > 1 && !info.can(crate::nbd::proto::TFLAG_CAN_MULTI_CONN) {
+            return Err(fail(format!(
+                "{} does not advertise multi-conn, so a flush on one connection need not cover \
+                 writes on another: give the LUN one path, or serve the export with multi-conn \
+                 (nbdkit does; qemu-storage-daemon: --export nbd,...,multi-conn=on)",
+                uris[0]
+            )));
+        }
+        if info.read_only() && !cfg.read_only {
+            return Err(fail(format!(
+                "{} is read-only: set read_only = true on the LUN",
+                uris[0]
+            )));
+        }
+        if let Some(wanted) = cfg.size_bytes() {
+            if info.size < wanted {
+                return Err(LunError::TooSmall {
+                    lun: name,
+                    path,
+                    actual: info.size,
+                    wanted,
+                });
+            }
+        }
+        let size_bytes = cfg.size_bytes().unwrap_or(info.size) / SECTOR_SIZE * SECTOR_SIZE;
+        if size_bytes == 0 {
+            return Err(LunError::Empty { lun: name, path });
+        }
+        Ok(LunStore {
+            name,
+            path,
+            size_bytes,
+            read_only: cfg.read_only,
+            block_device: false,
+            backing: Backing::Nbd {
+                export: NbdExport { paths: uris, info },
+                devices,
+            },
+            direct_unavailable: Some("an NBD export: the server decides caching".into()),
+        })
+    }
+
+    /// The export, when this LUN is an NBD export.
+    pub fn nbd(&self) -> Option<&NbdExport> {
+        match &self.backing {
+            Backing::Nbd { export, .. } => Some(export),
+            Backing::Files { .. } => None,
+        }
+    }
+
+    /// `file` or `nbd` (the dispatcher says `emulated` over a file).
+    pub fn kind(&self) -> &'static str {
+        match &self.backing {
+            Backing::Nbd { .. } => "nbd",
+            Backing::Files { .. } => "file",
+        }
     }
 
     /// The descriptor for data I/O through path `path`: direct when available and the
     /// request is aligned for it.
     pub fn path_data_fd(&self, path: usize, aligned: bool) -> (RawFd, bool) {
-        match self.paths.get(path) {
+        let Backing::Files { paths, .. } = &self.backing else {
+            return (-1, false);
+        };
+        match paths.get(path) {
             Some(p) => match &p.direct {
                 Some(f) if aligned => (f.as_raw_fd(), true),
                 _ => (p.buffered.as_raw_fd(), false),
@@ -228,21 +352,36 @@ impl LunStore {
     /// fdatasync through it flushes the page cache too; fallocate and discard take no
     /// alignment).
     pub fn path_control_fd(&self, path: usize) -> RawFd {
-        self.paths
+        let Backing::Files {
+            buffered, paths, ..
+        } = &self.backing
+        else {
+            return -1;
+        };
+        paths
             .get(path)
-            .map_or(self.buffered.as_raw_fd(), |p| p.buffered.as_raw_fd())
+            .map_or(buffered.as_raw_fd(), |p| p.buffered.as_raw_fd())
     }
 
     /// The device path `path` opens.
     pub fn path_device(&self, path: usize) -> Option<&Path> {
-        self.paths.get(path).map(|p| p.device.as_path())
+        match &self.backing {
+            Backing::Files { paths, .. } => paths.get(path).map(|p| p.device.as_path()),
+            Backing::Nbd { devices, .. } => devices.get(path).map(PathBuf::as_path),
+        }
     }
 
     /// The path checker's own descriptor onto path `path` (a dup, so a probe that outlives
     /// the LUN reads from a descriptor nobody reuses): the direct one when the store took
     /// O_DIRECT, so the page cache cannot answer for a dead device (`crate::path_probe`).
     pub fn probe_file(&self, path: usize) -> std::io::Result<File> {
-        let p = self.paths.get(path).ok_or_else(|| {
+        let Backing::Files { paths, .. } = &self.backing else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "an NBD path is probed over the network",
+            ));
+        };
+        let p = paths.get(path).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("no path {path}"))
         })?;
         p.direct.as_ref().unwrap_or(&p.buffered).try_clone()
@@ -254,20 +393,34 @@ impl LunStore {
 
     /// The descriptor for data I/O: direct when available and the request is aligned for it.
     pub fn data_fd(&self, aligned: bool) -> (RawFd, bool) {
-        match &self.direct {
+        let Backing::Files {
+            direct, buffered, ..
+        } = &self.backing
+        else {
+            return (-1, false);
+        };
+        match direct {
             Some(f) if aligned => (f.as_raw_fd(), true),
-            _ => (self.buffered.as_raw_fd(), false),
+            _ => (buffered.as_raw_fd(), false),
         }
     }
 
     /// Releases the image lock before the broker exits (after its last I/O was answered), so
     /// a broker taking over can open the image at once.
     pub fn release_lock(&self) {
-        unlock_image(&self.buffered);
+        if let Backing::Files { buffered, .. } = &self.backing {
+            unlock_image(buffered);
+        }
     }
 
     pub fn direct_io(&self) -> bool {
-        self.direct.is_some()
+        matches!(
+            &self.backing,
+            Backing::Files {
+                direct: Some(_),
+                ..
+            }
+        )
     }
 
     pub fn path(&self) -> &Path {
@@ -371,5 +524,64 @@ mod tests {
         let e = LunStore::open(&cfg(&p, Some(1 << 20))).unwrap_err();
         assert!(matches!(e, LunError::TooSmall { .. }), "{e}");
         assert!(e.to_string().contains("lun.size"));
+    }
+
+    #[test]
+    fn an_nbd_lun_is_asked_for_its_size_and_refused_what_it_cannot_be() {
+        if let Some(why) = crate::nbd::nbdkit::missing() {
+            assert!(std::env::var("WEIR_REQUIRE_KVM").is_err(), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        use crate::nbd::nbdkit::Nbdkit;
+        let dir = tempfile::tempdir().unwrap();
+        let nbd = |p: &Path| {
+            let uri = format!("nbd+unix:///?socket={}", p.display());
+            let mut c = cfg(Path::new(&uri), None);
+            c.backend = None;
+            c
+        };
+        let (rw, ro, single) = (
+            dir.path().join("rw.sock"),
+            dir.path().join("ro.sock"),
+            dir.path().join("single.sock"),
+        );
+        let _rw = Nbdkit::unix(&rw, &["memory", "3M"]).unwrap();
+        let _ro = Nbdkit::unix(&ro, &["-r", "memory", "1M"]).unwrap();
+        let _single = Nbdkit::unix(
+            &single,
+            &[
+                "--filter=multi-conn",
+                "memory",
+                "1M",
+                "multi-conn-mode=disable",
+            ],
+        )
+        .unwrap();
+        let lun = LunStore::open(&nbd(&rw)).unwrap();
+        assert_eq!((lun.size_bytes, lun.kind()), (3 << 20, "nbd"));
+        assert!(lun.nbd().is_some());
+        let mut big = nbd(&rw);
+        big.size = Some(crate::config::ByteSize(4 << 20));
+        assert!(matches!(
+            LunStore::open(&big),
+            Err(LunError::TooSmall { .. })
+        ));
+        let e = LunStore::open(&nbd(&ro)).unwrap_err().to_string();
+        assert!(e.contains("read_only = true"), "{e}");
+        let mut two = nbd(&single);
+        two.paths = vec![
+            toml::from_str("name = 'a'").unwrap(),
+            toml::from_str("name = 'b'").unwrap(),
+        ];
+        let e = LunStore::open(&two).unwrap_err().to_string();
+        assert!(e.contains("multi-conn") && e.contains("one path"), "{e}");
+        let e = LunStore::open(&nbd(&dir.path().join("nobody.sock")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no path answers") && e.contains("cannot connect"),
+            "{e}"
+        );
     }
 }

@@ -21,6 +21,14 @@ use std::time::{Duration, Instant};
 /// read in well under a millisecond; a path slower than this is not one to fail back to.
 pub const PROBE_WAIT: Duration = Duration::from_millis(50);
 
+/// The longest the path checker waits for an NBD path's probe: a connection, a handshake of
+/// two round trips and a read, on a network whose round trip may be milliseconds.
+pub const NBD_PROBE_WAIT: Duration = Duration::from_millis(200);
+
+/// The probe's own bound on each step of its connection (it runs on in the background after
+/// the checker stopped waiting, at most this long per step).
+const NBD_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Bytes one probe reads at offset 0: one logical block on any device (512 or 4096).
 const PROBE_BYTES: usize = 4096;
 
@@ -68,6 +76,35 @@ impl PathProber {
     pub fn probe(&self, path: usize, file: File, len: u64, wait: Duration) -> ProbeOutcome {
         let len = len.min(PROBE_BYTES as u64) as usize;
         self.run(path, wait, move || read_block(&file, len))
+    }
+
+    /// Probes an NBD path: a fresh connection, its handshake and a read of the first block,
+    /// waited for at most `wait` (the data path's own connection reconnects by itself when the
+    /// path is used again).
+    pub fn probe_nbd(
+        &self,
+        path: usize,
+        uri: Arc<crate::nbd::NbdUri>,
+        len: u64,
+        wait: Duration,
+    ) -> ProbeOutcome {
+        let len = len.min(PROBE_BYTES as u64) as usize;
+        self.run(
+            path,
+            wait,
+            move || match crate::nbd::BlockingClient::connect(&uri, NBD_PROBE_TIMEOUT) {
+                Ok(mut c) => {
+                    let mut buf = vec![0u8; len];
+                    let r = c.read(0, &mut buf);
+                    c.disconnect();
+                    match r {
+                        Ok(()) => ProbeOutcome::Answered,
+                        Err(e) => ProbeOutcome::Failed(format!("read: {e}")),
+                    }
+                }
+                Err(e) => ProbeOutcome::Failed(e.to_string()),
+            },
+        )
     }
 
     /// Runs `read` as path `path`'s probe on a thread of its own, waiting at most `wait`.

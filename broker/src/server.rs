@@ -340,6 +340,19 @@ impl Broker {
                 .filter(|d| d.lun == disk.lun)
                 .count();
             let thin = thin_of.get(&disk.lun).cloned();
+            if let Some(export) = lun.nbd() {
+                // Each queue has its own connection: several are one export only with
+                // multi-conn (a flush on one covers the writes completed on the others).
+                let multi = export.info.can(crate::nbd::proto::TFLAG_CAN_MULTI_CONN);
+                if disk.queues > 1 && !multi {
+                    return Err(BrokerError::Setup(format!(
+                        "disk[{index}].queues: {} does not advertise multi-conn, so each of \
+                         {} queues' connections would flush only its own writes: set queues = 1, \
+                         or serve the export with multi-conn",
+                        export.paths[0], disk.queues
+                    )));
+                }
+            }
             let server =
                 DiskServer::new(index, disk, lun, listener, dispatcher, tenant, clock, thin);
             disks.push(server.info.clone());

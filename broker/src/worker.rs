@@ -33,6 +33,8 @@ use crate::request::{
 };
 use crate::thin::{Reservation, ThinPool};
 
+mod nbd_io;
+
 pub type GuestMem = GuestMemoryMmap<()>;
 
 /// The longest a disconnecting guest's (or a stopping broker's) in-flight requests are
@@ -202,6 +204,8 @@ pub struct QueueWorker {
     cqes: Vec<(u64, i32)>,
     /// iovec arrays of finished requests, for the next ones.
     spare_iovecs: SpareIovecs,
+    /// An NBD LUN's connections (one per path), driven on `ring`.
+    nbd: Option<nbd_io::NbdPaths>,
 }
 
 /// Emptied iovec arrays kept for their capacity.
@@ -231,7 +235,6 @@ impl QueueWorker {
             .map_err(WorkerError::Uring)?;
         let inbox = Arc::new(Inbox::new().map_err(WorkerError::Uring)?);
         Ok(QueueWorker {
-            ctx,
             ring,
             slots: Vec::new(),
             free: Vec::new(),
@@ -246,6 +249,11 @@ impl QueueWorker {
             next_submit: 1,
             cqes: Vec::new(),
             spare_iovecs: SpareIovecs::default(),
+            nbd: ctx
+                .lun
+                .nbd()
+                .map(|e| nbd_io::NbdPaths::new(e, ctx.lun.size_bytes)),
+            ctx,
         })
     }
 
@@ -553,6 +561,10 @@ impl QueueWorker {
 
     /// Starts (or restarts) the I/O of a granted request.
     fn submit(&mut self, slot: usize) {
+        if self.nbd.is_some() {
+            self.submit_nbd(slot);
+            return;
+        }
         let simple = matches!(
             self.slots.get(slot),
             Some(Some(Inflight {
@@ -694,8 +706,13 @@ impl QueueWorker {
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             let found = !cqes.is_empty();
             for &(user_data, res) in &cqes {
-                used |= self.complete(user_data as usize, res, queue)?;
+                if user_data & nbd_io::NBD_TAG != 0 {
+                    self.nbd_event(user_data, res);
+                } else {
+                    used |= self.complete(user_data as usize, res, queue)?;
+                }
             }
+            used |= self.nbd_settle(queue)?;
             self.cqes = cqes;
             if !found {
                 break;
@@ -957,6 +974,7 @@ impl QueueWorker {
 
     /// Hands queued SQEs to the kernel; no system call when there are none.
     fn flush_submissions(&mut self) -> Result<(), WorkerError> {
+        self.nbd_push();
         self.next_submit = 1;
         if self.ring.submission().is_empty() {
             return Ok(());
@@ -1230,6 +1248,13 @@ impl QueueWorker {
     /// Answers IOERR the granted requests io_uring would not take.
     fn answer_unsubmitted(&mut self, queue: &mut Queue) -> bool {
         let mut used = false;
+        if self.nbd.is_some() {
+            // What the NBD connections handed back while no queue was at hand.
+            match self.nbd_settle(queue) {
+                Ok(u) => used |= u,
+                Err(e) => log::error!("disk {}: {e}", self.ctx.name),
+            }
+        }
         for (slot, why) in std::mem::take(&mut self.unsubmitted) {
             if let Some(Some(inflight)) = self.slots.get_mut(slot) {
                 inflight.status = VIRTIO_BLK_S_IOERR;
@@ -1331,6 +1356,7 @@ impl QueueWorker {
             }
             used |= self.reap(queue)?;
         }
+        self.nbd_disconnect();
         Ok(used)
     }
 }

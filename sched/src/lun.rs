@@ -28,6 +28,9 @@ pub enum LunBackend {
     /// The backing store holds the data, and a model of a congested array port and LUN
     /// (`port`, `model`) decides when each request completes and answers QUEUE FULL/BUSY.
     Emulated,
+    /// An export of an NBD server: `path` (and each path's `device`) is its URI,
+    /// `nbd://host:port/export` or `nbd+unix:///export?socket=/path`.
+    Nbd,
 }
 
 /// A byte count written as an integer or as a string with a unit ("256MiB", "1G", "4096").
@@ -81,6 +84,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// Whether a LUN's `path` is written as an NBD URI (its scheme; the broker parses the rest).
+pub fn is_nbd_uri(p: &std::path::Path) -> bool {
+    p.to_str().is_some_and(|s| {
+        s.starts_with("nbd://") || s.starts_with("nbd+unix://") || s.starts_with("nbd+tcp://")
+    })
+}
+
 fn default_true() -> bool {
     true
 }
@@ -109,8 +119,8 @@ pub struct LunSpec {
     /// the backing store refuses it.
     #[serde(default = "default_true")]
     pub direct: bool,
-    /// Default: `file` when the LUN has a `path` (the broker), `emulated` when it has none
-    /// (`weir sim`, `weir run`).
+    /// Default: `nbd` when `path` is an NBD URI, `file` when the LUN has another `path` (the
+    /// broker), `emulated` when it has none (`weir sim`, `weir run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<LunBackend>,
     /// The one port the LUN is reached through (emulated only); or give `paths`.
@@ -218,10 +228,10 @@ impl LunSpec {
 
     /// The backend in force (see [`LunSpec::backend`]).
     pub fn backend(&self) -> LunBackend {
-        self.backend.unwrap_or(if self.path.is_some() {
-            LunBackend::File
-        } else {
-            LunBackend::Emulated
+        self.backend.unwrap_or(match &self.path {
+            Some(p) if is_nbd_uri(p) => LunBackend::Nbd,
+            Some(_) => LunBackend::File,
+            None => LunBackend::Emulated,
         })
     }
 
@@ -241,7 +251,7 @@ impl LunSpec {
         // device still gained throughput beyond).
         self.depth.clone().unwrap_or(match self.backend() {
             LunBackend::Emulated => DepthPolicy::default(),
-            LunBackend::File => DepthPolicy::Fixed { depth: 1024 },
+            LunBackend::File | LunBackend::Nbd => DepthPolicy::Fixed { depth: 1024 },
         })
     }
 
@@ -326,6 +336,23 @@ impl LunSpec {
             return Err(format!(
                 "{at}.backend: port and model apply to emulated LUNs only: set backend = \"emulated\""
             ));
+        }
+        if self.backend() == LunBackend::Nbd {
+            let uri = "nbd://host[:port]/export or nbd+unix:///export?socket=/path";
+            if !self.path.as_deref().is_some_and(is_nbd_uri) {
+                return Err(format!(
+                    "{at}.path: backend = \"nbd\" needs the export's URI: {uri}"
+                ));
+            }
+            if let Some(k) = self
+                .paths
+                .iter()
+                .position(|p| p.device.as_deref().is_some_and(|d| !is_nbd_uri(d)))
+            {
+                return Err(format!(
+                    "{at}.paths[{k}].device: a path of an NBD LUN is an export URI: {uri}"
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (k, p) in self.resolved_paths().iter().enumerate() {

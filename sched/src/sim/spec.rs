@@ -331,7 +331,8 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
         }
         if !l.is_emulated() {
             return Err(format!(
-                "lun[{i}].backend: weir sim models emulated LUNs only; remove backend = \"file\""
+                "lun[{i}].backend: weir sim models emulated LUNs only; remove backend = \"{}\"",
+                format!("{:?}", l.backend()).to_lowercase()
             ));
         }
         l.check_in(i, &s.ports)?;
