@@ -842,6 +842,19 @@ fn nbd_disk(
     params: &[&str],
     hold_s: f64,
 ) -> Option<(Disk, crate::nbd::nbdkit::Nbdkit)> {
+    let policy = weir_sched::path::MultipathPolicy {
+        hold_s,
+        ..Default::default()
+    };
+    nbd_disk_with(filters, params, policy)
+}
+
+/// The same with the LUN's multipath policy given whole.
+fn nbd_disk_with(
+    filters: &[&str],
+    params: &[&str],
+    policy: weir_sched::path::MultipathPolicy,
+) -> Option<(Disk, crate::nbd::nbdkit::Nbdkit)> {
     if let Some(why) = crate::nbd::nbdkit::missing() {
         let required = matches!(
             std::env::var("WEIR_REQUIRE_KVM").as_deref(),
@@ -863,7 +876,7 @@ fn nbd_disk(
     let uri = format!("nbd+unix:///?socket={}", socket.display());
     let mut cfg = LunConfig::file("lun0", std::path::Path::new(&uri), None, false);
     cfg.backend = None;
-    cfg.multipath.hold_s = hold_s;
+    cfg.multipath = policy;
     assert_eq!(cfg.backend(), crate::config::LunBackend::Nbd);
     let lun = Arc::new(LunStore::open(&cfg).unwrap());
     assert_eq!(lun.size_bytes, DISK_BYTES);
@@ -1080,4 +1093,116 @@ fn a_lost_server_holds_requests_and_a_restarted_one_takes_them() {
     let counters = d.ctx.counters.snapshot();
     assert_eq!(counters.io_errors, 0, "the guest saw no error");
     assert!(counters.path_retries >= 1, "{counters:?}");
+}
+
+#[test]
+fn a_hung_server_times_out_and_its_requests_wait_for_it() {
+    let policy = weir_sched::path::MultipathPolicy {
+        hold_s: 20.0,
+        io_timeout_s: 0.5,
+        checker_interval_s: 0.2,
+        failback_s: 0.0,
+        ..Default::default()
+    };
+    let Some((d, server)) = nbd_disk_with(&[], &[], policy) else {
+        return;
+    };
+    let mem = memory();
+    let mut b = Bench::new(&mem, &d);
+    pipelined_writes(&mut b, 1, 0x30);
+    // The server stops answering (SIGSTOP: its socket still accepts, nothing comes back).
+    let pid = server.pid() as i32;
+    // SAFETY: kill(2) with a signal number; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let dispatcher = d.ctx.dispatcher.clone();
+    let clock = d.ctx.clock;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                dispatcher.check_paths(clock.now());
+                dispatcher.pump(clock.now(), None);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let mut b = Bench::new(&mem, &d);
+    header(&mem, H, VIRTIO_BLK_T_OUT, 64);
+    mem.write_slice(&[0x44; 4096], GuestAddress(D)).unwrap();
+    let w = b.post(&[(H, 16, 0), (D, 4096, 0), (0x1f_0000, 1, F_WRITE)]);
+    let early = b.run_live(1, Duration::from_millis(2000));
+    assert!(
+        early.is_empty(),
+        "no answer from a stopped server: {early:?}"
+    );
+    let failed = d.ctx.dispatcher.path_snapshots()[0].state;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let late = b.run_live(1, Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    checker.join().unwrap();
+    assert_eq!(
+        failed,
+        weir_sched::path::PathState::Failed,
+        "the timeout failed the path"
+    );
+    assert_eq!(
+        late,
+        vec![(u32::from(w), 1)],
+        "answered once the server runs again"
+    );
+    assert_eq!(b.status(0x1f_0000), VIRTIO_BLK_S_OK);
+    let counters = d.ctx.counters.snapshot();
+    assert_eq!(counters.io_errors, 0);
+    assert!(counters.path_retries >= 1, "{counters:?}");
+    let mut c = crate::nbd::BlockingClient::connect(&server.uri, Duration::from_secs(5)).unwrap();
+    let mut back = vec![0u8; 4096];
+    c.read(64 * 512, &mut back).unwrap();
+    assert!(back.iter().all(|&x| x == 0x44));
+}
+
+#[test]
+fn small_and_large_nbd_reads_in_flight_together_land_byte_exact() {
+    let Some((d, server)) = nbd_disk(&[], &[], 30.0) else {
+        return;
+    };
+    // The export holds a pattern no two offsets share within 251 bytes.
+    let pattern: Vec<u8> = (0..DISK_BYTES).map(|i| (i % 251) as u8).collect();
+    let mut c = crate::nbd::BlockingClient::connect(&server.uri, Duration::from_secs(5)).unwrap();
+    c.write(0, &pattern).unwrap();
+    let mem = memory();
+    let mut b = Bench::new(&mem, &d);
+    // Four 4 KiB reads, a 192 KiB read (received straight into guest memory past its first
+    // buffered bytes), and a 512-byte read at an odd sector: all at once.
+    let reads: [(u64, u32); 6] = [
+        (1, 4096),
+        (9, 4096),
+        (100, 192 << 10),
+        (17, 4096),
+        (33, 512),
+        (1001, 4096),
+    ];
+    for (i, &(sector, len)) in reads.iter().enumerate() {
+        let i = i as u64;
+        let (h, dd, s) = (
+            0x40_0000 + i * 0x1_0000,
+            0x100_0000 + i * 0x10_0000,
+            0xc0_0000 + i * 16,
+        );
+        header(&mem, h, VIRTIO_BLK_T_IN, sector);
+        b.post(&[(h, 16, 0), (dd, len, F_WRITE), (s, 1, F_WRITE)]);
+    }
+    assert_eq!(b.run().len(), reads.len());
+    for (i, &(sector, len)) in reads.iter().enumerate() {
+        let dd = 0x100_0000 + i as u64 * 0x10_0000;
+        let mut back = vec![0u8; len as usize];
+        mem.read_slice(&mut back, GuestAddress(dd)).unwrap();
+        let at = (sector * 512) as usize;
+        assert!(
+            back == pattern[at..at + len as usize],
+            "read {i} at sector {sector}"
+        );
+        assert_eq!(b.status(0xc0_0000 + i as u64 * 16), VIRTIO_BLK_S_OK);
+    }
 }

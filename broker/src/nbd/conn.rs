@@ -7,10 +7,15 @@
 //! batch continues from where the kernel stopped. One send at a time keeps the byte stream in
 //! order without locks.
 //!
-//! **Receive side.** While requests are outstanding, one receive is in flight: the 16-byte
-//! simple reply, then — for a successful read — a `RECVMSG` of exactly the bytes asked for into
-//! that request's guest buffers. A reply whose magic or handle is wrong means the stream is out
-//! of step: the connection is closed, not guessed at.
+//! **Receive side.** While requests are outstanding, one receive is in flight into a
+//! [`RECV_BUFFER`]-byte buffer: whatever has arrived, often many replies at once. Every whole
+//! 16-byte simple reply in it is matched to its request by handle; a read's payload follows
+//! its reply and is copied into the request's guest buffers as it arrives — except the rest of
+//! a payload of at least [`DIRECT_PAYLOAD`] bytes, which a `RECVMSG` puts straight into guest
+//! memory. (Receiving every 4 KiB payload on its own — header, then payload, two operations per
+//! read — measured 95.7 k IOPS at QD 32 and 5.9 µs of broker CPU per read.) A reply whose magic
+//! or handle is wrong means the stream is out of step: the connection is closed, not guessed
+//! at.
 //!
 //! **Failure.** An error or end of stream on either side, a protocol violation, or a request
 //! unanswered for the path's `io_timeout_s` closes the connection: `shutdown(2)` wakes the
@@ -35,6 +40,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const RECONNECT_EVERY: Duration = Duration::from_millis(250);
 /// iovecs in one `SENDMSG` (Linux's `UIO_MAXIOV` is 1024).
 pub const BATCH_IOVECS: usize = 1024;
+/// The receive buffer: replies and small payloads arrive here, many per receive, and are
+/// copied into guest memory (a copy of 4 KiB costs less than a receive of its own).
+pub const RECV_BUFFER: usize = 256 << 10;
+/// A payload at least this large (and not begun in the buffer) is received straight into
+/// guest memory.
+pub const DIRECT_PAYLOAD: usize = 64 << 10;
 
 /// How a request on this connection ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,13 +96,66 @@ enum Stage {
 
 struct RecvSide {
     busy: bool,
-    header: Box<[u8; REPLY_BYTES]>,
-    got: usize,
+    /// Received bytes not yet taken: `buf[start..end]`.
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
     stage: Stage,
+    /// The read's guest buffers still to fill, from `iov[at]`, `left` bytes.
     iov: Vec<libc::iovec>,
     at: usize,
     left: usize,
+    /// The operation in flight receives straight into `iov` (a large payload).
+    direct: bool,
     msg: Box<MsgHdr>,
+}
+
+impl RecvSide {
+    fn reset(&mut self) {
+        self.stage = Stage::Header;
+        self.start = 0;
+        self.end = 0;
+        self.left = 0;
+        self.direct = false;
+    }
+
+    /// Copies up to `bytes.len()` bytes into the payload's guest buffers; returns how many.
+    fn fill(&mut self, bytes: &[u8]) -> usize {
+        let mut taken = 0;
+        while taken < bytes.len() && self.left > 0 && self.at < self.iov.len() {
+            let v = &mut self.iov[self.at];
+            let n = v.iov_len.min(bytes.len() - taken).min(self.left);
+            // SAFETY: `iov_base..+iov_len` is a guest buffer of the read, mapped while the
+            // request lives (see `Pending`); `n` is within it and within `bytes`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr().add(taken),
+                    v.iov_base.cast::<u8>(),
+                    n,
+                );
+            }
+            self.advance(n);
+            taken += n;
+        }
+        taken
+    }
+
+    /// `n` payload bytes landed: move past them.
+    fn advance(&mut self, mut n: usize) {
+        self.left = self.left.saturating_sub(n);
+        while n > 0 && self.at < self.iov.len() {
+            let v = &mut self.iov[self.at];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                self.at += 1;
+            } else {
+                // SAFETY (pointer arithmetic): `n < iov_len`, inside the same buffer.
+                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
 }
 
 /// A `msghdr` that may be sent between threads with its connection.
@@ -142,12 +206,14 @@ impl Conn {
             send: SendSide::default(),
             recv: RecvSide {
                 busy: false,
-                header: Box::new([0; REPLY_BYTES]),
-                got: 0,
+                buf: vec![0u8; RECV_BUFFER].into_boxed_slice(),
+                start: 0,
+                end: 0,
                 stage: Stage::Header,
                 iov: Vec::new(),
                 at: 0,
                 left: 0,
+                direct: false,
                 msg: Box::default(),
             },
             connects: 0,
@@ -196,8 +262,7 @@ impl Conn {
         self.sock = Some(sock);
         self.info = Some(info);
         self.state = State::Up;
-        self.recv.stage = Stage::Header;
-        self.recv.got = 0;
+        self.recv.reset();
         self.send.left = 0;
         Ok(())
     }
@@ -260,23 +325,30 @@ impl Conn {
             self.send.busy = true;
         }
         if !self.recv.busy && !self.pending.is_empty() {
-            let sqe = match self.recv.stage {
-                Stage::Header => {
-                    let got = self.recv.got;
-                    // SAFETY (pointer arithmetic): `got < REPLY_BYTES`, inside the header box.
-                    let at = unsafe { self.recv.header.as_mut_ptr().add(got) };
-                    opcode::Recv::new(fd, at, (REPLY_BYTES - got) as u32)
-                        .flags(libc::MSG_WAITALL)
-                        .build()
+            let r = &mut self.recv;
+            r.direct = matches!(r.stage, Stage::Payload { .. })
+                && r.start == r.end
+                && r.left >= DIRECT_PAYLOAD;
+            let sqe = if r.direct {
+                // A large payload: straight into guest memory, no copy.
+                let rest = &r.iov[r.at..];
+                r.msg.0.msg_iov = rest.as_ptr().cast_mut();
+                r.msg.0.msg_iovlen = rest.len();
+                opcode::RecvMsg::new(fd, &mut r.msg.0)
+                    .flags(libc::MSG_WAITALL as u32)
+                    .build()
+            } else {
+                // Whatever has arrived, up to the buffer's room: many replies in one go.
+                if r.start == r.end {
+                    r.start = 0;
+                    r.end = 0;
+                } else if r.buf.len() - r.end < REPLY_BYTES + 4096 {
+                    r.buf.copy_within(r.start..r.end, 0);
+                    r.end -= r.start;
+                    r.start = 0;
                 }
-                Stage::Payload { .. } => {
-                    let rest = &self.recv.iov[self.recv.at..];
-                    self.recv.msg.0.msg_iov = rest.as_ptr().cast_mut();
-                    self.recv.msg.0.msg_iovlen = rest.len();
-                    opcode::RecvMsg::new(fd, &mut self.recv.msg.0)
-                        .flags(libc::MSG_WAITALL as u32)
-                        .build()
-                }
+                let room = &mut r.buf[r.end..];
+                opcode::Recv::new(fd, room.as_mut_ptr(), room.len() as u32).build()
             };
             out.push(sqe.user_data(tag | 1));
             self.recv.busy = true;
@@ -375,58 +447,66 @@ impl Conn {
             return;
         }
         let n = res as usize;
-        match self.recv.stage {
-            Stage::Header => {
-                self.recv.got += n;
-                if self.recv.got < REPLY_BYTES {
-                    return;
-                }
-                self.recv.got = 0;
-                let Some((handle, error)) = proto::reply(&self.recv.header) else {
-                    self.fail("a reply without the simple-reply magic".into(), done);
-                    return;
-                };
-                let Some(p) = self.pending.get(&handle) else {
-                    self.fail(format!("a reply to unknown handle {handle}"), done);
-                    return;
-                };
-                if error != 0 {
-                    let slot = p.slot;
-                    self.pending.remove(&handle);
-                    done.push((slot, Outcome::Failed(proto::errno(error))));
-                } else if p.cmd == Cmd::Read && p.len > 0 {
-                    // SAFETY: as in `build_batch`: the request's own iovec array.
-                    let data = unsafe { std::slice::from_raw_parts(p.data, p.count) };
-                    self.recv.iov.clear();
-                    self.recv.iov.extend_from_slice(data);
-                    self.recv.at = 0;
-                    self.recv.left = p.len as usize;
-                    self.recv.stage = Stage::Payload { handle };
-                } else {
-                    let slot = p.slot;
-                    self.pending.remove(&handle);
-                    done.push((slot, Outcome::Ok));
-                }
-            }
-            Stage::Payload { handle } => {
-                let mut k = n;
-                self.recv.left = self.recv.left.saturating_sub(n);
-                while k > 0 && self.recv.at < self.recv.iov.len() {
-                    let v = &mut self.recv.iov[self.recv.at];
-                    if k >= v.iov_len {
-                        k -= v.iov_len;
-                        self.recv.at += 1;
-                    } else {
-                        // SAFETY (pointer arithmetic): `k < iov_len`, inside the same buffer.
-                        v.iov_base = unsafe { v.iov_base.cast::<u8>().add(k) }.cast();
-                        v.iov_len -= k;
-                        k = 0;
+        if self.recv.direct {
+            self.recv.advance(n);
+        } else {
+            self.recv.end += n;
+        }
+        self.take_replies(done);
+    }
+
+    /// Takes every whole reply (and every payload byte) the buffer holds.
+    fn take_replies(&mut self, done: &mut Vec<(usize, Outcome)>) {
+        loop {
+            match self.recv.stage {
+                Stage::Payload { handle } => {
+                    let r = &mut self.recv;
+                    let (start, end) = (r.start, r.end);
+                    let mut bytes = std::mem::take(&mut r.buf);
+                    let taken = r.fill(&bytes[start..end]);
+                    std::mem::swap(&mut r.buf, &mut bytes);
+                    r.start += taken;
+                    if r.left > 0 {
+                        return;
                     }
-                }
-                if self.recv.left == 0 {
-                    self.recv.stage = Stage::Header;
+                    r.stage = Stage::Header;
                     if let Some(p) = self.pending.remove(&handle) {
                         done.push((p.slot, Outcome::Ok));
+                    }
+                }
+                Stage::Header => {
+                    let r = &mut self.recv;
+                    if r.end - r.start < REPLY_BYTES {
+                        return;
+                    }
+                    let mut h = [0u8; REPLY_BYTES];
+                    h.copy_from_slice(&r.buf[r.start..r.start + REPLY_BYTES]);
+                    r.start += REPLY_BYTES;
+                    let Some((handle, error)) = proto::reply(&h) else {
+                        self.fail("a reply without the simple-reply magic".into(), done);
+                        return;
+                    };
+                    let Some(p) = self.pending.get(&handle) else {
+                        self.fail(format!("a reply to unknown handle {handle}"), done);
+                        return;
+                    };
+                    if error != 0 {
+                        let slot = p.slot;
+                        self.pending.remove(&handle);
+                        done.push((slot, Outcome::Failed(proto::errno(error))));
+                    } else if p.cmd == Cmd::Read && p.len > 0 {
+                        // SAFETY: as in `build_batch`: the request's own iovec array.
+                        let data = unsafe { std::slice::from_raw_parts(p.data, p.count) };
+                        let r = &mut self.recv;
+                        r.iov.clear();
+                        r.iov.extend_from_slice(data);
+                        r.at = 0;
+                        r.left = p.len as usize;
+                        r.stage = Stage::Payload { handle };
+                    } else {
+                        let slot = p.slot;
+                        self.pending.remove(&handle);
+                        done.push((slot, Outcome::Ok));
                     }
                 }
             }
@@ -460,8 +540,7 @@ impl Conn {
         self.outq.clear();
         self.send.left = 0;
         self.send.at = 0;
-        self.recv.stage = Stage::Header;
-        self.recv.got = 0;
+        self.recv.reset();
         for (_, p) in self.pending.drain() {
             done.push((p.slot, Outcome::Lost(why.clone())));
         }
