@@ -187,6 +187,7 @@ pub fn run(args: VmArgs) -> Result<()> {
         .context("temporary directory for the private broker")?;
     let mut private_config = BrokerConfig {
         control_socket: None,
+        host_share: None,
         metrics_listen: None,
         // The private broker shares the VMM's process, which needs KVM's ioctls and more:
         // the filter is the standalone broker's.
@@ -211,9 +212,12 @@ pub fn run(args: VmArgs) -> Result<()> {
                 queue_size,
             } => {
                 let socket = private_dir.path().join(format!("disk{i}.sock"));
-                private_config
-                    .luns
-                    .push(LunConfig::file(&format!("disk{i}"), path, None, false));
+                let mut lun = LunConfig::file(&format!("disk{i}"), path, None, false);
+                if weir_sched::lun::is_nbd_uri(path) {
+                    // `path=nbd://...`: the export, served by the private broker's NBD client.
+                    lun.backend = None;
+                }
+                private_config.luns.push(lun);
                 private_config.disks.push(DiskConfig {
                     socket: socket.clone(),
                     lun: format!("disk{i}"),

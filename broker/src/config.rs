@@ -59,6 +59,10 @@ pub struct BrokerConfig {
     /// Unix socket for the control API (telemetry, topology).
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// This host's share of targets it shares with other hosts' brokers (PARDA): every LUN's
+    /// `latency` window law runs with `β · host_share` (docs/network.md). Unset: one host.
+    #[serde(default)]
+    pub host_share: Option<f64>,
     /// `host:port` to serve Prometheus' `/metrics` on (e.g. "127.0.0.1:9464"); none: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -266,6 +270,16 @@ impl BrokerConfig {
             ));
         }
         self.metrics_addr()?;
+        if let Some(share) = self.host_share {
+            if !share.is_finite() || share <= 0.0 {
+                return Err(invalid(
+                    "host_share",
+                    format!(
+                        "{share}: a positive number (the sum of this host's tenants' weights, say)"
+                    ),
+                ));
+            }
+        }
         // Ports first: LUNs refer to them.
         for (i, p) in self.ports.iter().enumerate() {
             check::within(&format!("port[{i}]"), p).map_err(field_problem)?;
@@ -593,6 +607,8 @@ lun = "shared"
         assert!(e.contains("disk[0].serial"), "{e}");
         let e = err("[[lun]]\nname='a'\npath='/x'\n");
         assert!(e.contains("no [[disk]]"), "{e}");
+        let e = err("host_share = 0\n[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\n");
+        assert!(e.contains("host_share") && e.contains("positive"), "{e}");
         let e = err(
             "[[lun]]\nname='a'\npath='/x'\n[[lun]]\nname='a'\npath='/y'\n[[disk]]\nsocket='/s'\nlun='a'\n",
         );

@@ -165,6 +165,7 @@ pub struct LunDispatcher {
     routes: Vec<PathRoute>,
     /// The store the path checker probes (file paths).
     store: Option<Arc<LunStore>>,
+    host_share: f64,
     /// The checker's probes of file paths, each on its own thread (`crate::path_probe`).
     prober: PathProber,
     state: Mutex<DispatchState>,
@@ -200,6 +201,7 @@ impl LunDispatcher {
             budget: None,
             routes,
             store: None,
+            host_share: 1.0,
             prober: PathProber::new(1),
             state: Mutex::new(DispatchState {
                 d: LunDispatch::new(scheduler, tenants, CostModel::default(), depth, paths),
@@ -239,6 +241,13 @@ impl LunDispatcher {
         self.prober = PathProber::new(routes.len());
         self.routes = routes;
         self.store = store;
+        self
+    }
+
+    /// This host's share of a target shared with other hosts (see
+    /// `DepthPolicy::for_host_share`): kept so a policy changed at run time gets it too.
+    pub fn with_host_share(mut self, share: f64) -> Self {
+        self.host_share = share;
         self
     }
 
@@ -621,7 +630,7 @@ impl LunDispatcher {
         let mut st = self.lock();
         if let Some(d) = depth {
             log::warn!("LUN '{}': window policy now {}", self.name, d.name());
-            st.d.controller = QueueDepthController::new(d);
+            st.d.controller = QueueDepthController::new(d.for_host_share(self.host_share));
         }
         if let Some(sel) = selector {
             log::warn!("LUN '{}': path selector now {sel}", self.name);

@@ -246,14 +246,16 @@ impl Broker {
                     max_in_flight: p.max_in_flight,
                 })
                 .collect();
+            let host_share = config.host_share.unwrap_or(1.0);
             let mut d = LunDispatcher::new(
                 &lun.name,
                 tenants,
                 lun.scheduler,
-                lun.depth_policy(),
+                lun.depth_policy().for_host_share(host_share),
                 in_array,
             )
-            .with_paths(routes, lun.multipath.clone(), luns.get(&lun.name).cloned());
+            .with_paths(routes, lun.multipath.clone(), luns.get(&lun.name).cloned())
+            .with_host_share(host_share);
             let first_port = lun.resolved_paths().first().and_then(|p| p.port.clone());
             if let Some((port, budget)) = first_port
                 .as_ref()

@@ -450,6 +450,7 @@ pub fn to_sim(s: &RunScenario, workloads: &[(Engine, String)]) -> SimScenario {
                     start_s: g.start_s,
                     stop_s: g.duration_s.map(|d| g.start_s + d),
                     alloc_pct: 0.0,
+                    host: None,
                 }
             })
             .collect(),
@@ -457,6 +458,7 @@ pub fn to_sim(s: &RunScenario, workloads: &[(Engine, String)]) -> SimScenario {
         compare: s.compare.clone(),
         victim: s.victim.clone(),
         pools: Vec::new(),
+        hosts: Vec::new(),
     }
 }
 

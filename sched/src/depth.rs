@@ -207,6 +207,20 @@ impl DepthPolicy {
         }
     }
 
+    /// The policy as a host with share `share` of a target shared with other hosts runs it:
+    /// PARDA's `β` in proportion to the share (`latency`: `β ← β · share`), so that hosts
+    /// whose windows follow the same latency settle at windows — and throughputs — in the
+    /// ratio of their shares (`D* = β / (1 − 𝓛/L)`). Other policies have no share to scale.
+    pub fn for_host_share(self, share: f64) -> DepthPolicy {
+        match self {
+            DepthPolicy::Latency(mut p) => {
+                p.beta *= share;
+                DepthPolicy::Latency(p)
+            }
+            other => other,
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             DepthPolicy::Fixed { depth } => format!("fixed:{depth}"),
@@ -272,6 +286,10 @@ pub struct QueueDepthController {
     /// dropped for it.
     period_late_s: f64,
     late_periods: u64,
+    /// `latency`: the integer window shown between ticks, and the error-diffusion remainder
+    /// that makes its time average the real-valued `w` (see [`QueueDepthController::window`]).
+    shown: Option<u32>,
+    dither: f64,
 }
 
 impl QueueDepthController {
@@ -322,6 +340,8 @@ impl QueueDepthController {
             period_window: w,
             period_late_s: 0.0,
             late_periods: 0,
+            shown: None,
+            dither: 0.0,
         }
     }
 
@@ -330,8 +350,35 @@ impl QueueDepthController {
     }
 
     /// The window now.
+    /// The dispatch window. `latency` (PARDA) dithers between `⌊w⌋` and `⌈w⌉` from tick to
+    /// tick so that the window's time average is `w` itself: at the small windows of a
+    /// host's share of a shared target (PARDA's fixed point `β / (1 − 𝓛/L)` is 3.7 for a
+    /// share of 1 in `scenarios/sim-three-hosts.toml`) rounding alone skews the hosts' ratio
+    /// by up to 1/(2w) — 1:1.75:3.6 where the shares say 1:2:4.
     pub fn window(&self) -> u32 {
-        (self.w.round() as u32).max(1)
+        match self.shown {
+            // Set at the last tick; a halving since moves `w` away from it.
+            Some(shown) if (f64::from(shown) - self.w).abs() < 1.0 => shown,
+            _ => self.w.round() as u32,
+        }
+        .max(1)
+    }
+
+    /// `latency`: the next tick's integer window (error diffusion of `w`'s fraction).
+    fn dither_window(&mut self) {
+        if !matches!(self.policy, DepthPolicy::Latency(_)) {
+            self.shown = None;
+            return;
+        }
+        let base = self.w.floor();
+        self.dither += self.w - base;
+        let up = if self.dither >= 1.0 {
+            self.dither -= 1.0;
+            1.0
+        } else {
+            0.0
+        };
+        self.shown = Some((base + up) as u32);
     }
 
     /// The epoch to stamp on a request dispatched now.
@@ -511,6 +558,11 @@ impl QueueDepthController {
     /// Called periodically (at least every control period) with the requests outstanding on
     /// the LUN. Runs the latency law and the stall rule.
     pub fn tick(&mut self, now: f64, outstanding: u32) {
+        self.tick_law(now, outstanding);
+        self.dither_window();
+    }
+
+    fn tick_law(&mut self, now: f64, outstanding: u32) {
         self.now = now;
         if self.knee.is_some() {
             self.tick_knee(now, outstanding);

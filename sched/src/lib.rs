@@ -24,6 +24,8 @@ pub mod metrics;
 pub mod path;
 pub mod rng;
 pub mod sim;
+#[cfg(test)]
+mod sim_hosts_tests;
 pub mod sim_pool;
 #[cfg(test)]
 mod sim_tests;

@@ -30,6 +30,7 @@ fn closed(name: &str, weight: f64, depth: u32) -> TenantSpec {
         start_s: 0.0,
         stop_s: None,
         alloc_pct: 0.0,
+        host: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn scenario(luns: Vec<LunSpec>, tenants: Vec<TenantSpec>, duration_s: f64) -> Si
         compare: vec![],
         victim: None,
         pools: vec![],
+        hosts: Vec::new(),
     }
 }
 

@@ -312,12 +312,14 @@ impl SweepGrid {
                     start_s: 0.0,
                     stop_s: None,
                     alloc_pct: 0.0,
+                    host: None,
                 })
                 .collect(),
             events,
             compare: Vec::new(),
             victim: None,
             pools: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 }

@@ -66,6 +66,8 @@ impl PartialOrd for Timed {
 }
 
 struct LunRun {
+    /// The array LUN this lane's requests go to (its own index without hosts).
+    array_lun: usize,
     /// The port the port budget is counted on (the first path's).
     port: usize,
     /// The dispatch state and rule the broker runs too.
@@ -120,20 +122,31 @@ impl TenantRun {
 }
 
 /// Runs the scenario.
-pub fn run(s: &SimScenario) -> Result<SimResult, String> {
-    validate(s)?;
+pub fn run(original: &SimScenario) -> Result<SimResult, String> {
+    validate(original)?;
+    // Several hosts: one lane (dispatcher and window) per LUN and host, one array LUN.
+    let lanes = super::hosts::expand(original);
+    let s = &lanes.scenario;
     let mut rng = SplitMix64::new(s.seed);
     let port_index = |name: &str| s.ports.iter().position(|p| p.name == name).unwrap_or(0);
+    let array_index = |name: &str| {
+        original
+            .luns
+            .iter()
+            .position(|l| l.name == name)
+            .unwrap_or(0)
+    };
     let lun_index = |name: &str| s.luns.iter().position(|l| l.name == name).unwrap_or(0);
     let port_models: Vec<PortModel> = s.ports.iter().map(PortSpec::model).collect();
-    let lun_models: Vec<LunModel> = s.luns.iter().map(|l| l.model()).collect();
+    let lun_models: Vec<LunModel> = original.luns.iter().map(|l| l.model()).collect();
     let mut array = EmulatedArray::new(&port_models, &lun_models, rng.next_u64());
     let seconds = (s.duration_s - s.warmup_s).ceil() as usize;
 
     let mut luns: Vec<LunRun> = s
         .luns
         .iter()
-        .map(|l| {
+        .zip(&lanes.array_lun)
+        .map(|(l, &array_lun)| {
             let members: Vec<usize> = s
                 .tenants
                 .iter()
@@ -153,6 +166,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
             let groups: Vec<(PathGroup, u32)> =
                 paths.iter().map(|p| (p.group, p.max_in_flight)).collect();
             LunRun {
+                array_lun,
                 port: path_ports.first().copied().unwrap_or(0),
                 d: LunDispatch::new(
                     l.scheduler,
@@ -284,7 +298,7 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
         now = next.max(now);
         while next_event < events.len() && events[next_event].0 <= now {
             match &events[next_event].1 {
-                EventAction::Capacity { lun, pct } => array.set_capacity(lun_index(lun), *pct),
+                EventAction::Capacity { lun, pct } => array.set_capacity(array_index(lun), *pct),
                 EventAction::Fault { port, fault } => {
                     array.set_port_fault(now, port_index(port), *fault)
                 }
@@ -293,12 +307,19 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
                     depth,
                     selector,
                 } => {
-                    let l = &mut luns[lun_index(lun)];
-                    if let Some(d) = depth {
-                        l.d.controller = QueueDepthController::new(d.clone());
-                    }
-                    if let Some(sel) = selector {
-                        l.d.paths.set_selector(*sel);
+                    // Every host's lane of the LUN, each with its host's share.
+                    let target = array_index(lun);
+                    for (k, l) in luns.iter_mut().enumerate() {
+                        if lanes.array_lun[k] != target {
+                            continue;
+                        }
+                        if let Some(d) = depth {
+                            let d = d.clone().for_host_share(lanes.share[k]);
+                            l.d.controller = QueueDepthController::new(d);
+                        }
+                        if let Some(sel) = selector {
+                            l.d.paths.set_selector(*sel);
+                        }
                     }
                 }
             }
@@ -309,7 +330,8 @@ pub fn run(s: &SimScenario) -> Result<SimResult, String> {
             let Some(c) = array.complete_next(now) else {
                 continue;
             };
-            let lun = c.lun;
+            // The lane (a host's dispatcher) is in the attempt's id; `c.lun` is the array's.
+            let lun = (c.id >> 40) as usize;
             // Gone: the request timed out on its path and was re-issued.
             let Some(req) = luns[lun].at_array.remove(&c.id) else {
                 continue;
@@ -708,7 +730,14 @@ fn dispatch(luns: &mut [LunRun], lun: usize, array: &mut EmulatedArray, now: f64
         l.attempts += 1;
         let attempt = ((lun as u64) << 40) | l.attempts;
         let port = l.path_ports[send.path];
-        let admission = array.submit(now, lun, port, attempt, send.item.bytes, send.item.write);
+        let admission = array.submit(
+            now,
+            l.array_lun,
+            port,
+            attempt,
+            send.item.bytes,
+            send.item.write,
+        );
         match l.d.admit(send, admission, now, s.retry_delay_us / 1e6) {
             Admitted::Sent(sent) => {
                 l.at_array.insert(attempt, sent.item);

@@ -10,19 +10,21 @@
 //! `retry_delay_us`, as a SCSI initiator retries it.
 
 //!
-//! Rooms: `spec` (the scenario and its validation), `engine` (a run), `results` (what it
-//! gives), `render` (the terminal table).
+//! Rooms: `spec` (the scenario and its validation), `hosts` (several hosts' brokers on one
+//! array), `engine` (a run), `results` (what it gives), `render` (the terminal table).
 
 use crate::depth::DepthPolicy;
 use crate::path::PathSelectorKind;
 use crate::sim_pool::PoolFullPolicy;
 
 mod engine;
+mod hosts;
 mod render;
 mod results;
 mod spec;
 
 pub use engine::run;
+pub use hosts::lane_name;
 pub use render::render;
 pub use results::*;
 pub use spec::*;

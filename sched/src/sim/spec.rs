@@ -47,6 +47,22 @@ pub struct SimScenario {
     /// Thin pools (`crate::sim_pool`): LUNs naming one share its capacity.
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolSpec>,
+    /// Hosts sharing the array, each with its own broker (PARDA): a tenant naming a `host`
+    /// reaches its LUN through that host's dispatcher and window; the hosts' dispatchers for
+    /// one LUN share the array LUN and see only their own requests. None: one host.
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostSpec>,
+}
+
+/// One host of several sharing the array.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    pub name: String,
+    /// The host's share (PARDA's `β` is scaled by it, `DepthPolicy::for_host_share`).
+    /// Default: the sum of its tenants' weights on the LUN.
+    #[serde(default)]
+    pub share: Option<f64>,
 }
 
 fn d_seed() -> u64 {
@@ -105,6 +121,9 @@ pub struct TenantSpec {
     /// Percent of its writes that need a new chunk of its LUN's thin pool.
     #[serde(default)]
     pub alloc_pct: f64,
+    /// The `[[host]]` whose broker this tenant's requests go through (with hosts declared).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -319,6 +338,37 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
     unique("port", s.ports.iter().map(|p| p.name.as_str()))?;
     unique("lun", s.luns.iter().map(|l| l.name.as_str()))?;
     unique("tenant", s.tenants.iter().map(|t| t.name.as_str()))?;
+    unique("host", s.hosts.iter().map(|h| h.name.as_str()))?;
+    for (i, h) in s.hosts.iter().enumerate() {
+        if let Some(share) = h.share {
+            check::positive(&format!("host[{i}].share"), share, 1e9)?;
+        }
+    }
+    for (i, t) in s.tenants.iter().enumerate() {
+        match (&t.host, s.hosts.is_empty()) {
+            (Some(h), false) if !s.hosts.iter().any(|x| &x.name == h) => {
+                return Err(format!("tenant[{i}].host: no [[host]] named '{h}'"));
+            }
+            (Some(_), true) => {
+                return Err(format!(
+                    "tenant[{i}].host: no [[host]] entries: declare the hosts, or remove host"
+                ));
+            }
+            (None, false) => {
+                return Err(format!(
+                    "tenant[{i}].host: with [[host]] entries every tenant names its host"
+                ));
+            }
+            _ => {}
+        }
+    }
+    if !s.hosts.is_empty() {
+        if let Some(i) = s.ports.iter().position(|p| p.budget.is_some()) {
+            return Err(format!(
+                "port[{i}].budget: a port budget is one broker's; with [[host]] entries remove it"
+            ));
+        }
+    }
     for (i, p) in s.ports.iter().enumerate() {
         check::within(&format!("port[{i}]"), p)?;
     }
