@@ -607,7 +607,8 @@ lun = "shared"
         assert!(e.contains("disk[0].serial"), "{e}");
         let e = err("[[lun]]\nname='a'\npath='/x'\n");
         assert!(e.contains("no [[disk]]"), "{e}");
-        let e = err("host_share = 0\n[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\n");
+        let e =
+            err("host_share = 0\n[[lun]]\nname='a'\npath='/x'\n[[disk]]\nsocket='/s'\nlun='a'\n");
         assert!(e.contains("host_share") && e.contains("positive"), "{e}");
         let e = err(
             "[[lun]]\nname='a'\npath='/x'\n[[lun]]\nname='a'\npath='/y'\n[[disk]]\nsocket='/s'\nlun='a'\n",

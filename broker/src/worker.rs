@@ -662,15 +662,7 @@ impl QueueWorker {
         else {
             return Ok(());
         };
-        iovecs.clear();
-        for r in crate::request::sub_ranges(ranges, *done, *total - *done) {
-            for slice in mem.get_slices(r.addr, r.len as usize).flatten() {
-                iovecs.push(libc::iovec {
-                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: slice.len(),
-                });
-            }
-        }
+        guest_iovecs(&mem, ranges, *done, *total - *done, iovecs);
         let aligned = iovecs.iter().all(|v| {
             (v.iov_base as usize) % SECTOR_SIZE as usize == 0
                 && v.iov_len % SECTOR_SIZE as usize == 0
@@ -1358,6 +1350,26 @@ impl QueueWorker {
         }
         self.nbd_disconnect();
         Ok(used)
+    }
+}
+
+/// The iovecs of `len` bytes of a request's guest ranges from byte `from` on, into `out`
+/// (cleared first). The pointers stay valid while `mem` (the request's guard) lives.
+fn guest_iovecs(
+    mem: &GuestMemoryLoadGuard<GuestMem>,
+    ranges: &[GuestRange],
+    from: u64,
+    len: u64,
+    out: &mut Vec<libc::iovec>,
+) {
+    out.clear();
+    for r in crate::request::sub_ranges(ranges, from, len) {
+        for slice in mem.get_slices(r.addr, r.len as usize).flatten() {
+            out.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
     }
 }
 

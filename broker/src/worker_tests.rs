@@ -910,6 +910,35 @@ fn nbd_disk_with(
     Some((Disk { ctx, ..base }, server))
 }
 
+/// The path checker and dispatcher pump the broker's scheduler thread runs, on a thread of the
+/// test's.
+struct Checker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checker {
+    fn start(d: &Disk) -> Checker {
+        let dispatcher = d.ctx.dispatcher.clone();
+        let clock = d.ctx.clock;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                dispatcher.check_paths(clock.now());
+                dispatcher.pump(clock.now(), None);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Checker { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 /// Posts `n` 4 KiB writes (sector `8 i`, byte `first + i`) at once, runs them, asserts all OK.
 fn pipelined_writes(b: &mut Bench, n: u64, first: u8) {
     post_writes(b, n, first, None);
@@ -1038,19 +1067,7 @@ fn a_lost_server_holds_requests_and_a_restarted_one_takes_them() {
     pipelined_writes(&mut b, 2, 0x20);
     server.kill();
     // The checker the scheduler thread runs, here on a thread of the test's.
-    let dispatcher = d.ctx.dispatcher.clone();
-    let clock = d.ctx.clock;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let checker = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                dispatcher.check_paths(clock.now());
-                dispatcher.pump(clock.now(), None);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let checker = Checker::start(&d);
     // Written while the server is gone: the writes wait, and land when it is back. (The
     // server is restarted from this thread: nbdkit dies with the thread that started it.)
     let mut b = Bench::new(&mem, &d);
@@ -1077,8 +1094,7 @@ fn a_lost_server_holds_requests_and_a_restarted_one_takes_them() {
     let restarted = std::time::Instant::now();
     let late = b.run_live(3, Duration::from_secs(15));
     let waited = restarted.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    checker.join().unwrap();
+    checker.stop();
     assert_eq!(late.len(), 3, "all answered once the server is back");
     for st in status {
         assert_eq!(b.status(st), VIRTIO_BLK_S_OK);
@@ -1114,19 +1130,7 @@ fn a_hung_server_times_out_and_its_requests_wait_for_it() {
     let pid = server.pid() as i32;
     // SAFETY: kill(2) with a signal number; the pid is our own child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let dispatcher = d.ctx.dispatcher.clone();
-    let clock = d.ctx.clock;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let checker = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                dispatcher.check_paths(clock.now());
-                dispatcher.pump(clock.now(), None);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let checker = Checker::start(&d);
     let mut b = Bench::new(&mem, &d);
     header(&mem, H, VIRTIO_BLK_T_OUT, 64);
     mem.write_slice(&[0x44; 4096], GuestAddress(D)).unwrap();
@@ -1140,8 +1144,7 @@ fn a_hung_server_times_out_and_its_requests_wait_for_it() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     let late = b.run_live(1, Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    checker.join().unwrap();
+    checker.stop();
     assert_eq!(
         failed,
         weir_sched::path::PathState::Failed,

@@ -68,7 +68,11 @@
 //! climbs back to `k`. Fewer signals are only a cost, which the period's throughput shows.
 //!
 //! **Failure modes.** A device whose throughput keeps rising gently (elasticity just below η
-//! over a long range) is held where the rule stops, not at its last few percent. A workload
+//! over a long range) is held where the rule stops, not at its last few percent. A device with
+//! a cliff whose recovery outlasts a probe (nbdkit's rate filter: past the knee throughput
+//! falls 13–17 % and stays down while a backlog drains) makes every period after an up probe
+//! measure the cliff: the window sits at the knee at the cliff's throughput (0.86 of the
+//! peak; docs/network.md). A workload
 //! whose demand changes within a period looks like a curve that moved. A period measures
 //! requests per second, not cost: a mix of sizes that changes between the periods compared
 //! moves the estimate (the rule sees only completions).

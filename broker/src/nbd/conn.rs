@@ -141,19 +141,25 @@ impl RecvSide {
     }
 
     /// `n` payload bytes landed: move past them.
-    fn advance(&mut self, mut n: usize) {
+    fn advance(&mut self, n: usize) {
         self.left = self.left.saturating_sub(n);
-        while n > 0 && self.at < self.iov.len() {
-            let v = &mut self.iov[self.at];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                self.at += 1;
-            } else {
-                // SAFETY (pointer arithmetic): `n < iov_len`, inside the same buffer.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-                v.iov_len -= n;
-                n = 0;
-            }
+        advance_iovecs(&mut self.iov, &mut self.at, n);
+    }
+}
+
+/// Moves `iov[*at..]` past `n` bytes done: whole entries are skipped, a partly done one is
+/// shortened from its front.
+fn advance_iovecs(iov: &mut [libc::iovec], at: &mut usize, mut n: usize) {
+    while n > 0 && *at < iov.len() {
+        let v = &mut iov[*at];
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            *at += 1;
+        } else {
+            // SAFETY (pointer arithmetic): `n < iov_len`, inside the same buffer.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            n = 0;
         }
     }
 }
@@ -398,66 +404,49 @@ impl Conn {
         }
     }
 
-    /// The send finished with `res`.
-    pub fn on_send(&mut self, res: i32, done: &mut Vec<(usize, Outcome)>) {
-        self.send.busy = false;
+    /// What an operation's result means for the connection: `Some(n)` bytes moved, or `None`
+    /// when there is nothing more to do with it (closing, cancelled, or the connection failed).
+    fn moved(&mut self, res: i32, what: &str, done: &mut Vec<(usize, Outcome)>) -> Option<usize> {
         if let State::Closing(_) = self.state {
             self.try_close(done);
-            return;
+            return None;
         }
         if res == -libc::ECANCELED {
             // The thread that submitted it exited (a queue thread ends before its queue is
-            // drained from another): nothing was sent; the batch goes again from here.
-            return;
+            // drained from another): nothing moved, the connection is fine, and the operation
+            // is armed again from the thread that goes on. (Taking it for a lost connection
+            // closed it under the server's outstanding requests, which nbdkit 1.32 answers
+            // with an assertion failure: the whole server goes.)
+            return None;
         }
         if res <= 0 {
             let why = if res == 0 {
                 "the server closed the connection".to_string()
             } else {
-                format!("send: {}", std::io::Error::from_raw_os_error(-res))
+                format!("{what}: {}", std::io::Error::from_raw_os_error(-res))
             };
             self.fail(why, done);
+            return None;
+        }
+        Some(res as usize)
+    }
+
+    /// The send finished with `res`.
+    pub fn on_send(&mut self, res: i32, done: &mut Vec<(usize, Outcome)>) {
+        self.send.busy = false;
+        let Some(n) = self.moved(res, "send", done) else {
             return;
-        }
-        let mut n = res as usize;
+        };
         self.send.left = self.send.left.saturating_sub(n);
-        while n > 0 && self.send.at < self.send.iov.len() {
-            let v = &mut self.send.iov[self.send.at];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                self.send.at += 1;
-            } else {
-                // SAFETY (pointer arithmetic): `n < iov_len`, inside the same buffer.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-                v.iov_len -= n;
-                n = 0;
-            }
-        }
+        advance_iovecs(&mut self.send.iov, &mut self.send.at, n);
     }
 
     /// The receive finished with `res`.
     pub fn on_recv(&mut self, res: i32, done: &mut Vec<(usize, Outcome)>) {
         self.recv.busy = false;
-        if let State::Closing(_) = self.state {
-            self.try_close(done);
+        let Some(n) = self.moved(res, "receive", done) else {
             return;
-        }
-        if res == -libc::ECANCELED {
-            // As for a send: the connection is fine, the receive is armed again. (Taking it
-            // for a lost connection closed it under the server's outstanding requests, which
-            // nbdkit 1.32 answers with an assertion failure: the whole server goes.)
-            return;
-        }
-        if res <= 0 {
-            let why = if res == 0 {
-                "the server closed the connection".to_string()
-            } else {
-                format!("receive: {}", std::io::Error::from_raw_os_error(-res))
-            };
-            self.fail(why, done);
-            return;
-        }
-        let n = res as usize;
+        };
         if self.recv.direct {
             self.recv.advance(n);
         } else {

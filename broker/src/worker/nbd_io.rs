@@ -9,8 +9,6 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 use virtio_queue::Queue;
 
-use vm_memory::GuestMemoryBackend;
-
 use super::{Op, QueueWorker, SimpleOp, WorkerError};
 use crate::nbd::conn::{Conn, Outcome};
 use crate::nbd::proto::{
@@ -97,15 +95,7 @@ impl QueueWorker {
                         nbd.max_payload
                     )))
                 } else {
-                    iovecs.clear();
-                    for r in crate::request::sub_ranges(ranges, 0, *total) {
-                        for s in mem.get_slices(r.addr, r.len as usize).flatten() {
-                            iovecs.push(libc::iovec {
-                                iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                                iov_len: s.len(),
-                            });
-                        }
-                    }
+                    super::guest_iovecs(&mem, ranges, 0, *total, iovecs);
                     let cmd = if *write { Cmd::Write } else { Cmd::Read };
                     conn.queue(
                         slot,
