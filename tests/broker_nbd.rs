@@ -327,7 +327,14 @@ fn adaptive_on_shaped_nbd_targets() {
     // (delay, rate in bit/s, the knee it implies: rate/32768 reads/s × delay)
     // (nbdkit's delay filter takes whole milliseconds: no sub-millisecond shape.)
     let shapes = [("2ms", "160M"), ("1ms", "320M"), ("5ms", "80M")];
+    // `WEIR_SHAPES=2` runs the third shape only.
+    let only: Option<Vec<usize>> = std::env::var("WEIR_SHAPES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect());
     for (n, (delay, rate)) in shapes.iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&n)) {
+            continue;
+        }
         let reads_s = rate.trim_end_matches('M').parse::<f64>().unwrap() * 1e6 / 32768.0;
         let delay_s = delay.trim_end_matches("ms").parse::<f64>().unwrap() / 1e3;
         let knee = (reads_s * delay_s).ceil().max(1.0) as u32;

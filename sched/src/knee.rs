@@ -33,6 +33,10 @@
 //! `10 · period_s`. Its throughput `X = n / t`; its mean in-flight `Q = Σ latency / t`
 //! (Little). A period counts only if the window bound (`Q ≥ 0.7 · D`): when the tenants ask for
 //! less than the window, the window says nothing about the device, and nothing is learnt.
+//! Three such periods in a row with requests in flight bring the estimate down to what the
+//! tenants use, `k ← ⌈Q⌉`, measured again in a cruise (window validation, RFC 7661): otherwise
+//! a window above the demand — a start-up that doubled through a target's initial burst — is
+//! never measured again.
 //! A probe whose relative step `s` is larger than a full step `g − 1` (small windows: 2 → 1 is
 //! 100 %) decides on a threshold `η·s` that many fewer completions resolve, so it needs only
 //! `period_ios · ((g − 1)/s)²` of them (at least 64): a down probe at `k = 2` runs at half the
@@ -163,6 +167,9 @@ const START_GROWTH: f64 = 0.25;
 const DROP_SHARE: f64 = 0.8;
 /// A period counts only where the window bound: mean in-flight ≥ this share of it.
 const BOUND_SHARE: f64 = 0.7;
+/// Periods in a row in which the tenants, busy, fill less than the window: then the window
+/// comes down to what they use (window validation, as TCP does it: RFC 7661).
+const UNFILLED_PERIODS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Phase {
@@ -202,6 +209,8 @@ pub struct KneeSearch {
     /// Down probes that found nothing back off: cycles to skip now, and the next backoff.
     down_skip: u32,
     down_backoff: u32,
+    /// Periods in a row with requests in flight but the window unfilled.
+    unfilled: u32,
     now: f64,
 }
 
@@ -218,6 +227,7 @@ impl KneeSearch {
             cap: None,
             down_skip: 0,
             down_backoff: 0,
+            unfilled: 0,
             now: 0.0,
         }
     }
@@ -367,6 +377,25 @@ impl KneeSearch {
         self.now = now;
         let (min, max) = self.bounds();
         if m.mean_in_flight < BOUND_SHARE * m.window {
+            // Window validation: tenants that are busy but leave the window unfilled period
+            // after period teach the search nothing there, and a window far above their demand
+            // is no window at all (a start-up that doubled through a target's burst sat at
+            // 128 with 64 requests in flight, 4.7× the knee's latency: docs/network.md). It
+            // comes down to what they use, and the search goes on from there.
+            self.unfilled = if m.mean_in_flight > 0.0 {
+                self.unfilled + 1
+            } else {
+                0
+            };
+            let used = m.mean_in_flight.ceil().max(min);
+            if self.unfilled >= UNFILLED_PERIODS && used < self.k {
+                self.unfilled = 0;
+                self.k = used;
+                self.x_ref = None;
+                self.start_misses = 0;
+                self.cruise();
+                return;
+            }
             // The tenants asked for less than the window: nothing to learn. A probe is
             // abandoned (its depth was not tried); start-up waits for demand.
             if matches!(self.phase, Phase::Up | Phase::UpHalf | Phase::Down) {
@@ -381,6 +410,7 @@ impl KneeSearch {
             }
             return;
         }
+        self.unfilled = 0;
         let x = m.throughput;
         match self.phase {
             Phase::Start => match self.x_ref {
@@ -565,11 +595,12 @@ mod tests {
     }
 
     #[test]
-    fn learns_nothing_while_demand_is_below_the_window() {
+    fn a_window_the_tenants_leave_unfilled_comes_down_to_what_they_use_and_climbs_back() {
         let mut k = KneeSearch::new(KneeParams::default());
         run(&mut k, 16.0, 30, 0.0);
-        let before = k.knee();
-        for i in 0..50 {
+        assert!((16.0..=20.0).contains(&k.knee()), "{}", k.knee());
+        // Busy tenants with 2 requests in flight: two unfilled periods teach nothing…
+        let unfilled = |k: &mut KneeSearch, i: u32| {
             let w = k.window();
             k.on_period(
                 10.0 + f64::from(i) * 0.1,
@@ -579,8 +610,33 @@ mod tests {
                     window: w,
                 },
             );
-        }
+        };
+        let before = k.knee();
+        unfilled(&mut k, 0);
+        unfilled(&mut k, 1);
         assert_eq!(k.knee(), before);
+        // …the third brings the window down to what they use (RFC 7661's validation).
+        unfilled(&mut k, 2);
+        assert_eq!(k.knee(), 2.0);
+        // Idle periods (nothing in flight) do not count as unfilled ones.
+        let mut idle = KneeSearch::new(KneeParams::default());
+        run(&mut idle, 16.0, 30, 0.0);
+        let before = idle.knee();
+        for i in 0..10 {
+            let w = idle.window();
+            idle.on_period(
+                10.0 + f64::from(i) * 0.1,
+                Period {
+                    throughput: 0.0,
+                    mean_in_flight: 0.0,
+                    window: w,
+                },
+            );
+        }
+        assert_eq!(idle.knee(), before);
+        // Demand back: the search climbs to the knee again (25 % per probe cycle).
+        run(&mut k, 16.0, 60, 20.0);
+        assert!((16.0..=20.0).contains(&k.knee()), "{}", k.knee());
     }
 
     #[test]
