@@ -150,17 +150,7 @@ impl<'a> Bench<'a> {
             .process_available(&mut self.queue, &self.atomic)
             .unwrap();
         self.worker.drain(&mut self.queue).unwrap();
-        let used_ring = self.mock.used_addr();
-        let idx: u16 = self.mem.read_obj(used_ring.unchecked_add(2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let at = used_ring.unchecked_add(4 + 8 * u64::from(self.used_seen % QUEUE_SIZE));
-            let id: u32 = self.mem.read_obj(at).unwrap();
-            let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
-            out.push((id, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
+        self.take_used()
     }
 
     /// New used entries since the last look.
