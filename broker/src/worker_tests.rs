@@ -931,33 +931,31 @@ impl Checker {
 
 /// Posts `n` 4 KiB writes (sector `8 i`, byte `first + i`) at once, runs them, asserts all OK.
 fn pipelined_writes(b: &mut Bench, n: u64, first: u8) {
-    post_writes(b, n, first, None);
-}
-
-/// The same, run live (`Bench::run_live`) for at most `live` when given.
-fn post_writes(b: &mut Bench, n: u64, first: u8, live: Option<Duration>) {
-    let mut heads = Vec::new();
-    for i in 0..n {
-        let (h, d, s) = (
-            0x40_0000 + i * 0x1_0000,
-            0x80_0000 + i * 0x1_0000,
-            0xc0_0000 + i * 16,
-        );
-        header(b.mem, h, VIRTIO_BLK_T_OUT, 8 * i);
-        b.mem
-            .write_slice(&[first.wrapping_add(i as u8); 4096], GuestAddress(d))
-            .unwrap();
-        b.mem.write_obj(0xffu8, GuestAddress(s)).unwrap();
-        heads.push((b.post(&[(h, 16, 0), (d, 4096, 0), (s, 1, F_WRITE)]), s));
-    }
-    let used = match live {
-        Some(limit) => b.run_live(n as usize, limit),
-        None => b.run(),
-    };
-    assert_eq!(used.len(), n as usize, "every write answered once");
-    for (_, s) in heads {
+    let status = post_writes(b, n, first);
+    assert_eq!(b.run().len(), n as usize, "every write answered once");
+    for s in status {
         assert_eq!(b.status(s), VIRTIO_BLK_S_OK);
     }
+}
+
+/// Posts those writes without running them; returns where each one's status byte lands.
+fn post_writes(b: &mut Bench, n: u64, first: u8) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let (h, d, s) = (
+                0x40_0000 + i * 0x1_0000,
+                0x80_0000 + i * 0x1_0000,
+                0xc0_0000 + i * 16,
+            );
+            header(b.mem, h, VIRTIO_BLK_T_OUT, 8 * i);
+            b.mem
+                .write_slice(&[first.wrapping_add(i as u8); 4096], GuestAddress(d))
+                .unwrap();
+            b.mem.write_obj(0xffu8, GuestAddress(s)).unwrap();
+            b.post(&[(h, 16, 0), (d, 4096, 0), (s, 1, F_WRITE)]);
+            s
+        })
+        .collect()
 }
 
 #[test]
@@ -1061,20 +1059,7 @@ fn a_lost_server_holds_requests_and_a_restarted_one_takes_them() {
     // Written while the server is gone: the writes wait, and land when it is back. (The
     // server is restarted from this thread: nbdkit dies with the thread that started it.)
     let mut b = Bench::new(&mem, &d);
-    let mut status = Vec::new();
-    for i in 0..3u64 {
-        let (h, dd, st) = (
-            0x40_0000 + i * 0x1_0000,
-            0x80_0000 + i * 0x1_0000,
-            0xc0_0000 + i * 16,
-        );
-        header(&mem, h, VIRTIO_BLK_T_OUT, 8 * i);
-        mem.write_slice(&[0x60 + i as u8; 4096], GuestAddress(dd))
-            .unwrap();
-        mem.write_obj(0xffu8, GuestAddress(st)).unwrap();
-        b.post(&[(h, 16, 0), (dd, 4096, 0), (st, 1, F_WRITE)]);
-        status.push(st);
-    }
+    let status = post_writes(&mut b, 3, 0x60);
     let early = b.run_live(3, Duration::from_millis(1500));
     assert!(
         early.is_empty(),

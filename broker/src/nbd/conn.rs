@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types};
 
-use super::proto::{self, Cmd, ExportInfo, REPLY_BYTES, REQUEST_BYTES, Socket};
+use super::proto::{self, Cmd, REPLY_BYTES, REQUEST_BYTES, Socket};
 use super::uri::NbdUri;
 
 /// The longest a reconnect may keep the worker's thread.
@@ -81,6 +81,8 @@ struct Pending {
 #[derive(Default)]
 struct SendSide {
     busy: bool,
+    /// The handles of the batch being built (kept for its capacity).
+    taken: Vec<u64>,
     headers: Vec<[u8; REQUEST_BYTES]>,
     iov: Vec<libc::iovec>,
     /// The first iovec not yet fully sent, and the bytes left in the batch.
@@ -181,7 +183,6 @@ pub struct Conn {
     size: u64,
     sock: Option<Socket>,
     state: State,
-    pub info: Option<ExportInfo>,
     last_attempt: Option<Instant>,
     next_handle: u64,
     pending: HashMap<u64, Pending>,
@@ -189,7 +190,7 @@ pub struct Conn {
     send: SendSide,
     recv: RecvSide,
     /// Connections made (the first and every reconnect).
-    pub connects: u64,
+    connects: u64,
 }
 
 // SAFETY: the raw pointers in `Pending` and the iovec/msghdr buffers point into guest memory
@@ -204,7 +205,6 @@ impl Conn {
             size,
             sock: None,
             state: State::Down,
-            info: None,
             last_attempt: None,
             next_handle: 1,
             pending: HashMap::new(),
@@ -224,10 +224,6 @@ impl Conn {
             },
             connects: 0,
         }
-    }
-
-    pub fn uri(&self) -> &NbdUri {
-        &self.uri
     }
 
     /// Requests on this connection (sent or waiting to be).
@@ -266,7 +262,6 @@ impl Conn {
         }
         self.connects += 1;
         self.sock = Some(sock);
-        self.info = Some(info);
         self.state = State::Up;
         self.recv.reset();
         self.send.left = 0;
@@ -369,7 +364,8 @@ impl Conn {
         s.at = 0;
         s.left = 0;
         // Headers first (their vector must not grow once iovecs point into it).
-        let mut taken = Vec::new();
+        let mut taken = std::mem::take(&mut s.taken);
+        taken.clear();
         let mut iovecs = 0;
         while let Some(&h) = self.outq.front() {
             let Some(p) = self.pending.get(&h) else {
@@ -402,6 +398,7 @@ impl Conn {
                 s.left += data.iter().map(|v| v.iov_len).sum::<usize>();
             }
         }
+        s.taken = taken;
     }
 
     /// What an operation's result means for the connection: `Some(n)` bytes moved, or `None`

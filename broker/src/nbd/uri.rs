@@ -29,7 +29,7 @@ pub const URI_FORMS: &str = "nbd://host[:port]/export or nbd+unix:///export?sock
 impl NbdUri {
     /// Whether `s` is meant as an NBD URI (its scheme), right or wrong.
     pub fn is_nbd(s: &str) -> bool {
-        s.starts_with("nbd://") || s.starts_with("nbd+unix://") || s.starts_with("nbd+tcp://")
+        weir_sched::lun::is_nbd_uri(std::path::Path::new(s))
     }
 
     pub fn parse(s: &str) -> Result<NbdUri, String> {

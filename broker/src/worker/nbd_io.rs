@@ -27,7 +27,10 @@ pub(super) struct NbdPaths {
     pub conns: Vec<Conn>,
     /// Finished requests, answered at the next chance the worker holds the queue.
     pub done: Vec<(usize, Outcome)>,
+    spare_done: Vec<(usize, Outcome)>,
     timer_armed: bool,
+    /// Operations to start, gathered per round (kept for its capacity).
+    sqes: Vec<io_uring::squeue::Entry>,
     timer: Box<types::Timespec>,
     flags: u16,
     max_payload: u32,
@@ -42,7 +45,9 @@ impl NbdPaths {
                 .map(|u| Conn::new(Arc::clone(u), size))
                 .collect(),
             done: Vec::new(),
+            spare_done: Vec::new(),
             timer_armed: false,
+            sqes: Vec::new(),
             timer: Box::new(types::Timespec::new().nsec(TIMER_NS)),
             flags: export.info.flags,
             max_payload: export.info.max_payload(),
@@ -203,7 +208,7 @@ impl QueueWorker {
         let Some(mut nbd) = self.nbd.take() else {
             return;
         };
-        let mut sqes = Vec::new();
+        let mut sqes = std::mem::take(&mut nbd.sqes);
         for (i, c) in nbd.conns.iter_mut().enumerate() {
             c.sqes(NBD_TAG | ((i as u64) << 8), &mut sqes);
         }
@@ -216,7 +221,7 @@ impl QueueWorker {
             );
             nbd.timer_armed = true;
         }
-        for sqe in sqes {
+        for sqe in sqes.drain(..) {
             if let Err(e) = self.push(&sqe) {
                 // The ring would not take it: the connection cannot go on in step.
                 log::error!(
@@ -230,6 +235,7 @@ impl QueueWorker {
                 }
             }
         }
+        nbd.sqes = sqes;
         self.nbd = Some(nbd);
     }
 
@@ -237,12 +243,20 @@ impl QueueWorker {
     pub(super) fn nbd_settle(&mut self, queue: &mut Queue) -> Result<bool, WorkerError> {
         let mut used = false;
         loop {
-            let done = match self.nbd.as_mut() {
-                Some(n) if !n.done.is_empty() => std::mem::take(&mut n.done),
+            // Swapped with a spare list: what settling hands back lands in the other one, and
+            // neither is allocated again.
+            let mut done = match self.nbd.as_mut() {
+                Some(n) if !n.done.is_empty() => {
+                    let spare = std::mem::take(&mut n.spare_done);
+                    std::mem::replace(&mut n.done, spare)
+                }
                 _ => break,
             };
-            for (slot, outcome) in done {
+            for (slot, outcome) in done.drain(..) {
                 used |= self.nbd_end(slot, outcome, queue)?;
+            }
+            if let Some(n) = self.nbd.as_mut() {
+                n.spare_done = done;
             }
         }
         Ok(used)
