@@ -28,6 +28,10 @@ want prometheus
 # The NBD backend is tested against a real nbdkit (nbdinfo, from libnbd-bin, to look at exports
 # by hand).
 for p in nbdkit libnbd-bin; do want "$p"; done
+# The iSCSI backend loads libiscsi at run time (libiscsi7; libiscsi-bin has iscsi-ls and
+# iscsi-inq to look at targets) and is tested against real tgt and istgt targets; the failover
+# test kills connections with ss -K (iproute2).
+for p in libiscsi7 libiscsi-bin tgt istgt iproute2; do want "$p"; done
 # The dark-storage report is tested on partition tables and filesystems made by the real tools.
 for p in fdisk e2fsprogs xfsprogs btrfs-progs; do want "$p"; done
 

@@ -213,8 +213,9 @@ pub fn run(args: VmArgs) -> Result<()> {
             } => {
                 let socket = private_dir.path().join(format!("disk{i}.sock"));
                 let mut lun = LunConfig::file(&format!("disk{i}"), path, None, false);
-                if weir_sched::lun::is_nbd_uri(path) {
-                    // `path=nbd://...`: the export, served by the private broker's NBD client.
+                if weir_sched::lun::is_nbd_uri(path) || weir_sched::lun::is_iscsi_uri(path) {
+                    // `path=nbd://...` or `path=iscsi://...`: the export or target's LUN,
+                    // reached by the private broker's own client.
                     lun.backend = None;
                 }
                 private_config.luns.push(lun);

@@ -345,6 +345,7 @@ impl BrokerConfig {
             // What every context refuses (weir_sched::lun).
             lun.check_in(i, &self.ports).map_err(field_problem)?;
             crate::nbd::check_lun(i, lun).map_err(|(field, why)| invalid(field, why))?;
+            crate::iscsi::check_lun(i, lun).map_err(|(field, why)| invalid(field, why))?;
             if luns.insert(lun.name.as_str(), lun).is_some() {
                 return Err(invalid(
                     format!("lun[{i}].name"),
@@ -565,6 +566,42 @@ lun = "shared"
                 "path='nbd://h/x'\nport='p'",
                 "lun[0].backend",
                 "emulated LUNs only",
+            ),
+        ] {
+            let e = err(&lun(extra));
+            assert!(e.contains(field) && e.contains(why), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_iscsi_lun_is_checked_by_its_uri() {
+        let lun =
+            |extra: &str| format!("[[lun]]\nname='a'\n{extra}\n[[disk]]\nsocket='/s'\nlun='a'\n");
+        // The scheme says iscsi; no file is looked at, no target asked.
+        let c = BrokerConfig::parse(&lun(
+            "path='iscsi://10.0.0.5/iqn.2026-12.x:v/1'\n[[lun.paths]]\nname='a'\n\
+             [[lun.paths]]\nname='b'\ndevice='iscsi://10.0.1.5:3261/iqn.2026-12.x:v/1'",
+        ))
+        .unwrap();
+        assert_eq!(c.luns[0].backend(), LunBackend::Iscsi);
+        assert_eq!(c.luns[0].resolved_paths().len(), 2);
+        for (extra, field, why) in [
+            ("path='iscsi://h/iqn.x'", "lun[0].path", "names no LUN"),
+            ("path='iscsi://u%p@h/iqn.x/1'", "lun[0].path", "CHAP"),
+            (
+                "path='/x'\nbackend='iscsi'",
+                "lun[0].path",
+                "needs the target's URI",
+            ),
+            (
+                "path='iscsi://h/iqn.x/1'\nbackend='file'",
+                "lun[0].path",
+                "set backend = \"iscsi\"",
+            ),
+            (
+                "path='iscsi://h/iqn.x/1'\n[[lun.paths]]\ndevice='/dev/sdb'",
+                "lun[0].paths[0].device",
+                "a target URI",
             ),
         ] {
             let e = err(&lun(extra));

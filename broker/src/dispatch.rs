@@ -279,7 +279,7 @@ impl LunDispatcher {
         self.array.is_some()
     }
 
-    /// `emulated` (the array model decides completion times), `file` or `nbd`.
+    /// `emulated` (the array model decides completion times), `file`, `nbd` or `iscsi`.
     pub fn backend(&self) -> &'static str {
         if self.emulated() {
             "emulated"
@@ -463,6 +463,36 @@ impl LunDispatcher {
         self.pump(now, None);
     }
 
+    /// A granted request came back TASK SET FULL or BUSY from the target: the window's
+    /// congestion signal; the request is offered again after `RETRY_DELAY_S`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refused(
+        &self,
+        now: f64,
+        path: usize,
+        epoch: u64,
+        owner: &Arc<Inbox>,
+        slot: usize,
+        bytes: u64,
+        write: bool,
+        first_dispatch: f64,
+        failed_at: Option<f64>,
+    ) {
+        {
+            let mut st = self.lock();
+            let ticket = Ticket {
+                owner: owner.clone(),
+                slot,
+                bytes,
+                write,
+                first_dispatch: Some(first_dispatch),
+                failed_at,
+            };
+            st.d.refused(ticket, path, epoch, now, RETRY_DELAY_S);
+        }
+        self.pump(now, None);
+    }
+
     /// A granted request is given up without a verdict (its guest went away mid-failover).
     pub fn abandon(&self, path: usize) {
         let mut st = self.lock();
@@ -514,6 +544,13 @@ impl LunDispatcher {
             return true;
         };
         let outcome = match (store.nbd(), store.probe_file(i)) {
+            _ if store.iscsi().is_some() => match store.iscsi().and_then(|l| l.paths.get(i)) {
+                Some(uri) => {
+                    self.prober
+                        .probe_iscsi(i, uri.clone(), store.size_bytes, NBD_PROBE_WAIT)
+                }
+                None => ProbeOutcome::Failed(format!("no path {i}")),
+            },
             (Some(export), _) => match export.paths.get(i) {
                 Some(uri) => {
                     self.prober

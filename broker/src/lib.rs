@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod health;
 pub mod inbox;
 pub mod inflight;
+pub mod iscsi;
 pub mod lun;
 pub mod metrics;
 pub mod metrics_http;

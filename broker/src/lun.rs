@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::config::{LunBackend, LunConfig};
+use crate::iscsi::{IscsiLun, IscsiUri};
 use crate::nbd::{BlockingClient, NbdExport, NbdUri};
 use crate::request::SECTOR_SIZE;
 
@@ -48,6 +49,8 @@ pub enum LunError {
     Empty { lun: String, path: PathBuf },
     #[error("LUN '{lun}': {why}")]
     Nbd { lun: String, why: String },
+    #[error("LUN '{lun}': iSCSI: {why}")]
+    Iscsi { lun: String, why: String },
     #[error("LUN '{lun}': {context}: {source}")]
     Io {
         lun: String,
@@ -85,6 +88,11 @@ enum Backing {
         export: NbdExport,
         devices: Vec<PathBuf>,
     },
+    /// The target's LUN and each path's URI as configured.
+    Iscsi {
+        lun: IscsiLun,
+        devices: Vec<PathBuf>,
+    },
 }
 
 /// A path's own descriptors onto the store.
@@ -104,8 +112,10 @@ impl LunStore {
         let Some(path) = cfg.path.clone() else {
             return Err(LunError::NoPath { lun: name });
         };
-        if cfg.backend() == LunBackend::Nbd {
-            return Self::open_nbd(cfg, path);
+        match cfg.backend() {
+            LunBackend::Nbd => return Self::open_nbd(cfg, path),
+            LunBackend::Iscsi => return Self::open_iscsi(cfg, path),
+            _ => {}
         }
         let open_err = |source| LunError::Open {
             lun: name.clone(),
@@ -317,11 +327,98 @@ impl LunStore {
         })
     }
 
+    /// An iSCSI LUN: each path logs in and reads the LUN's capacity (at least one must answer
+    /// now; a path that does not is failed by its first command and checked back).
+    fn open_iscsi(cfg: &LunConfig, path: PathBuf) -> Result<Self, LunError> {
+        let name = cfg.name.clone();
+        let fail = |why: String| LunError::Iscsi {
+            lun: name.clone(),
+            why,
+        };
+        let mut uris = Vec::new();
+        let mut devices = Vec::new();
+        for p in cfg.resolved_paths() {
+            let device = p.device.clone().unwrap_or_else(|| path.clone());
+            let uri = IscsiUri::parse(&device.to_string_lossy()).map_err(&fail)?;
+            uris.push(std::sync::Arc::new(uri));
+            devices.push(device);
+        }
+        crate::iscsi::ffi::lib().map_err(&fail)?;
+        let mut shape: Option<(u64, u32, bool)> = None;
+        let mut errors = Vec::new();
+        for uri in &uris {
+            match crate::iscsi::session::inquire(uri) {
+                Ok(s) => match shape {
+                    None => shape = Some(s),
+                    Some(first) if (first.0, first.1) != (s.0, s.1) => {
+                        return Err(fail(format!(
+                            "{uri} has {} blocks of {} bytes and {} has {} of {}: the paths are \
+                             not one LUN",
+                            s.0, s.1, uris[0], first.0, first.1
+                        )));
+                    }
+                    Some(_) => {}
+                },
+                Err(e) => {
+                    log::warn!("LUN '{name}': {e}; the path starts failed");
+                    errors.push(e);
+                }
+            }
+        }
+        let Some((blocks, block_size, thin)) = shape else {
+            return Err(fail(format!("no path answers: {}", errors.join("; "))));
+        };
+        if block_size != SECTOR_SIZE as u32 {
+            return Err(fail(format!(
+                "the LUN's blocks are {block_size} bytes; the broker serves iSCSI LUNs of \
+                 512-byte blocks only (a guest's 512-byte requests could not be sent)"
+            )));
+        }
+        let lun = IscsiLun {
+            paths: uris,
+            blocks,
+            block_size,
+            thin,
+        };
+        let actual = lun.size_bytes();
+        if let Some(wanted) = cfg.size_bytes() {
+            if actual < wanted {
+                return Err(LunError::TooSmall {
+                    lun: name,
+                    path,
+                    actual,
+                    wanted,
+                });
+            }
+        }
+        let size_bytes = cfg.size_bytes().unwrap_or(actual) / SECTOR_SIZE * SECTOR_SIZE;
+        if size_bytes == 0 {
+            return Err(LunError::Empty { lun: name, path });
+        }
+        Ok(LunStore {
+            name,
+            path,
+            size_bytes,
+            read_only: cfg.read_only,
+            block_device: false,
+            backing: Backing::Iscsi { lun, devices },
+            direct_unavailable: Some("an iSCSI LUN: the target decides caching".into()),
+        })
+    }
+
     /// The export, when this LUN is an NBD export.
     pub fn nbd(&self) -> Option<&NbdExport> {
         match &self.backing {
             Backing::Nbd { export, .. } => Some(export),
-            Backing::Files { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// The target's LUN, when this LUN is an iSCSI LUN.
+    pub fn iscsi(&self) -> Option<&IscsiLun> {
+        match &self.backing {
+            Backing::Iscsi { lun, .. } => Some(lun),
+            _ => None,
         }
     }
 
@@ -329,6 +426,7 @@ impl LunStore {
     pub fn kind(&self) -> &'static str {
         match &self.backing {
             Backing::Nbd { .. } => "nbd",
+            Backing::Iscsi { .. } => "iscsi",
             Backing::Files { .. } => "file",
         }
     }
@@ -367,7 +465,9 @@ impl LunStore {
     pub fn path_device(&self, path: usize) -> Option<&Path> {
         match &self.backing {
             Backing::Files { paths, .. } => paths.get(path).map(|p| p.device.as_path()),
-            Backing::Nbd { devices, .. } => devices.get(path).map(PathBuf::as_path),
+            Backing::Nbd { devices, .. } | Backing::Iscsi { devices, .. } => {
+                devices.get(path).map(PathBuf::as_path)
+            }
         }
     }
 
@@ -378,7 +478,7 @@ impl LunStore {
         let Backing::Files { paths, .. } = &self.backing else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                "an NBD path is probed over the network",
+                "a network path is probed over the network",
             ));
         };
         let p = paths.get(path).ok_or_else(|| {

@@ -107,6 +107,24 @@ impl PathProber {
         )
     }
 
+    /// Probes an iSCSI path: a fresh login, READ CAPACITY and a read of the first blocks,
+    /// waited for at most `wait`.
+    pub fn probe_iscsi(
+        &self,
+        path: usize,
+        uri: Arc<crate::iscsi::IscsiUri>,
+        len: u64,
+        wait: Duration,
+    ) -> ProbeOutcome {
+        let len = len.min(PROBE_BYTES as u64) as u32;
+        self.run(path, wait, move || {
+            match crate::iscsi::session::probe(&uri, len) {
+                Ok(()) => ProbeOutcome::Answered,
+                Err(e) => ProbeOutcome::Failed(e),
+            }
+        })
+    }
+
     /// Runs `read` as path `path`'s probe on a thread of its own, waiting at most `wait`.
     fn run(
         &self,

@@ -123,6 +123,9 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_setsockopt,
     libc::SYS_getsockname,
     libc::SYS_getpeername,
+    // Name lookups of a network LUN's host on reconnect (glibc's resolver batches its queries).
+    libc::SYS_sendmmsg,
+    libc::SYS_recvmmsg,
     // Threads and time.
     libc::SYS_clone,
     libc::SYS_clone3,

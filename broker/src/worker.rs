@@ -33,7 +33,9 @@ use crate::request::{
 };
 use crate::thin::{Reservation, ThinPool};
 
+mod iscsi_io;
 mod nbd_io;
+mod remote;
 
 pub type GuestMem = GuestMemoryMmap<()>;
 
@@ -141,6 +143,8 @@ struct Scheduled {
     io_failed: Option<String>,
     /// The filesystem had no space for this write (thin LUN): hold it, do not answer.
     no_space: bool,
+    /// The target answered TASK SET FULL or BUSY: offer it again, not an error.
+    congested: bool,
 }
 
 impl Inflight {
@@ -206,6 +210,8 @@ pub struct QueueWorker {
     spare_iovecs: SpareIovecs,
     /// An NBD LUN's connections (one per path), driven on `ring`.
     nbd: Option<nbd_io::NbdPaths>,
+    /// An iSCSI LUN's sessions (one per path), driven on `ring`.
+    iscsi: Option<iscsi_io::IscsiPaths>,
 }
 
 /// Emptied iovec arrays kept for their capacity.
@@ -253,6 +259,7 @@ impl QueueWorker {
                 .lun
                 .nbd()
                 .map(|e| nbd_io::NbdPaths::new(e, ctx.lun.size_bytes)),
+            iscsi: ctx.lun.iscsi().map(iscsi_io::IscsiPaths::new),
             ctx,
         })
     }
@@ -565,6 +572,10 @@ impl QueueWorker {
             self.submit_nbd(slot);
             return;
         }
+        if self.iscsi.is_some() {
+            self.submit_iscsi(slot);
+            return;
+        }
         let simple = matches!(
             self.slots.get(slot),
             Some(Some(Inflight {
@@ -700,11 +711,14 @@ impl QueueWorker {
             for &(user_data, res) in &cqes {
                 if user_data & nbd_io::NBD_TAG != 0 {
                     self.nbd_event(user_data, res);
+                } else if user_data & iscsi_io::ISCSI_TAG != 0 {
+                    self.iscsi_event(user_data, res);
                 } else {
                     used |= self.complete(user_data as usize, res, queue)?;
                 }
             }
             used |= self.nbd_settle(queue)?;
+            used |= self.iscsi_settle(queue)?;
             self.cqes = cqes;
             if !found {
                 break;
@@ -967,6 +981,7 @@ impl QueueWorker {
     /// Hands queued SQEs to the kernel; no system call when there are none.
     fn flush_submissions(&mut self) -> Result<(), WorkerError> {
         self.nbd_push();
+        self.iscsi_push();
         self.next_submit = 1;
         if self.ring.submission().is_empty() {
             return Ok(());
@@ -1095,7 +1110,9 @@ impl QueueWorker {
             return Ok(self.finish(slot, queue));
         };
         let injected = || self.ctx.dispatcher.injected_error(s.path);
-        let why = if s.model_failed {
+        let why = if s.congested {
+            Some(String::new())
+        } else if s.model_failed {
             Some("transport error or I/O timeout".to_string())
         } else if let Some(e) = s.io_failed.take() {
             Some(format!("I/O error: {e}"))
@@ -1114,9 +1131,14 @@ impl QueueWorker {
             inflight.status = VIRTIO_BLK_S_IOERR;
             return Ok(self.finish(slot, queue));
         }
-        let (path, failed_at) = (s.path, s.failed_at);
+        let (path, failed_at, congested, epoch) = (s.path, s.failed_at, s.congested, s.granted);
         *s = Scheduled {
-            failed_at: Some(failed_at.unwrap_or(self.ctx.clock.now())),
+            // A refusal is no failure: the failover clock does not start.
+            failed_at: if congested {
+                failed_at
+            } else {
+                Some(failed_at.unwrap_or(self.ctx.clock.now()))
+            },
             ..Scheduled::default()
         };
         inflight.status = VIRTIO_BLK_S_OK;
@@ -1135,6 +1157,23 @@ impl QueueWorker {
             .counters
             .queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if congested {
+            let epoch = epoch.map_or(0, |(e, _)| e);
+            self.ctx.dispatcher.refused(
+                self.ctx.clock.now(),
+                path,
+                epoch,
+                &self.inbox,
+                slot,
+                bytes,
+                write,
+                first_dispatch,
+                failed_at,
+            );
+            let used = self.drain_inbox(queue)?;
+            self.flush_submissions()?;
+            return Ok(used);
+        }
         self.ctx
             .counters
             .path_retries
@@ -1247,6 +1286,12 @@ impl QueueWorker {
                 Err(e) => log::error!("disk {}: {e}", self.ctx.name),
             }
         }
+        if self.iscsi.is_some() {
+            match self.iscsi_settle(queue) {
+                Ok(u) => used |= u,
+                Err(e) => log::error!("disk {}: {e}", self.ctx.name),
+            }
+        }
         for (slot, why) in std::mem::take(&mut self.unsubmitted) {
             if let Some(Some(inflight)) = self.slots.get_mut(slot) {
                 inflight.status = VIRTIO_BLK_S_IOERR;
@@ -1349,6 +1394,7 @@ impl QueueWorker {
             used |= self.reap(queue)?;
         }
         self.nbd_disconnect();
+        self.iscsi_disconnect();
         Ok(used)
     }
 }

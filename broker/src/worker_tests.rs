@@ -1184,3 +1184,6 @@ fn small_and_large_nbd_reads_in_flight_together_land_byte_exact() {
         assert_eq!(b.status(0xc0_0000 + i as u64 * 16), VIRTIO_BLK_S_OK);
     }
 }
+
+#[path = "worker_iscsi_tests.rs"]
+mod iscsi;

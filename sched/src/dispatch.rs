@@ -222,6 +222,16 @@ impl<T> LunDispatch<T> {
             .on_completion(now, epoch, Outcome::Good, latency_s);
     }
 
+    /// A sent request came back TASK SET FULL or BUSY from a real target (it was counted in
+    /// flight): a congestion signal, as an array model's refusal at admission is; the request
+    /// is offered again after `delay_s`.
+    pub fn refused(&mut self, item: T, path: usize, epoch: u64, now: f64, delay_s: f64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.paths.on_abandon(path);
+        self.congestion += 1;
+        self.congested(item, epoch, now, delay_s);
+    }
+
     /// A sent request is given up without a verdict (its owner went away).
     pub fn abandoned(&mut self, path: usize) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -396,6 +406,45 @@ mod tests {
         );
         assert_eq!((d.in_flight, d.queued()), (3, 0));
         assert_eq!((d.congestion, d.reissued), (1, 1));
+    }
+
+    #[test]
+    fn a_sent_request_refused_by_the_target_leaves_the_window_and_is_retried_first() {
+        // A real target answers TASK SET FULL after the request went out (it was in flight).
+        let mut d: LunDispatch<R> = LunDispatch::new(
+            SchedulerKind::Fifo,
+            vec![],
+            CostModel::default(),
+            DepthPolicy::Fixed { depth: 8 },
+            one_path(),
+        );
+        for i in 0..2 {
+            d.enqueue(0, R(i, None), 4096, 0.0);
+        }
+        let Step::Send(send) = d.next(0.0, 8) else {
+            panic!()
+        };
+        let Admitted::Sent(Dispatch { item, epoch, .. }) =
+            d.admit(send, Admission::Accepted, 0.0, 0.001)
+        else {
+            panic!()
+        };
+        assert_eq!(d.in_flight, 1);
+        d.refused(item, 0, epoch, 0.0002, 0.001);
+        assert_eq!((d.in_flight, d.congestion, d.reissued), (0, 1, 0));
+        assert_eq!(
+            d.paths.stats(0).map(|s| s.in_flight),
+            Some(0),
+            "the path holds it no more"
+        );
+        assert!(
+            matches!(d.next(0.0005, 8), Step::Idle),
+            "not before its retry"
+        );
+        let Step::Send(send) = d.next(0.0013, 8) else {
+            panic!()
+        };
+        assert_eq!((send.item.0, send.source), (0, Source::Retry));
     }
 
     #[test]

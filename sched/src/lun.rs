@@ -31,6 +31,9 @@ pub enum LunBackend {
     /// An export of an NBD server: `path` (and each path's `device`) is its URI,
     /// `nbd://host:port/export` or `nbd+unix:///export?socket=/path`.
     Nbd,
+    /// A LUN of an iSCSI target: `path` (and each path's `device`, one per portal) is its URI,
+    /// `iscsi://host[:port]/target-iqn/lun`.
+    Iscsi,
 }
 
 /// A byte count written as an integer or as a string with a unit ("256MiB", "1G", "4096").
@@ -89,6 +92,11 @@ pub fn is_nbd_uri(p: &std::path::Path) -> bool {
     p.to_str().is_some_and(|s| {
         s.starts_with("nbd://") || s.starts_with("nbd+unix://") || s.starts_with("nbd+tcp://")
     })
+}
+
+/// Whether a LUN's `path` is written as an iSCSI URI (its scheme; the broker parses the rest).
+pub fn is_iscsi_uri(p: &std::path::Path) -> bool {
+    p.to_str().is_some_and(|s| s.starts_with("iscsi://"))
 }
 
 fn default_true() -> bool {
@@ -230,6 +238,7 @@ impl LunSpec {
     pub fn backend(&self) -> LunBackend {
         self.backend.unwrap_or(match &self.path {
             Some(p) if is_nbd_uri(p) => LunBackend::Nbd,
+            Some(p) if is_iscsi_uri(p) => LunBackend::Iscsi,
             Some(_) => LunBackend::File,
             None => LunBackend::Emulated,
         })
@@ -251,7 +260,9 @@ impl LunSpec {
         // device still gained throughput beyond).
         self.depth.clone().unwrap_or(match self.backend() {
             LunBackend::Emulated => DepthPolicy::default(),
-            LunBackend::File | LunBackend::Nbd => DepthPolicy::Fixed { depth: 1024 },
+            LunBackend::File | LunBackend::Nbd | LunBackend::Iscsi => {
+                DepthPolicy::Fixed { depth: 1024 }
+            }
         })
     }
 
@@ -351,6 +362,23 @@ impl LunSpec {
             {
                 return Err(format!(
                     "{at}.paths[{k}].device: a path of an NBD LUN is an export URI: {uri}"
+                ));
+            }
+        }
+        if self.backend() == LunBackend::Iscsi {
+            let uri = "iscsi://host[:port]/target-iqn/lun";
+            if !self.path.as_deref().is_some_and(is_iscsi_uri) {
+                return Err(format!(
+                    "{at}.path: backend = \"iscsi\" needs the target's URI: {uri}"
+                ));
+            }
+            if let Some(k) = self
+                .paths
+                .iter()
+                .position(|p| p.device.as_deref().is_some_and(|d| !is_iscsi_uri(d)))
+            {
+                return Err(format!(
+                    "{at}.paths[{k}].device: a path of an iSCSI LUN is a target URI: {uri}"
                 ));
             }
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 use virtio_queue::Queue;
 
+use super::remote::RemoteOutcome;
 use super::{Op, QueueWorker, SimpleOp, WorkerError};
 use crate::nbd::conn::{Conn, Outcome};
 use crate::nbd::proto::{
@@ -262,67 +263,23 @@ impl QueueWorker {
         Ok(used)
     }
 
-    /// One NBD command of the request in `slot` ended. The server's error is the request's
-    /// (IOERR to the guest); a lost connection is the path's, whether or not the LUN has other
-    /// paths: the request is re-issued through the dispatcher once all its commands are back.
+    /// One NBD command of the request in `slot` ended: the server's error is the request's,
+    /// a lost connection the path's.
     fn nbd_end(
         &mut self,
         slot: usize,
         outcome: Outcome,
         queue: &mut Queue,
     ) -> Result<bool, WorkerError> {
-        let draining = self.draining;
-        let Some(Some(inflight)) = self.slots.get_mut(slot) else {
-            return Ok(false);
+        let remote = match outcome {
+            Outcome::Ok => RemoteOutcome::Ok,
+            Outcome::Failed(errno) => RemoteOutcome::Failed(format!(
+                "the NBD server answered: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )),
+            Outcome::Lost(why) => RemoteOutcome::Lost(why),
         };
-        let head = inflight.head;
-        let mut failure = None;
-        match outcome {
-            Outcome::Ok => {}
-            Outcome::Failed(errno) => {
-                inflight.status = crate::request::VIRTIO_BLK_S_IOERR;
-                failure = Some(format!(
-                    "the NBD server answered: {}",
-                    std::io::Error::from_raw_os_error(errno)
-                ));
-            }
-            Outcome::Lost(why) => match &mut inflight.sched {
-                Some(s) if s.granted.is_some() && !draining => {
-                    s.io_failed.get_or_insert(why);
-                }
-                _ => {
-                    inflight.status = crate::request::VIRTIO_BLK_S_IOERR;
-                    failure = Some(why);
-                }
-            },
-        }
-        match &mut inflight.op {
-            Op::Simple { pending, .. } => {
-                *pending = pending.saturating_sub(1);
-                if *pending > 0 {
-                    if let Some(why) = failure {
-                        self.io_error(head, &why);
-                    }
-                    return Ok(false);
-                }
-            }
-            Op::Rw { total, done, .. } => *done = *total,
-        }
-        let granted = match &mut inflight.sched {
-            Some(s) if s.granted.is_some() => {
-                s.io_done = true;
-                true
-            }
-            _ => false,
-        };
-        if let Some(why) = failure {
-            self.io_error(head, &why);
-        }
-        if granted {
-            self.settle(slot, queue)
-        } else {
-            Ok(self.finish(slot, queue))
-        }
+        self.remote_end(slot, remote, queue)
     }
 
     /// Says goodbye on every idle connection (the guest is gone).
