@@ -18,8 +18,13 @@ ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 . /lab/env
 echo "WEIR-LAB-BEGIN uptime_s=$(cut -d' ' -f1 /proc/uptime) kvm=$([ -c /dev/kvm ] && echo yes || echo no)"
 cd /tmp
+# A heartbeat while the command runs: the host tells a frozen VM (QEMU's emulation stopped:
+# no heartbeat) from a command that hangs (heartbeats go on) and stops waiting for the former.
+( while :; do sleep 5; echo "WEIR-LAB-ALIVE uptime_s=$(cut -d' ' -f1 /proc/uptime)"; done ) &
+alive=$!
 sh /lab/cmd.sh
 rc=$?
+kill $alive 2>/dev/null
 echo
 echo "WEIR-LAB-END"
 disk=$(ls /sys/block 2>/dev/null | grep '^vd' | head -n1)

@@ -33,6 +33,9 @@ pub struct LabVmConfig {
     pub work_dir: PathBuf,
 }
 
+/// A command's console silent this long, heartbeats having begun, is a frozen VM.
+pub const FROZEN_AFTER: Duration = Duration::from_secs(90);
+
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct LabRun {
@@ -129,7 +132,7 @@ fn parse_exit(console: &str) -> Option<i32> {
 fn between(console: &str) -> String {
     let mut out = String::new();
     let mut inside = false;
-    for line in console.lines() {
+    for line in console.lines().filter(|l| !l.starts_with("WEIR-LAB-ALIVE")) {
         if line.starts_with("WEIR-LAB-BEGIN") {
             inside = true;
             continue;
@@ -257,14 +260,29 @@ impl LabVmConfig {
         });
         let mut console = String::new();
         let mut timed_out = false;
+        let mut frozen = false;
+        let mut last_line = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => console.push_str(&line),
+                Ok(line) => {
+                    console.push_str(&line);
+                    last_line = Instant::now();
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if started.elapsed() > self.timeout {
                 timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+            // The command runs with a heartbeat every 5 s (init.sh): a console silent for
+            // FROZEN_AFTER once heartbeats began is a VM that stopped, not a slow command.
+            if console.contains("WEIR-LAB-ALIVE")
+                && !console.contains("WEIR-LAB-END")
+                && last_line.elapsed() > FROZEN_AFTER
+            {
+                frozen = true;
                 let _ = child.kill();
                 break;
             }
@@ -315,7 +333,12 @@ impl LabVmConfig {
             exit,
             output: between(&console),
             boot_uptime_s: boot_uptime(&console),
-            known_flake: known_flake(&console).or(silent_reset(&console, timed_out)),
+            known_flake: known_flake(&console)
+                .or(silent_reset(&console, timed_out || frozen))
+                .or(frozen.then_some(
+                    "the lab VM froze: no heartbeat on its console for 90 s (QEMU's emulation \
+                     stopped; a hung command keeps the heartbeat going)",
+                )),
             console,
             wall,
             timed_out,
@@ -330,7 +353,8 @@ mod tests {
 
     #[test]
     fn the_console_yields_status_output_and_boot_time() {
-        let console = "noise\nWEIR-LAB-BEGIN uptime_s=5.85 kvm=yes\nhello\nworld\n\nWEIR-LAB-END\n\
+        let console = "noise\nWEIR-LAB-BEGIN uptime_s=5.85 kvm=yes\nhello\nWEIR-LAB-ALIVE uptime_s=10.9\n\
+                       world\n\nWEIR-LAB-END\n\
                        WEIR-LAB-EXIT=3\n[  9.1] reboot: Power down\n";
         assert_eq!(parse_exit(console), Some(3));
         assert_eq!(between(console), "hello\nworld\n\n");
