@@ -165,6 +165,11 @@ impl Tgtd {
         Ok(())
     }
 
+    /// tgtd's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The LUN through portal `i`.
     pub fn uri(&self, i: usize) -> IscsiUri {
         IscsiUri {
