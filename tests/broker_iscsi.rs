@@ -152,6 +152,40 @@ fn a_probe_guest_verifies_through_two_tgt_portals_while_one_portals_connections_
     drop(target);
 }
 
+/// `weir vm --disk path=iscsi://...`: the VM process's private broker logs in to the target;
+/// the probe's verified writes land in tgtd's backing file.
+#[test]
+fn weir_vm_takes_an_iscsi_lun_as_its_disk() {
+    let Some(probe) = common::probe_guest_setup("weir_vm_iscsi") else {
+        return;
+    };
+    if !testenv::can_run("weir_vm_iscsi", targets::missing("tgtd")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = common::raw_disk(dir.path(), "lun.img", 8);
+    let portal = format!("127.0.0.1:{}", free_port());
+    let target = Tgtd::start("iqn.2026-12.org.weir:vm", &image, &[&portal]).expect("tgtd");
+    let run = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[format!("path={}", target.uri(0))],
+        "probe.verify=1 probe.iodepth=8",
+        dir.path(),
+        "vm",
+    )
+    .unwrap()
+    .wait(Duration::from_secs(60))
+    .unwrap();
+    assert_eq!(run.exit_code, Some(0), "{}", run.vmm_log);
+    assert_eq!((run.report.errors, run.report.verify_errors), (0, 0));
+    assert_eq!(run.report.device.capacity_sectors, 8 << 20 >> 9);
+    // The probe's pattern (each sector starts with its number) is in tgtd's backing file.
+    let data = std::fs::read(&image).unwrap();
+    assert_eq!(&data[512..520], &1u64.to_le_bytes());
+    drop(target);
+}
+
 /// Per telemetry interval (a second): congestion answers (TASK SET FULL / BUSY), the guest's
 /// read IOPS and the window at its end.
 fn seconds(control: &std::path::Path) -> Vec<(f64, f64, f64)> {
