@@ -22,6 +22,8 @@ const TIMER_NS: u32 = 500_000_000;
 /// The iSCSI state of one queue worker.
 pub(super) struct IscsiPaths {
     sessions: Vec<Session>,
+    /// Every path logged in once (at the guest's first command).
+    logged_in: bool,
     /// Finished commands, answered at the next chance the worker holds the queue.
     done: Vec<(usize, Outcome)>,
     spare_done: Vec<(usize, Outcome)>,
@@ -32,23 +34,16 @@ pub(super) struct IscsiPaths {
 }
 
 impl IscsiPaths {
-    /// The worker's sessions, logged in one after the other when its guest connects (a target
-    /// may take a second to answer a login — istgt does, and handles one at a time — which
-    /// the data path should not pay on its first commands). One that cannot log in now stays
-    /// down: its first command fails the path, which the checker brings back.
+    /// The worker's sessions, not logged in yet (see [`QueueWorker::submit_iscsi`]).
     pub fn new(lun: &IscsiLun) -> Self {
-        let mut sessions: Vec<Session> = lun
+        let sessions: Vec<Session> = lun
             .paths
             .iter()
             .map(|u| Session::new(u.clone(), lun.block_size, lun.blocks, lun.thin))
             .collect();
-        for s in sessions.iter_mut() {
-            if let Err(e) = s.connect() {
-                log::warn!("iSCSI: {e}");
-            }
-        }
         IscsiPaths {
             sessions,
+            logged_in: false,
             done: Vec::new(),
             spare_done: Vec::new(),
             timer_armed: false,
@@ -65,10 +60,25 @@ unsafe impl Send for IscsiPaths {}
 
 impl QueueWorker {
     /// Sends a granted request as commands on its path's session.
+    ///
+    /// The guest's first command logs every path in, one after the other: a target may take a
+    /// second per login (istgt does, and takes one at a time), paid once here rather than on
+    /// each path's first command; and not earlier, when the worker is made before a guest
+    /// connects: an idle session nobody polls leaves the target's NOP-Ins unanswered, and
+    /// targets drop such sessions (LIO after 45 s by default). From here on the sessions' polls
+    /// stay armed, so the worker answers NOP-Ins while the guest is idle.
     pub(super) fn submit_iscsi(&mut self, slot: usize) {
         let Some(iscsi) = self.iscsi.as_mut() else {
             return;
         };
+        if !iscsi.logged_in {
+            iscsi.logged_in = true;
+            for s in iscsi.sessions.iter_mut() {
+                if let Err(e) = s.connect() {
+                    log::warn!("iSCSI: {e}");
+                }
+            }
+        }
         let Some(Some(inflight)) = self.slots.get_mut(slot) else {
             return;
         };
