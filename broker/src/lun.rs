@@ -103,6 +103,24 @@ struct PathFds {
     buffered: File,
 }
 
+/// A network LUN's URI per path (a path's `device`, else the LUN's `path`), parsed, and the
+/// devices as configured.
+#[allow(clippy::type_complexity)]
+fn path_uris<U>(
+    cfg: &LunConfig,
+    path: &Path,
+    parse: impl Fn(&str) -> Result<U, String>,
+) -> Result<(Vec<std::sync::Arc<U>>, Vec<PathBuf>), String> {
+    let mut uris = Vec::new();
+    let mut devices = Vec::new();
+    for p in cfg.resolved_paths() {
+        let device = p.device.clone().unwrap_or_else(|| path.to_path_buf());
+        uris.push(std::sync::Arc::new(parse(&device.to_string_lossy())?));
+        devices.push(device);
+    }
+    Ok((uris, devices))
+}
+
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t).
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
@@ -250,14 +268,7 @@ impl LunStore {
             lun: name.clone(),
             why,
         };
-        let mut uris = Vec::new();
-        let mut devices = Vec::new();
-        for p in cfg.resolved_paths() {
-            let device = p.device.clone().unwrap_or_else(|| path.clone());
-            let uri = NbdUri::parse(&device.to_string_lossy()).map_err(&fail)?;
-            uris.push(std::sync::Arc::new(uri));
-            devices.push(device);
-        }
+        let (uris, devices) = path_uris(cfg, &path, NbdUri::parse).map_err(&fail)?;
         let mut info = None;
         let mut errors = Vec::new();
         for uri in &uris {
@@ -335,14 +346,7 @@ impl LunStore {
             lun: name.clone(),
             why,
         };
-        let mut uris = Vec::new();
-        let mut devices = Vec::new();
-        for p in cfg.resolved_paths() {
-            let device = p.device.clone().unwrap_or_else(|| path.clone());
-            let uri = IscsiUri::parse(&device.to_string_lossy()).map_err(&fail)?;
-            uris.push(std::sync::Arc::new(uri));
-            devices.push(device);
-        }
+        let (uris, devices) = path_uris(cfg, &path, IscsiUri::parse).map_err(&fail)?;
         crate::iscsi::ffi::lib().map_err(&fail)?;
         let mut shape: Option<(u64, u32, bool)> = None;
         let mut errors = Vec::new();

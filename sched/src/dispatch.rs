@@ -344,6 +344,17 @@ mod tests {
         )
     }
 
+    /// FIFO, a fixed window of 8, one path.
+    fn fifo_on_one_path() -> LunDispatch<R> {
+        LunDispatch::new(
+            SchedulerKind::Fifo,
+            vec![],
+            CostModel::default(),
+            DepthPolicy::Fixed { depth: 8 },
+            one_path(),
+        )
+    }
+
     /// A request in the tests: an id, and when a path first failed it.
     #[derive(Debug, PartialEq)]
     struct R(u32, Option<f64>);
@@ -356,13 +367,7 @@ mod tests {
 
     #[test]
     fn a_refused_request_is_retried_first_and_a_failed_one_before_everything() {
-        let mut d: LunDispatch<R> = LunDispatch::new(
-            SchedulerKind::Fifo,
-            vec![],
-            CostModel::default(),
-            DepthPolicy::Fixed { depth: 8 },
-            one_path(),
-        );
+        let mut d = fifo_on_one_path();
         for i in 0..3 {
             d.enqueue(0, R(i, None), 4096, 0.0);
         }
@@ -411,13 +416,7 @@ mod tests {
     #[test]
     fn a_sent_request_refused_by_the_target_leaves_the_window_and_is_retried_first() {
         // A real target answers TASK SET FULL after the request went out (it was in flight).
-        let mut d: LunDispatch<R> = LunDispatch::new(
-            SchedulerKind::Fifo,
-            vec![],
-            CostModel::default(),
-            DepthPolicy::Fixed { depth: 8 },
-            one_path(),
-        );
+        let mut d = fifo_on_one_path();
         for i in 0..2 {
             d.enqueue(0, R(i, None), 4096, 0.0);
         }

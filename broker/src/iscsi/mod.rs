@@ -37,39 +37,17 @@ impl IscsiLun {
     }
 }
 
-/// The broker's checks of an iSCSI LUN's config, as `(field, problem)`: every URI parses, no
-/// thin pool, and an iSCSI URI on a LUN told to be something else is refused.
+/// The broker's checks of an iSCSI LUN's config, as `(field, problem)` (see
+/// [`crate::nbd::check_network_lun`]).
 pub fn check_lun(i: usize, lun: &crate::config::LunConfig) -> Result<(), (String, String)> {
-    use crate::config::LunBackend;
-    let at = format!("lun[{i}]");
-    let iscsi = lun.backend() == LunBackend::Iscsi;
-    let uri_at = |field: String, p: &std::path::Path| -> Result<(), (String, String)> {
-        let s = p.to_string_lossy();
-        match (iscsi, IscsiUri::is_iscsi(&s)) {
-            (true, _) => IscsiUri::parse(&s).map(|_| ()).map_err(|e| (field, e)),
-            (false, true) => Err((
-                field,
-                format!(
-                    "'{s}' is an iSCSI URI: set backend = \"iscsi\" (or leave backend out) to \
-                     use the target"
-                ),
-            )),
-            (false, false) => Ok(()),
-        }
-    };
-    if let Some(p) = &lun.path {
-        uri_at(format!("{at}.path"), p)?;
-    }
-    for (k, p) in lun.paths.iter().enumerate() {
-        if let Some(d) = &p.device {
-            uri_at(format!("{at}.paths[{k}].device"), d)?;
-        }
-    }
-    if iscsi && lun.pool.is_some() {
-        return Err((
-            format!("{at}.pool"),
-            "an iSCSI LUN cannot be in a thin pool (the pool allocates files); remove pool".into(),
-        ));
-    }
-    Ok(())
+    crate::nbd::check_network_lun(
+        i,
+        lun,
+        crate::config::LunBackend::Iscsi,
+        "iSCSI",
+        "iscsi",
+        "target",
+        IscsiUri::is_iscsi,
+        |s| IscsiUri::parse(s).map(|_| ()),
+    )
 }

@@ -36,21 +36,46 @@ pub struct NbdExport {
     pub info: ExportInfo,
 }
 
-/// The broker's checks of an NBD LUN's config, as `(field, problem)`: every URI parses, no
-/// thin pool (a pool's chunks are files the broker allocates). Also refuses an NBD URI on a
-/// LUN told to be a file, which would otherwise create a file of that name.
+/// The broker's checks of an NBD LUN's config, as `(field, problem)` (see
+/// [`check_network_lun`]).
 pub fn check_lun(i: usize, lun: &crate::config::LunConfig) -> Result<(), (String, String)> {
-    use crate::config::LunBackend;
+    check_network_lun(
+        i,
+        lun,
+        crate::config::LunBackend::Nbd,
+        "NBD",
+        "nbd",
+        "export",
+        NbdUri::is_nbd,
+        |s| NbdUri::parse(s).map(|_| ()),
+    )
+}
+
+/// The checks every network LUN's config gets, as `(field, problem)`: every URI parses, no
+/// thin pool (a pool's chunks are files the broker allocates), and a URI of this kind on a LUN
+/// told to be something else is refused (it would otherwise create a file of that name).
+#[allow(clippy::too_many_arguments)]
+pub fn check_network_lun(
+    i: usize,
+    lun: &crate::config::LunConfig,
+    backend: crate::config::LunBackend,
+    kind: &str,
+    backend_name: &str,
+    what: &str,
+    is_uri: impl Fn(&str) -> bool,
+    parse: impl Fn(&str) -> Result<(), String>,
+) -> Result<(), (String, String)> {
     let at = format!("lun[{i}]");
-    let nbd = lun.backend() == LunBackend::Nbd;
+    let network = lun.backend() == backend;
     let uri_at = |field: String, p: &std::path::Path| -> Result<(), (String, String)> {
         let s = p.to_string_lossy();
-        match (nbd, NbdUri::is_nbd(&s)) {
-            (true, _) => NbdUri::parse(&s).map(|_| ()).map_err(|e| (field, e)),
+        match (network, is_uri(&s)) {
+            (true, _) => parse(&s).map_err(|e| (field, e)),
             (false, true) => Err((
                 field,
                 format!(
-                    "'{s}' is an NBD URI: set backend = \"nbd\" (or leave backend out) to use the export"
+                    "'{s}' is an {kind} URI: set backend = \"{backend_name}\" (or leave backend \
+                     out) to use the {what}"
                 ),
             )),
             (false, false) => Ok(()),
@@ -64,10 +89,12 @@ pub fn check_lun(i: usize, lun: &crate::config::LunConfig) -> Result<(), (String
             uri_at(format!("{at}.paths[{k}].device"), d)?;
         }
     }
-    if nbd && lun.pool.is_some() {
+    if network && lun.pool.is_some() {
         return Err((
             format!("{at}.pool"),
-            "an NBD LUN cannot be in a thin pool (the pool allocates files); remove pool".into(),
+            format!(
+                "an {kind} LUN cannot be in a thin pool (the pool allocates files); remove pool"
+            ),
         ));
     }
     Ok(())
