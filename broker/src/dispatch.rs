@@ -50,6 +50,32 @@ impl weir_sched::dispatch::Attempted for Ticket {
     }
 }
 
+/// A granted request handed back to the dispatcher by its queue thread (to go again).
+#[derive(Debug, Clone, Copy)]
+pub struct Returned<'a> {
+    pub owner: &'a Arc<Inbox>,
+    pub slot: usize,
+    pub bytes: u64,
+    pub write: bool,
+    /// When it was first offered to the array.
+    pub first_dispatch: f64,
+    /// When a path first failed it, if one did.
+    pub failed_at: Option<f64>,
+}
+
+impl Returned<'_> {
+    fn ticket(self) -> Ticket {
+        Ticket {
+            owner: self.owner.clone(),
+            slot: self.slot,
+            bytes: self.bytes,
+            write: self.write,
+            first_dispatch: Some(self.first_dispatch),
+            failed_at: self.failed_at,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Ticket {
     owner: Arc<Inbox>,
@@ -435,61 +461,17 @@ impl LunDispatcher {
 
     /// A granted request failed on `path` (transport error, I/O error on a multipath LUN,
     /// timeout): the path is failed and the request goes first to another path.
-    #[allow(clippy::too_many_arguments)]
-    pub fn reissue(
-        &self,
-        now: f64,
-        path: usize,
-        owner: &Arc<Inbox>,
-        slot: usize,
-        bytes: u64,
-        write: bool,
-        first_dispatch: f64,
-        failed_at: Option<f64>,
-        why: &str,
-    ) {
-        {
-            let mut st = self.lock();
-            let ticket = Ticket {
-                owner: owner.clone(),
-                slot,
-                bytes,
-                write,
-                first_dispatch: Some(first_dispatch),
-                failed_at,
-            };
-            st.d.failed(ticket, path, now, why);
-        }
+    pub fn reissue(&self, now: f64, path: usize, back: Returned<'_>, why: &str) {
+        self.lock().d.failed(back.ticket(), path, now, why);
         self.pump(now, None);
     }
 
     /// A granted request came back TASK SET FULL or BUSY from the target: the window's
     /// congestion signal; the request is offered again after `RETRY_DELAY_S`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn refused(
-        &self,
-        now: f64,
-        path: usize,
-        epoch: u64,
-        owner: &Arc<Inbox>,
-        slot: usize,
-        bytes: u64,
-        write: bool,
-        first_dispatch: f64,
-        failed_at: Option<f64>,
-    ) {
-        {
-            let mut st = self.lock();
-            let ticket = Ticket {
-                owner: owner.clone(),
-                slot,
-                bytes,
-                write,
-                first_dispatch: Some(first_dispatch),
-                failed_at,
-            };
-            st.d.refused(ticket, path, epoch, now, RETRY_DELAY_S);
-        }
+    pub fn refused(&self, now: f64, path: usize, epoch: u64, back: Returned<'_>) {
+        self.lock()
+            .d
+            .refused(back.ticket(), path, epoch, now, RETRY_DELAY_S);
         self.pump(now, None);
     }
 

@@ -310,17 +310,15 @@ fn a_port_going_down_fails_its_requests_and_they_move_to_the_other_path() {
         .collect();
     assert_eq!(failed, vec![0, 2], "port a requests fail");
     for slot in failed {
-        d.reissue(
-            0.001,
-            0,
-            &inbox,
+        let back = crate::dispatch::Returned {
+            owner: &inbox,
             slot,
-            4096,
-            true,
-            0.0,
-            None,
-            "transport error",
-        );
+            bytes: 4096,
+            write: true,
+            first_dispatch: 0.0,
+            failed_at: None,
+        };
+        d.reissue(0.001, 0, back, "transport error");
     }
     assert_eq!(
         granted_paths(&inbox),

@@ -1157,38 +1157,25 @@ impl QueueWorker {
             .counters
             .queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if congested {
-            let epoch = epoch.map_or(0, |(e, _)| e);
-            self.ctx.dispatcher.refused(
-                self.ctx.clock.now(),
-                path,
-                epoch,
-                &self.inbox,
-                slot,
-                bytes,
-                write,
-                first_dispatch,
-                failed_at,
-            );
-            let used = self.drain_inbox(queue)?;
-            self.flush_submissions()?;
-            return Ok(used);
-        }
-        self.ctx
-            .counters
-            .path_retries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.ctx.dispatcher.reissue(
-            self.ctx.clock.now(),
-            path,
-            &self.inbox,
+        let back = crate::dispatch::Returned {
+            owner: &self.inbox,
             slot,
             bytes,
             write,
             first_dispatch,
             failed_at,
-            &why,
-        );
+        };
+        let now = self.ctx.clock.now();
+        if congested {
+            let epoch = epoch.map_or(0, |(e, _)| e);
+            self.ctx.dispatcher.refused(now, path, epoch, back);
+        } else {
+            self.ctx
+                .counters
+                .path_retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.ctx.dispatcher.reissue(now, path, back, &why);
+        }
         // The grant may already be in the inbox (the dispatcher pumped).
         let used = self.drain_inbox(queue)?;
         self.flush_submissions()?;
