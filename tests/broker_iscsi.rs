@@ -152,6 +152,68 @@ fn a_probe_guest_verifies_through_two_tgt_portals_while_one_portals_connections_
     drop(target);
 }
 
+/// A session between commands must still answer its target's NOP-In pings, or the target
+/// drops it: tgtd pings every second and drops a connection that leaves one unanswered. A probe
+/// guest reads one block a second for 8 s over two portals taken in turn, so each session idles
+/// ~2 s between commands. No path may fail, no command move. (With the input poll armed only
+/// while commands are out, this fails: tgtd drops the idle sessions.)
+#[test]
+fn an_idle_session_answers_the_targets_pings() {
+    let Some(probe) = common::probe_guest_setup("broker_iscsi_nop") else {
+        return;
+    };
+    if !testenv::can_run("broker_iscsi_nop", targets::missing("tgtd")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = common::raw_disk(dir.path(), "lun.img", 16);
+    let port = free_port();
+    let (pa, pb) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+    let target = Tgtd::start("iqn.2026-12.org.weir:nop", &image, &[&pa, &pb]).expect("tgtd");
+    target.update("nop_interval", "1").expect("nop_interval");
+    target.update("nop_count", "1").expect("nop_count");
+    let control = dir.path().join("broker.ctl");
+    let config = format!(
+        "control_socket = {control:?}\n[[lun]]\nname = \"lun0\"\npath = {a:?}\n\
+         multipath = {{ selector = \"round-robin:1\" }}\n\
+         [[lun.paths]]\nname = \"a\"\n[[lun.paths]]\nname = \"b\"\ndevice = {b:?}\n\
+         [[disk]]\nsocket = {sock:?}\nlun = \"lun0\"\n",
+        control = control.display().to_string(),
+        a = target.uri(0).to_string(),
+        b = target.uri(1).to_string(),
+        sock = dir.path().join("g.sock").display().to_string(),
+    );
+    let mut broker =
+        BrokerProcess::start(&weir(), &config, Some(control.clone()), dir.path()).expect("starts");
+    let run = ProbeVm::spawn(
+        &weir(),
+        &probe,
+        &[format!("socket={}", dir.path().join("g.sock").display())],
+        "probe.rw=randread probe.iodepth=1 probe.rate_iops=1 probe.runtime_ms=8000",
+        dir.path(),
+        "guest",
+    )
+    .unwrap()
+    .wait(Duration::from_secs(60))
+    .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()));
+    assert_eq!(run.exit_code, Some(0), "{}\n{}", run.vmm_log, broker.log());
+    assert_eq!(run.report.errors, 0);
+    let events = query(&control, "paths").unwrap();
+    let stats = query(&control, "stats").unwrap();
+    let retries = stats[0]["counters"]["path_retries"].as_u64().unwrap_or(0);
+    let reads = run.report.phase("randread").map_or(0, |p| p.ios);
+    eprintln!("idle sessions: {reads} reads, {retries} moved, path events {events}");
+    assert!(reads >= 6, "the guest read about once a second: {reads}");
+    assert!(
+        events["lun0"].as_array().is_none_or(|e| e.is_empty()),
+        "a path failed: the target dropped an idle session\n{events}\n{}",
+        broker.log()
+    );
+    assert_eq!(retries, 0, "{stats}");
+    broker.stop();
+    drop(target);
+}
+
 /// `weir vm --disk path=iscsi://...`: the VM process's private broker logs in to the target;
 /// the probe's verified writes land in tgtd's backing file.
 #[test]

@@ -33,7 +33,7 @@ pub struct LabVmConfig {
     pub work_dir: PathBuf,
 }
 
-/// A command's console silent this long, heartbeats having begun, is a frozen VM.
+/// A console silent this long before the command's end marker is a frozen VM.
 pub const FROZEN_AFTER: Duration = Duration::from_secs(90);
 
 /// How a run ended.
@@ -276,12 +276,10 @@ impl LabVmConfig {
                 let _ = child.kill();
                 break;
             }
-            // The command runs with a heartbeat every 5 s (init.sh): a console silent for
-            // FROZEN_AFTER once heartbeats began is a VM that stopped, not a slow command.
-            if console.contains("WEIR-LAB-ALIVE")
-                && !console.contains("WEIR-LAB-END")
-                && last_line.elapsed() > FROZEN_AFTER
-            {
+            // The command runs with a heartbeat every 5 s (init.sh), and the L1 boots to its
+            // command in seconds: a console silent for FROZEN_AFTER before the end marker is a
+            // VM that stopped (seen in boot and mid-command), not a slow command.
+            if !console.contains("WEIR-LAB-END") && last_line.elapsed() > FROZEN_AFTER {
                 frozen = true;
                 let _ = child.kill();
                 break;
@@ -336,8 +334,8 @@ impl LabVmConfig {
             known_flake: known_flake(&console)
                 .or(silent_reset(&console, timed_out || frozen))
                 .or(frozen.then_some(
-                    "the lab VM froze: no heartbeat on its console for 90 s (QEMU's emulation \
-                     stopped; a hung command keeps the heartbeat going)",
+                    "the lab VM froze: its console silent for 90 s, no heartbeat (QEMU's \
+                     emulation stopped; a hung command keeps the heartbeat going)",
                 )),
             console,
             wall,

@@ -204,7 +204,13 @@ impl Session {
                 self.pending.len() - 1
             }
         };
-        let task = self.start(lib, id, cmd)?;
+        let task = match self.start(lib, id, cmd) {
+            Ok(task) => task,
+            Err(e) => {
+                self.free.push(id);
+                return Err(e);
+            }
+        };
         if let Some(p) = self.pending.get_mut(id) {
             *p = Some(Pending {
                 slot,

@@ -165,6 +165,15 @@ impl Tgtd {
         Ok(())
     }
 
+    /// Sets one of the target's parameters (`tgtadm --op update --mode target`), e.g.
+    /// `nop_interval` and `nop_count`: tgtd then pings each connection every `nop_interval`
+    /// seconds (NOP-In) and drops one that leaves `nop_count` pings unanswered.
+    pub fn update(&self, name: &str, value: &str) -> std::io::Result<()> {
+        self.adm(&[
+            "--op", "update", "--mode", "target", "--tid", "1", "-n", name, "-v", value,
+        ])
+    }
+
     /// tgtd's process id (for its CPU time).
     pub fn pid(&self) -> u32 {
         self.child.id()
