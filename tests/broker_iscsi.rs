@@ -42,6 +42,44 @@ fn kill_connections(ip: &str, port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A broker serving one guest disk (`g.sock` in `dir`) on LUN `lun0`, whose `[[lun]]` table
+/// goes on with `lun_body` (path, window, multipath, paths); with its control socket.
+fn broker_on(dir: &std::path::Path, lun_body: &str) -> (BrokerProcess, PathBuf) {
+    let control = dir.join("broker.ctl");
+    let config = format!(
+        "control_socket = {control:?}\n[[lun]]\nname = \"lun0\"\n{lun_body}\n\
+         [[disk]]\nsocket = {sock:?}\nlun = \"lun0\"\ntenant = \"guest\"\n",
+        control = control.display().to_string(),
+        sock = dir.join("g.sock").display().to_string(),
+    );
+    let broker =
+        BrokerProcess::start(&weir(), &config, Some(control.clone()), dir).expect("starts");
+    (broker, control)
+}
+
+/// The LUN through tgtd's two portals as paths `a` and `b`, with `multipath`.
+fn two_portals(target: &Tgtd, multipath: &str) -> String {
+    format!(
+        "path = {a:?}\nmultipath = {multipath}\n\
+         [[lun.paths]]\nname = \"a\"\n[[lun.paths]]\nname = \"b\"\ndevice = {b:?}",
+        a = target.uri(0).to_string(),
+        b = target.uri(1).to_string(),
+    )
+}
+
+/// A probe guest on the broker's disk in `dir`.
+fn guest_on(probe: &std::path::Path, dir: &std::path::Path, args: &str) -> ProbeVm {
+    ProbeVm::spawn(
+        &weir(),
+        probe,
+        &[format!("socket={}", dir.join("g.sock").display())],
+        args,
+        dir,
+        "guest",
+    )
+    .expect("probe starts")
+}
+
 #[test]
 fn a_probe_guest_verifies_through_two_tgt_portals_while_one_portals_connections_die() {
     let Some(probe) = common::probe_guest_setup("broker_iscsi") else {
@@ -56,32 +94,20 @@ fn a_probe_guest_verifies_through_two_tgt_portals_while_one_portals_connections_
     let (pa, pb) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
     let target =
         Tgtd::start("iqn.2026-12.org.weir:two-portals", &image, &[&pa, &pb]).expect("tgtd starts");
-    let control = dir.path().join("broker.ctl");
-    let config = format!(
-        "control_socket = {control:?}\n\
-         [[lun]]\nname = \"lun0\"\npath = {a:?}\n\
-         multipath = {{ selector = \"round-robin:8\", failback_s = 1, checker_interval_s = 0.2 }}\n\
-         [[lun.paths]]\nname = \"a\"\ndevice = {a:?}\n\
-         [[lun.paths]]\nname = \"b\"\ndevice = {b:?}\n\
-         [[disk]]\nsocket = {sock:?}\nlun = \"lun0\"\ntenant = \"guest\"\n",
-        control = control.display().to_string(),
-        a = target.uri(0).to_string(),
-        b = target.uri(1).to_string(),
-        sock = dir.path().join("g.sock").display().to_string(),
+    let (mut broker, control) = broker_on(
+        dir.path(),
+        &two_portals(
+            &target,
+            "{ selector = \"round-robin:8\", failback_s = 1, checker_interval_s = 0.2 }",
+        ),
     );
-    let mut broker =
-        BrokerProcess::start(&weir(), &config, Some(control.clone()), dir.path()).expect("starts");
     let topo = query(&control, "topology").unwrap();
     assert_eq!(topo[0]["backend"], "iscsi", "{topo}");
-    let guest = ProbeVm::spawn(
-        &weir(),
+    let guest = guest_on(
         &probe,
-        &[format!("socket={}", dir.path().join("g.sock").display())],
-        "probe.verify=1 probe.iodepth=16 probe.rw=randrw probe.runtime_ms=6000",
         dir.path(),
-        "guest",
-    )
-    .expect("probe starts");
+        "probe.verify=1 probe.iodepth=16 probe.rw=randrw probe.runtime_ms=6000",
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while counter(&control, "writes") < 2000 {
         assert!(
@@ -172,28 +198,15 @@ fn an_idle_session_answers_the_targets_pings() {
     let target = Tgtd::start("iqn.2026-12.org.weir:nop", &image, &[&pa, &pb]).expect("tgtd");
     target.update("nop_interval", "1").expect("nop_interval");
     target.update("nop_count", "1").expect("nop_count");
-    let control = dir.path().join("broker.ctl");
-    let config = format!(
-        "control_socket = {control:?}\n[[lun]]\nname = \"lun0\"\npath = {a:?}\n\
-         multipath = {{ selector = \"round-robin:1\" }}\n\
-         [[lun.paths]]\nname = \"a\"\n[[lun.paths]]\nname = \"b\"\ndevice = {b:?}\n\
-         [[disk]]\nsocket = {sock:?}\nlun = \"lun0\"\n",
-        control = control.display().to_string(),
-        a = target.uri(0).to_string(),
-        b = target.uri(1).to_string(),
-        sock = dir.path().join("g.sock").display().to_string(),
-    );
-    let mut broker =
-        BrokerProcess::start(&weir(), &config, Some(control.clone()), dir.path()).expect("starts");
-    let run = ProbeVm::spawn(
-        &weir(),
-        &probe,
-        &[format!("socket={}", dir.path().join("g.sock").display())],
-        "probe.rw=randread probe.iodepth=1 probe.rate_iops=1 probe.runtime_ms=8000",
+    let (mut broker, control) = broker_on(
         dir.path(),
-        "guest",
+        &two_portals(&target, "{ selector = \"round-robin:1\" }"),
+    );
+    let run = guest_on(
+        &probe,
+        dir.path(),
+        "probe.rw=randread probe.iodepth=1 probe.rate_iops=1 probe.runtime_ms=8000",
     )
-    .unwrap()
     .wait(Duration::from_secs(60))
     .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()));
     assert_eq!(run.exit_code, Some(0), "{}\n{}", run.vmm_log, broker.log());
@@ -288,30 +301,18 @@ fn istgt_run(probe: &std::path::Path, window: &str, probe_args: &str) -> IstgtRu
     let target = Istgt::start(&dir.path().join("istgt"), &image, 64, free_port(), 2, 16)
         .expect("istgt starts");
     let uri = target.uri.to_string();
-    let control = dir.path().join("broker.ctl");
     // Two sessions on the one queue (two paths to one portal).
     let paths: String = (0..2)
         .map(|i| format!("[[lun.paths]]\nname = \"s{i}\"\ndevice = {uri:?}\n"))
         .collect();
-    let config = format!(
-        "control_socket = {control:?}\n\
-         [[lun]]\nname = \"lun0\"\npath = {uri:?}\ndepth = {window}\n\
-         multipath = {{ selector = \"round-robin:1\" }}\n{paths}\
-         [[disk]]\nsocket = {sock:?}\nlun = \"lun0\"\ntenant = \"guest\"\n",
-        control = control.display().to_string(),
-        sock = dir.path().join("g.sock").display().to_string(),
-    );
-    let mut broker =
-        BrokerProcess::start(&weir(), &config, Some(control.clone()), dir.path()).expect("starts");
-    let guest = ProbeVm::spawn(
-        &weir(),
-        probe,
-        &[format!("socket={}", dir.path().join("g.sock").display())],
-        probe_args,
+    let (mut broker, control) = broker_on(
         dir.path(),
-        "guest",
-    )
-    .expect("probe starts");
+        &format!(
+            "path = {uri:?}\ndepth = {window}\nmultipath = {{ selector = \"round-robin:1\" }}\n\
+             {paths}"
+        ),
+    );
+    let guest = guest_on(probe, dir.path(), probe_args);
     let run = guest
         .wait(Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()));
