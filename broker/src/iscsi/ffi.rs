@@ -165,7 +165,6 @@ pub struct Lib {
         *mut c_void,
     ) -> *mut Task,
     pub readcapacity16_sync: unsafe extern "C" fn(*mut Context, c_int) -> *mut Task,
-    pub testunitready_sync: unsafe extern "C" fn(*mut Context, c_int) -> *mut Task,
     pub read16_sync: unsafe extern "C" fn(
         *mut Context,
         c_int,
@@ -252,7 +251,6 @@ fn load() -> Result<Lib, String> {
         unmap_task: sym!("iscsi_unmap_task"),
         writesame16_task: sym!("iscsi_writesame16_task"),
         readcapacity16_sync: sym!("iscsi_readcapacity16_sync"),
-        testunitready_sync: sym!("iscsi_testunitready_sync"),
         read16_sync: sym!("iscsi_read16_sync"),
         datain_unmarshall: sym!("scsi_datain_unmarshall"),
         free_scsi_task: sym!("scsi_free_scsi_task"),
