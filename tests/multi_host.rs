@@ -1,170 +1,140 @@
-//! Several hosts, one shared target, no coordinator (PARDA, Gulati et al., FAST '09): three
-//! brokers — three processes, each with its own guest — share one nbdkit export shaped into a
-//! congested array (every read delayed 2 ms, 160 Mbit/s in all: about 4.9 k reads of 4 KiB per
-//! second). Each broker sees only its own requests; each sizes its LUN window by PARDA's law
+//! Several hosts, one shared target, no coordinator (PARDA, Gulati et al., FAST '09), as a
+//! user runs it: `weir run scenarios/three-hosts.toml`. Three brokers — three processes, each
+//! with its own probe guest — share one nbdkit export that the run starts itself, shaped into
+//! a congested array (every read delayed 2 ms, 80 Mbit/s in all: about 2.56 k reads of 4 KiB
+//! per second). Each broker sees only its own requests and sizes its LUN window by PARDA's law
 //! from the latency it observes, with `β` in proportion to its host's share (1 : 2 : 4). The
-//! hosts' throughput must come out in their shares, and when one host stops, the others must
-//! take up its capacity within seconds.
+//! hosts' throughput must come out in their shares, and when host 3's guest stops (at 20 s),
+//! the others must take up its capacity within seconds.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use weir_broker::control::query;
-use weir_broker::nbd::nbdkit::{self, Nbdkit};
-use weir_lab::broker::BrokerProcess;
-use weir_lab::probe::ProbeVm;
+use weir_broker::nbd::nbdkit;
 use weir_lab::testenv;
 
 fn weir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weir"))
 }
 
-fn reads_of(control: &Path) -> u64 {
-    query(control, "stats")
-        .ok()
-        .and_then(|s| s[0]["counters"]["reads"].as_u64())
-        .unwrap_or(0)
+/// Seconds `[from, to)` of the run's clock summed per host, from the guests' per-second
+/// series (each starts at its `per_second_start_s`), as IOPS.
+fn per_host(results: &serde_json::Value, from: usize, to: usize) -> Vec<f64> {
+    let p = &results["policies"][0];
+    let hosts = p["hosts"].as_array().expect("hosts in results.json");
+    hosts
+        .iter()
+        .map(|h| {
+            let guests: Vec<&str> = h["guests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|g| g.as_str())
+                .collect();
+            let total: f64 = p["tenants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| guests.contains(&t["name"].as_str().unwrap_or("")))
+                .map(|t| {
+                    let start = t["per_second_start_s"].as_u64().unwrap_or(0) as usize;
+                    let series = t["per_second"].as_array().unwrap();
+                    (from..to)
+                        .filter_map(|s| s.checked_sub(start).and_then(|k| series.get(k)))
+                        .filter_map(|v| v.as_f64())
+                        .sum::<f64>()
+                })
+                .sum();
+            total / (to - from) as f64
+        })
+        .collect()
 }
 
-fn window_of(control: &Path) -> f64 {
-    query(control, "telemetry")
-        .ok()
-        .and_then(|t| t.as_array().and_then(|s| s.last().cloned()))
-        .and_then(|s| s["luns"][0]["window"].as_f64())
-        .unwrap_or(0.0)
-}
-
-struct Host {
-    broker: BrokerProcess,
-    control: PathBuf,
-    guest: Option<ProbeVm>,
+fn nbdkit_left(port: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", &format!("nbdkit.*-p {port}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
-fn three_brokers_share_one_nbd_target_by_their_host_shares() {
-    let Some(probe) = common::probe_guest_setup("multi_host") else {
+fn three_hosts_share_one_nbd_target_by_their_shares_in_weir_run() {
+    if common::probe_guest_setup("multi_host").is_none() {
         return;
-    };
+    }
     if !testenv::can_run("multi_host", nbdkit::missing()) {
         return;
     }
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/three-hosts.toml");
     let dir = tempfile::tempdir().unwrap();
-    let port = 10950;
-    let _target = Nbdkit::tcp(
-        port,
-        &[
-            "-t",
-            "64",
-            "--filter=rate",
-            "--filter=delay",
-            "memory",
-            "64M",
-            "rdelay=2ms",
-            "rate=160M",
-        ],
-    )
-    .expect("nbdkit");
-    let shares = [1.0, 2.0, 4.0];
-    let mut hosts: Vec<Host> = shares
-        .iter()
-        .enumerate()
-        .map(|(i, share)| {
-            let sub = dir.path().join(format!("host{i}"));
-            std::fs::create_dir_all(&sub).unwrap();
-            let control = sub.join("broker.ctl");
-            let config = format!(
-                "control_socket = {control:?}\nhost_share = {share}\n\
-                 [[lun]]\nname = \"shared\"\npath = \"nbd://127.0.0.1:{port}/\"\n\
-                 depth = {{ policy = \"latency\", target_ms = 5, beta = 1.5, max = 256 }}\n\
-                 [[disk]]\nsocket = {sock:?}\nlun = \"shared\"\ntenant = \"vm{i}\"\n",
-                control = control.display().to_string(),
-                sock = sub.join("g.sock").display().to_string(),
-            );
-            let broker = BrokerProcess::start(&weir(), &config, Some(control.clone()), &sub)
-                .expect("broker starts");
-            let guest = ProbeVm::spawn(
-                &weir(),
-                &probe,
-                &[format!("socket={}", sub.join("g.sock").display())],
-                "probe.rw=randread probe.iodepth=48 probe.runtime_ms=60000 probe.mode=halt",
-                &sub,
-                "g",
-            )
-            .expect("probe starts");
-            Host {
-                broker,
-                control,
-                guest: Some(guest),
-            }
-        })
-        .collect();
-    // Settle, then measure 8 s.
-    std::thread::sleep(Duration::from_secs(5));
-    let measure = |hosts: &[Host], secs: u64| -> Vec<f64> {
-        let before: Vec<u64> = hosts.iter().map(|h| reads_of(&h.control)).collect();
-        let t = Instant::now();
-        std::thread::sleep(Duration::from_secs(secs));
-        let dt = t.elapsed().as_secs_f64();
-        hosts
-            .iter()
-            .zip(before)
-            .map(|(h, b)| (reads_of(&h.control) - b) as f64 / dt)
-            .collect()
-    };
-    let iops = measure(&hosts, 8);
-    let windows: Vec<f64> = hosts.iter().map(|h| window_of(&h.control)).collect();
-    let total: f64 = iops.iter().sum();
-    let ratios: Vec<f64> = iops.iter().map(|x| x / iops[0]).collect();
-    eprintln!(
-        "three hosts, shares 1:2:4: {iops:.0?} IOPS (total {total:.0}), ratios {ratios:.2?}, \
-         windows {windows:.1?}"
+    let out = dir.path().join("results");
+    let o = Command::new(weir())
+        .args(["run", "--no-progress"])
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "weir run failed: {stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
     );
-    // Host 3 stops; the other two take its capacity.
-    let stopped_at = Instant::now();
-    drop(hosts[2].guest.take());
-    hosts[2].broker.stop();
-    std::thread::sleep(Duration::from_secs(3));
-    let two = measure(&hosts[..2], 3);
+    eprintln!("{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let sc = common::schema::results_schema();
+    common::schema::validate(&r, &sc, &sc, "results").unwrap();
+    let p = &r["policies"][0];
+    assert_eq!(p["failures"].as_array().map(Vec::len), Some(0), "{p}");
+    let shares: Vec<f64> = p["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["share"].as_f64().unwrap())
+        .collect();
+    assert_eq!(shares, [1.0, 2.0, 4.0]);
+    assert!(
+        p["metrics"]["host_contended_seconds"].as_u64().unwrap_or(0) >= 15,
+        "the hosts competed for too few seconds: {}",
+        p["metrics"]
+    );
+    // All three compete from the warm-up (5 s) until host 3's guest stops (20 s).
+    let three = per_host(&r, 6, 19);
+    let total: f64 = three.iter().sum();
+    let fractions: Vec<f64> = three.iter().map(|x| x / total).collect();
+    eprintln!(
+        "three hosts, s 6–19: {three:.0?} IOPS, fractions {fractions:.3?} (due 1/7, 2/7, 4/7)"
+    );
+    // Host 3 stops: the two others take up its capacity within 5 s.
+    let two = per_host(&r, 24, 29);
     let two_total: f64 = two.iter().sum();
-    eprintln!(
-        "host 3 stopped: {two:.0?} IOPS (total {two_total:.0}, was {total:.0}) from {:?} after",
-        stopped_at.elapsed() - Duration::from_secs(2)
-    );
-    let logs: String = hosts
-        .iter()
-        .map(|h| format!("--- {}:\n{}\n", h.control.display(), h.broker.log()))
-        .collect();
-    // The guests still run (their runtime outlasts the test): killed with their brokers.
-    let running: Vec<bool> = hosts
-        .iter_mut()
-        .map(|h| {
-            h.guest
-                .as_mut()
-                .is_some_and(|g| g.child.try_wait().ok().flatten().is_none())
-        })
-        .collect();
-    for h in &mut hosts {
-        drop(h.guest.take());
-        h.broker.stop();
-    }
+    eprintln!("host 3 stopped, s 24–29: {two:.0?} IOPS (total {two_total:.0}, was {total:.0})");
     assert!(
         two_total >= 0.9 * total,
-        "the two remaining hosts did not take up the third's capacity: {two_total:.0} of \
-         {total:.0}; guests running {running:?}\n{logs}"
+        "the two remaining hosts did not take up the third's capacity: {two_total:.0} of {total:.0}"
     );
-    // Within 20 %, not the 10 % the simulated FIFO array holds (1.2 %, `sim_hosts_tests`):
-    // nbdkit's own service is not proportional to the windows — fixed windows 5:10:20 on
-    // this target get 1:1.98:3.75, the deepest connection waiting longest — and PARDA's fixed
-    // point `D = β·share / (1 − 𝓛/L)` turns a host's latency excess into a larger window cut
-    // (×𝓛/(L − 𝓛), about 2.5 here). Measured: host 3 at 3.3–3.6× host 1 (docs/network.md).
-    for (k, want) in [(1, 2.0), (2, 4.0)] {
+    // Within 10 % of each host's share of the throughput, no coordinator: three hosts, then
+    // the two that remain.
+    assert!(
+        (two[1] / two[0] / 2.0 - 1.0).abs() <= 0.10,
+        "the two remaining hosts got 1:{:.2}, their shares say 1:2",
+        two[1] / two[0]
+    );
+    for (k, f) in fractions.iter().enumerate() {
+        let due = shares[k] / 7.0;
         assert!(
-            (ratios[k] / want - 1.0).abs() <= 0.20,
-            "host {} got {:.2}× host 1's throughput, its share says {want}",
+            (f / due - 1.0).abs() <= 0.10,
+            "host {} got {:.3} of the throughput, its share says {due:.3}",
             k + 1,
-            ratios[k]
+            f
         );
     }
+    assert!(
+        !nbdkit_left("10970"),
+        "the scenario's nbdkit outlived the run"
+    );
 }

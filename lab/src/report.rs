@@ -44,6 +44,7 @@ pub fn terminal(r: &Results) -> String {
                     max_share_error: m.cost_max_share_error,
                     mean_share_error: m.cost_mean_share_error,
                     contended_seconds: m.contended_seconds,
+                    got_over_due: Vec::new(),
                 },
                 jain: m.jain,
                 min_max_ratio: m.min_max_ratio,
@@ -93,6 +94,7 @@ pub fn terminal(r: &Results) -> String {
             );
         }
     }
+    s.push_str(&host_table(r, repeats));
     if repeats {
         s.push_str(&spread(r));
         let _ = writeln!(s);
@@ -120,6 +122,53 @@ pub fn terminal(r: &Results) -> String {
         }
     }
     let _ = writeln!(s, "host: {}; {} s", r.host.kvm, r.wall_s.round());
+    s
+}
+
+/// With `[[host]]` entries: per policy, each host's share and what it got.
+fn host_table(r: &Results, repeats: bool) -> String {
+    let mut s = String::new();
+    if r.policies.iter().all(|p| p.hosts.is_empty()) {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<20} {:<12} {:>6} {:>9} {:>9} {:>12}  guests",
+        "policy", "host", "share", "IOPS", "IOPS-err", "cost got/due"
+    );
+    let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:+.1}%", v * 100.0));
+    for p in &r.policies {
+        for h in &p.hosts {
+            let _ = writeln!(
+                s,
+                "{:<20} {:<12} {:>6} {:>9.0} {:>9} {:>12}  {}",
+                label(p, repeats),
+                h.name,
+                h.share,
+                h.iops,
+                pct(h.iops_share_error),
+                h.cost_got_over_due
+                    .map_or("-".into(), |x| format!("{x:.3}")),
+                h.guests.join(" "),
+            );
+        }
+        let m = &p.metrics;
+        let _ = writeln!(
+            s,
+            "{:<20} hosts: Jain {} max err {} over {} contended s (cost units)",
+            label(p, repeats),
+            m.host_cost_jain.map_or("-".into(), |j| format!("{j:.3}")),
+            m.host_cost_max_share_error
+                .map_or("-".into(), |e| format!("{:.1}%", e * 100.0)),
+            m.host_contended_seconds,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "(each host a broker of its own; cost got/due: the cost it completed over what its share \
+         was due in the seconds two or more hosts had requests waiting, 1 = exact; IOPS-err: its \
+         fraction of the hosts' IOPS over its fraction of the shares, whole run, guests' reports)"
+    );
     s
 }
 

@@ -47,6 +47,26 @@ pub struct PolicyResult {
     pub trust: Trust,
     #[serde(default)]
     pub victim_solo_trust: Option<Trust>,
+    /// With `[[host]]` entries: each host (a broker of its own) and its share.
+    #[serde(default)]
+    pub hosts: Vec<HostResult>,
+}
+
+/// One host of several sharing the scenario's LUNs (`[[host]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostResult {
+    pub name: String,
+    /// Its share (`host_share` in its broker).
+    pub share: f64,
+    pub guests: Vec<String>,
+    /// Its guests' IOPS, from their own reports.
+    pub iops: f64,
+    /// Cost it completed over cost its share was due, over the seconds in which at least two
+    /// hosts had requests waiting (1 = exactly its share); `null` when it never contended.
+    pub cost_got_over_due: Option<f64>,
+    /// Extra, IOPS over the whole run: its fraction of the hosts' IOPS over its fraction of
+    /// the shares, less 1.
+    pub iops_share_error: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -69,6 +89,9 @@ pub struct TenantResult {
     pub name: String,
     pub engine: String,
     pub lun: String,
+    /// The `[[host]]` whose broker served it (with hosts declared).
+    #[serde(default)]
+    pub host: Option<String>,
     pub weight: f64,
     pub reservation_iops: f64,
     pub limit_iops: f64,
@@ -120,6 +143,14 @@ pub struct Metrics {
     pub victim_p999_ratio: Option<f64>,
     pub work_conservation: Option<f64>,
     pub aggregate_iops: f64,
+    /// With `[[host]]` entries: fairness between the hosts by their shares, in cost units
+    /// over the seconds in which at least two hosts had requests waiting.
+    #[serde(default)]
+    pub host_cost_jain: Option<f64>,
+    #[serde(default)]
+    pub host_cost_max_share_error: Option<f64>,
+    #[serde(default)]
+    pub host_contended_seconds: usize,
 }
 
 /// Metrics over the tenants that delivered results (weights normalise IOPS, as in `weir sim`).
@@ -133,13 +164,18 @@ pub fn compute_metrics(tenants: &[TenantResult], warmup_s: usize) -> Metrics {
         )
     }));
     let ok: Vec<&TenantResult> = tenants.iter().filter(|t| t.ok).collect();
-    let mut luns: Vec<&str> = ok.iter().map(|t| t.lun.as_str()).collect();
-    luns.sort_unstable();
-    luns.dedup();
+    // Tenants compete within one broker's LUN: with several hosts, each host's share of a LUN
+    // is judged between the hosts (`crate::hosts::judge`).
+    fn group_of(t: &TenantResult) -> (&str, Option<&str>) {
+        (t.lun.as_str(), t.host.as_deref())
+    }
+    let mut groups: Vec<(&str, Option<&str>)> = ok.iter().map(|t| group_of(t)).collect();
+    groups.sort_unstable();
+    groups.dedup();
     let seconds: Vec<metrics::TenantSeconds> = ok
         .iter()
         .map(|t| metrics::TenantSeconds {
-            group: luns.iter().position(|l| *l == t.lun).unwrap_or(0),
+            group: groups.iter().position(|g| *g == group_of(t)).unwrap_or(0),
             weight: t.weight,
             limited: t.limit_iops > 0.0,
             cost: t.cost_per_second.get(warmup_s..).unwrap_or(&[]),
@@ -161,6 +197,9 @@ pub fn compute_metrics(tenants: &[TenantResult], warmup_s: usize) -> Metrics {
         victim_p999_ratio: None,
         work_conservation: None,
         aggregate_iops: f.aggregate,
+        host_cost_jain: None,
+        host_cost_max_share_error: None,
+        host_contended_seconds: 0,
     }
 }
 
@@ -211,6 +250,7 @@ mod tests {
             name: name.into(),
             engine: "weir-probe".into(),
             lun: "l".into(),
+            host: None,
             weight,
             reservation_iops: 0.0,
             limit_iops: 0.0,
@@ -245,6 +285,7 @@ mod tests {
                 victim_solo: solo.then(|| tenant("v", 1.0, 100.0, 100.0)),
                 trust: Trust::default(),
                 victim_solo_trust: None,
+                hosts: vec![],
             }
         };
         let mut p = vec![

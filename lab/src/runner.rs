@@ -19,6 +19,7 @@ use crate::fio::FioReport;
 use crate::fiojob::with_target;
 use crate::guest_cpu::{GuestCpuSecond, GuestCpuWatch};
 use crate::host::{AccelChoice, HostFacts};
+use crate::hosts::{BrokerPlan, HostTelemetry};
 use crate::probe::{ProbeReport, ProbeVm};
 use crate::qemu::{GuestDisk, LinuxGuestSpec};
 use crate::results::{self, GuestFailure, HostInfo, Latency, PolicyResult, Results, TenantResult};
@@ -98,54 +99,72 @@ fn toml_table(v: impl serde::Serialize) -> Result<toml::Table, String> {
     }
 }
 
-/// The broker configuration for `policy`, everything under `dir`.
+/// The broker configuration of `broker` for `policy`: its control socket under its directory,
+/// the LUNs its guests use (an emulated LUN on an image under `dir`; a LUN with a `path` as
+/// written: a file, a block device, an NBD or iSCSI URI), a disk per guest at `dir/<guest>.sock`.
 fn broker_config(
     s: &RunScenario,
     policy: &str,
     dir: &Path,
-    guests: &[&GuestPlan],
+    broker: &BrokerPlan,
 ) -> Result<String, String> {
     let mut root = toml::Table::new();
     root.insert(
         "control_socket".into(),
-        dir.join("broker.ctl").display().to_string().into(),
+        broker.control().display().to_string().into(),
     );
+    if broker.host.is_some() {
+        root.insert("host_share".into(), broker.share.into());
+    }
     let ports: Vec<toml::Value> = s
         .ports
         .iter()
         .map(|p| toml_table(p).map(toml::Value::Table))
         .collect::<Result<_, _>>()?;
     root.insert("port".into(), toml::Value::Array(ports));
+    let specs: Vec<&crate::scenario::GuestSpec> = broker
+        .guests
+        .iter()
+        .map(|g| {
+            s.guests
+                .iter()
+                .find(|x| &x.name == g)
+                .ok_or("guest vanished")
+        })
+        .collect::<Result<_, _>>()?;
     let mut luns = Vec::new();
     for mut l in luns_for(s, policy) {
-        // The scenario's LUN is the broker's (one type, weir_sched::lun): only the store is
-        // added, a file per LUN under the run directory.
-        l.size = Some(ByteSize(l.size_bytes().unwrap_or(256 << 20)));
-        l.size_mib = None;
-        l.path = Some(dir.join(format!("{}.img", l.name)));
-        l.backend = Some(LunBackend::Emulated);
+        let used = specs
+            .iter()
+            .any(|g| g.disks.iter().any(|d| d.lun == l.name));
+        if broker.host.is_some() && !used {
+            continue;
+        }
+        if l.path.is_none() {
+            // The scenario's LUN is the broker's (one type, weir_sched::lun): only the store
+            // is added, a file per LUN under the run directory.
+            l.size = Some(ByteSize(l.size_bytes().unwrap_or(256 << 20)));
+            l.size_mib = None;
+            l.path = Some(dir.join(format!("{}.img", l.name)));
+            l.backend = Some(LunBackend::Emulated);
+        }
         l.shareable = true;
         luns.push(toml::Value::Table(toml_table(&l)?));
     }
     root.insert("lun".into(), toml::Value::Array(luns));
     let mut disks = Vec::new();
-    for g in guests {
-        let spec = s
-            .guests
-            .iter()
-            .find(|x| x.name == g.name)
-            .ok_or("guest vanished")?;
+    for spec in &specs {
         let d = &spec.disks[0];
         let mut t = toml_table(&d.policy)?;
         t.insert(
             "socket".into(),
-            dir.join(format!("{}.sock", g.name))
+            dir.join(format!("{}.sock", spec.name))
                 .display()
                 .to_string()
                 .into(),
         );
         t.insert("lun".into(), d.lun.clone().into());
-        t.insert("tenant".into(), g.name.clone().into());
+        t.insert("tenant".into(), spec.name.clone().into());
         disks.push(toml::Value::Table(t));
     }
     root.insert("disk".into(), toml::Value::Array(disks));
@@ -338,6 +357,7 @@ fn tenant_from(
             _ => "qemu".into(),
         },
         lun: disk.map(|d| d.lun.clone()).unwrap_or_default(),
+        host: spec.and_then(|x| x.host.clone()),
         weight: disk.map_or(1.0, |d| d.policy.weight),
         reservation_iops: disk.map_or(0.0, |d| d.policy.reservation_iops),
         limit_iops: disk.map_or(0.0, |d| d.policy.limit_iops),
@@ -452,6 +472,7 @@ fn tenant_from(
 }
 
 struct PolicyRun {
+    hosts: crate::hosts::HostShares,
     tenants: Vec<TenantResult>,
     failures: Vec<GuestFailure>,
     telemetry: Vec<serde_json::Value>,
@@ -486,11 +507,27 @@ fn run_policy(
             kernel: g.kernel.clone(),
         })
         .collect();
-    let refs: Vec<&GuestPlan> = plans.iter().collect();
-    let config = broker_config(s, policy, dir, &refs)?;
+    // The targets first (fresh for every run), then the brokers that reach them.
+    let mut targets = Vec::new();
+    for t in &s.targets {
+        // Not in CHILDREN: an abort ends the guests, and the run then stops its targets.
+        targets.push(crate::target::RunningTarget::start(t, dir)?);
+    }
+    let names: Vec<&str> = plans.iter().map(|g| g.name.as_str()).collect();
+    let broker_plans = crate::hosts::plan(s, dir, &names);
     let started = Instant::now();
-    let mut broker = BrokerProcess::start(&env.weir, &config, Some(dir.join("broker.ctl")), dir)
-        .map_err(|e| format!("broker for {policy}: {e}"))?;
+    let mut brokers = Vec::new();
+    for b in &broker_plans {
+        let config = broker_config(s, policy, dir, b)?;
+        let on = b
+            .host
+            .as_ref()
+            .map_or(String::new(), |h| format!(" on host {h}"));
+        let at = started.elapsed().as_secs_f64();
+        let broker = BrokerProcess::start(&env.weir, &config, Some(b.control()), &b.dir)
+            .map_err(|e| format!("broker for {policy}{on}: {e}"))?;
+        brokers.push((broker, at));
+    }
     let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
         .map_err(|e| e.to_string())?;
     let all_done = AtomicBool::new(false);
@@ -554,21 +591,39 @@ fn run_policy(
         all_done.store(true, Ordering::SeqCst);
         outcomes
     });
-    let telemetry: Vec<serde_json::Value> =
-        weir_broker::control::query(&dir.join("broker.ctl"), "telemetry")
+    let mut per_broker = Vec::new();
+    for (b, (mut broker, at)) in broker_plans.iter().zip(brokers) {
+        let samples = weir_broker::control::query(&b.control(), "telemetry")
             .ok()
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default();
-    broker.stop();
-    let _ = std::fs::write(dir.join("broker.log"), broker.log());
-    // Nothing left behind: sockets, the control socket, the LUN images.
-    if let Ok(entries) = std::fs::read_dir(dir) {
+        broker.stop();
+        let _ = std::fs::write(b.dir.join("broker.log"), broker.log());
+        per_broker.push(HostTelemetry {
+            host: b.host.clone(),
+            started_s: at,
+            samples,
+        });
+    }
+    let telemetry = crate::hosts::merge(per_broker);
+    drop(targets);
+    // Nothing left behind: sockets, the control sockets, the LUN images (only those the run
+    // made: a LUN's own `path` is the user's).
+    for d in std::iter::once(dir.to_path_buf()).chain(broker_plans.iter().map(|b| b.dir.clone())) {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
-            if matches!(
-                p.extension().and_then(|x| x.to_str()),
-                Some("sock" | "ctl" | "img")
-            ) {
+            let ours = match p.extension().and_then(|x| x.to_str()) {
+                Some("sock" | "ctl") => true,
+                Some("img") => !s
+                    .luns
+                    .iter()
+                    .any(|l| l.path.as_deref() == Some(p.as_path())),
+                _ => false,
+            };
+            if ours {
                 let _ = std::fs::remove_file(&p);
             }
         }
@@ -584,7 +639,9 @@ fn run_policy(
         }
         tenants.push(tenant_from(g, s, o, &telemetry));
     }
+    let hosts = crate::hosts::judge(&broker_plans, &tenants, s.warmup_s.round() as usize);
     Ok(PolicyRun {
+        hosts,
         tenants,
         failures,
         telemetry,
@@ -654,7 +711,10 @@ pub fn run(r: &Resolved, scenario_text: &str, env: &RunEnv, out: &Path) -> Resul
                 let _ = mp.println(format!("== {label}: DISTORTED: {line}"));
             }
             let warmup = s.warmup_s.round() as usize;
-            let metrics = results::compute_metrics(&run.tenants, warmup);
+            let mut metrics = results::compute_metrics(&run.tenants, warmup);
+            metrics.host_cost_jain = run.hosts.cost_jain;
+            metrics.host_cost_max_share_error = run.hosts.cost_max_share_error;
+            metrics.host_contended_seconds = run.hosts.contended_seconds;
             policies.push(PolicyResult {
                 name: policy.clone(),
                 repeat,
@@ -665,6 +725,7 @@ pub fn run(r: &Resolved, scenario_text: &str, env: &RunEnv, out: &Path) -> Resul
                 victim_solo,
                 trust,
                 victim_solo_trust,
+                hosts: run.hosts.hosts,
             });
         }
     }

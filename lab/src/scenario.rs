@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use weir_sched::depth::DepthPolicy;
 use weir_sched::mclock::TenantPolicy;
 use weir_sched::path::PathSelectorKind;
-use weir_sched::sim::{EventSpec, LunSpec, PortSpec, SimScenario, TenantSpec, Workload};
+use weir_sched::sim::{EventSpec, HostSpec, LunSpec, PortSpec, SimScenario, TenantSpec, Workload};
 
 /// A whole scenario.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,6 +44,14 @@ pub struct RunScenario {
     pub events: Vec<EventSpec>,
     #[serde(rename = "guest")]
     pub guests: Vec<GuestSpec>,
+    /// Hosts, each a broker process of its own with its guests, sharing the scenario's real
+    /// LUNs with no coordinator (PARDA: each host's window scaled by its `share`). None: one
+    /// broker serves every guest.
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostSpec>,
+    /// Storage servers the run starts itself, fresh for every policy run, before the brokers.
+    #[serde(default, rename = "target")]
+    pub targets: Vec<crate::target::TargetSpec>,
 }
 
 fn one() -> u32 {
@@ -90,6 +98,9 @@ pub struct GuestSpec {
     /// Workload seconds (default: the scenario's).
     #[serde(default)]
     pub duration_s: Option<f64>,
+    /// The `[[host]]` whose broker serves this guest's disk (required with hosts declared).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 fn one_u32() -> u32 {
@@ -276,12 +287,42 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
     }
     // The broker part must also make a valid simulation (same rules, same messages); a
     // guest is the simulation's tenant of the same index.
-    weir_sched::sim::validate(&to_sim(s, &guests)).map_err(|e| {
+    weir_sched::sim::validate_for_run(&to_sim(s, &guests)).map_err(|e| {
         match e.strip_prefix("tenant[") {
             Some(rest) => format!("guest[{rest} (from its disk and workload)"),
             None => e,
         }
     })?;
+    for (i, t) in s.targets.iter().enumerate() {
+        if let Some(p) = t.problem() {
+            return Err(format!("target[{i}] ({}).{p}", t.name));
+        }
+        if s.targets[..i].iter().any(|x| x.name == t.name) {
+            return Err(format!("target[{i}].name: '{}' names two targets", t.name));
+        }
+    }
+    // Hosts share a LUN only through storage they all reach: an emulated LUN is a model
+    // inside one broker, so each host would get an array of its own.
+    for (i, l) in s.luns.iter().enumerate() {
+        let mut on: Vec<&str> = s
+            .guests
+            .iter()
+            .filter(|g| g.disks.iter().any(|d| d.lun == l.name))
+            .filter_map(|g| g.host.as_deref())
+            .collect();
+        on.sort_unstable();
+        on.dedup();
+        if on.len() > 1 && l.is_emulated() {
+            return Err(format!(
+                "lun[{i}] ({}).path: guests on hosts {} share this LUN, but an emulated LUN \
+                 (no path) is a model inside one broker, so each host would get its own array; \
+                 give it storage every host reaches: a file, a block device, nbd://... or \
+                 iscsi://... (docs/scenarios.md, several hosts)",
+                l.name,
+                on.join(", ")
+            ));
+        }
+    }
     if let Some(v) = &s.victim {
         if !s.guests.iter().any(|g| &g.name == v) {
             return Err(format!("victim: no guest named '{v}'"));
@@ -326,7 +367,7 @@ pub fn luns_for(s: &RunScenario, policy: &str) -> Vec<LunSpec> {
         if policy == "fifo" {
             l.scheduler = weir_sched::sim::SchedulerKind::Fifo;
         } else if let Some(d) = DepthPolicy::from_short(policy) {
-            l.depth = Some(d);
+            l.depth = Some(d.compared_on(l.depth.as_ref()));
         } else if let Some(sel) = PathSelectorKind::from_short(policy) {
             l.multipath.selector = sel;
         }
@@ -450,7 +491,7 @@ pub fn to_sim(s: &RunScenario, workloads: &[(Engine, String)]) -> SimScenario {
                     start_s: g.start_s,
                     stop_s: g.duration_s.map(|d| g.start_s + d),
                     alloc_pct: 0.0,
-                    host: None,
+                    host: g.host.clone(),
                 }
             })
             .collect(),
@@ -458,7 +499,7 @@ pub fn to_sim(s: &RunScenario, workloads: &[(Engine, String)]) -> SimScenario {
         compare: s.compare.clone(),
         victim: s.victim.clone(),
         pools: Vec::new(),
-        hosts: Vec::new(),
+        hosts: s.hosts.clone(),
     }
 }
 
@@ -533,6 +574,78 @@ weight = 2
         );
         assert!(e.contains("exactly one of fio"), "{e}");
         assert!(toml::from_str::<RunScenario>(&GOOD.replace("duration_s", "duraton_s")).is_err());
+    }
+
+    #[test]
+    fn every_shipped_run_scenario_resolves() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".toml") || name.starts_with("sim-") || name.starts_with("sweep") {
+                continue;
+            }
+            let s = load(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+            resolve(&s, &p, true).unwrap_or_else(|e| panic!("{name}: {e}"));
+            n += 1;
+        }
+        assert!(n >= 8, "only {n} run scenarios in {}", dir.display());
+    }
+
+    #[test]
+    fn hosts_are_named_and_share_only_real_luns() {
+        let three = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/three-hosts.toml");
+        let text = std::fs::read_to_string(&three).unwrap();
+        let bad = |from: &str, to: &str| {
+            let s: RunScenario = toml::from_str(&text.replacen(from, to, 1)).unwrap();
+            resolve(&s, &three, false).unwrap_err()
+        };
+        let e = bad("host = \"h2\"", "host = \"h9\"");
+        assert!(e.contains("guest[1].host") && e.contains("h9"), "{e}");
+        let e = bad("host = \"h2\"\n", "");
+        assert!(e.contains("guest[1].host"), "{e}");
+        // The shared LUN as an emulated array: each host's broker would model its own.
+        let e = bad(
+            "path = \"nbd://127.0.0.1:10970/\"",
+            "port = \"p0\"\nmodel = { servers = 1 }",
+        );
+        let e2 = {
+            let t = text
+                .replacen(
+                    "path = \"nbd://127.0.0.1:10970/\"",
+                    "port = \"p0\"\nmodel = { servers = 1 }",
+                    1,
+                )
+                .replacen(
+                    "[[lun]]",
+                    "[[port]]\nname = \"p0\"\nqueue_limit = 64\n\n[[lun]]",
+                    1,
+                );
+            let s: RunScenario = toml::from_str(&t).unwrap();
+            resolve(&s, &three, false).unwrap_err()
+        };
+        assert!(e.contains("lun[0]"), "{e}");
+        assert!(
+            e2.contains("lun[0] (shared).path") && e2.contains("h1, h2, h3"),
+            "{e2}"
+        );
+        let e = bad(
+            "ready = \"tcp:127.0.0.1:10970\"",
+            "ready = \"127.0.0.1:10970\"",
+        );
+        assert!(e.contains("target[0] (nbdkit).ready"), "{e}");
+        let e = bad("command = [\"nbdkit\",", "command = [\"\",");
+        assert!(e.contains("target[0] (nbdkit).command"), "{e}");
+        // A real LUN's own fields are checked by the broker's rules.
+        let e = bad(
+            "path = \"nbd://127.0.0.1:10970/\"",
+            "path = \"nbd://127.0.0.1:10970/\"\nmodel = { servers = 1 }",
+        );
+        assert!(
+            e.contains("lun[0].backend") && e.contains("emulated"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -207,6 +207,31 @@ impl DepthPolicy {
         }
     }
 
+    /// The policy a `compare` entry (this, from [`Self::from_short`]) puts on a LUN whose own
+    /// window policy is `written`: the same law keeps the LUN's parameters — `latency` on a
+    /// LUN written with `target_ms = 5, beta = 1.5` runs with them — and takes only what the
+    /// short form names (`latency:MS`'s target, `adaptive:E`'s elasticity); another law comes
+    /// with its defaults.
+    pub fn compared_on(self, written: Option<&DepthPolicy>) -> DepthPolicy {
+        match (self, written) {
+            (DepthPolicy::Latency(short), Some(DepthPolicy::Latency(w))) => {
+                let mut p = w.clone();
+                if short.target_ms.is_some() {
+                    p.target_ms = short.target_ms;
+                }
+                DepthPolicy::Latency(p)
+            }
+            (DepthPolicy::Adaptive(short), Some(DepthPolicy::Adaptive(w))) => {
+                let mut p = w.clone();
+                if short.elasticity != KneeParams::default().elasticity {
+                    p.elasticity = short.elasticity;
+                }
+                DepthPolicy::Adaptive(p)
+            }
+            (short, _) => short,
+        }
+    }
+
     /// The policy as a host with share `share` of a target shared with other hosts runs it:
     /// PARDA's `β` in proportion to the share (`latency`: `β ← β · share`), so that hosts
     /// whose windows follow the same latency settle at windows — and throughputs — in the
@@ -807,6 +832,22 @@ mod tests {
             Some(DepthPolicy::Latency(LatencyParams { target_ms: Some(t), .. })) if t == 20.0
         ));
         assert_eq!(DepthPolicy::from_short("fixed:0"), None);
+        // A compared law of the LUN's own kind keeps the LUN's parameters.
+        let written = DepthPolicy::Latency(LatencyParams {
+            target_ms: Some(5.0),
+            beta: 1.5,
+            ..LatencyParams::default()
+        });
+        let short = |s: &str| DepthPolicy::from_short(s).unwrap();
+        assert_eq!(short("latency").compared_on(Some(&written)), written);
+        match short("latency:8").compared_on(Some(&written)) {
+            DepthPolicy::Latency(p) => assert_eq!((p.target_ms, p.beta), (Some(8.0), 1.5)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            short("aimd").compared_on(Some(&written)),
+            DepthPolicy::aimd()
+        );
         assert_eq!(DepthPolicy::from_short("fifo"), None);
         assert_eq!(
             DepthPolicy::from_short("fixed:64").unwrap().name(),

@@ -131,6 +131,8 @@ pub struct CostShares {
     pub mean_share_error: Option<f64>,
     /// Seconds (of any group) with at least two contenders.
     pub contended_seconds: usize,
+    /// Per tenant, in order: `x_i = Σ c_i / Σ due_i` (`None` if it never contended).
+    pub got_over_due: Vec<Option<f64>>,
 }
 
 impl CostShares {
@@ -171,6 +173,9 @@ impl CostShares {
             mean_share_error: (!errors.is_empty())
                 .then(|| errors.iter().sum::<f64>() / errors.len() as f64),
             contended_seconds: contended,
+            got_over_due: (0..n)
+                .map(|i| (due[i] > 0.0).then(|| got[i] / due[i]))
+                .collect(),
         }
     }
 }

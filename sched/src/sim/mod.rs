@@ -64,7 +64,7 @@ pub fn run_compare(s: &SimScenario) -> Result<Vec<(String, SimResult)>, String> 
                 )
             })?;
             for l in &mut variant.luns {
-                l.depth = Some(policy.clone());
+                l.depth = Some(policy.clone().compared_on(l.depth.as_ref()));
             }
         }
         variants.push((name.clone(), variant));

@@ -324,6 +324,16 @@ impl EventSpec {
 
 /// Problems with a scenario, naming the entry and field.
 pub fn validate(s: &SimScenario) -> Result<(), String> {
+    validate_with(s, false)
+}
+
+/// The same for `weir run`, whose LUNs may also be real storage (a `path`: a file, a block
+/// device, an NBD or iSCSI URI), checked by the broker's rules.
+pub fn validate_for_run(s: &SimScenario) -> Result<(), String> {
+    validate_with(s, true)
+}
+
+fn validate_with(s: &SimScenario, real_stores: bool) -> Result<(), String> {
     check::positive("duration_s", s.duration_s, check::MAX_DURATION_S)?;
     if !(s.warmup_s >= 0.0 && s.warmup_s < s.duration_s) {
         return Err("warmup_s must be at least 0 and less than duration_s".into());
@@ -374,9 +384,13 @@ pub fn validate(s: &SimScenario) -> Result<(), String> {
     }
     for (i, l) in s.luns.iter().enumerate() {
         // What only a simulation refuses (it has no store), then the broker's validator.
+        if real_stores && l.path.is_some() {
+            l.check_in(i, &s.ports)?;
+            continue;
+        }
         if l.path.is_some() {
             return Err(format!(
-                "lun[{i}].path: weir sim and weir run make their own backing store; remove path"
+                "lun[{i}].path: weir sim models the array and has no store; remove path (weir run uses it)"
             ));
         }
         if !l.is_emulated() {
