@@ -101,7 +101,14 @@ fn victim_p99_us(
         "the aggressor was busy in only {} telemetry seconds",
         windows.len()
     );
-    let mean_window = windows.iter().sum::<f64>() / windows.len() as f64;
+    // The median second: the knee search's excursions (an up probe that a noisy period let
+    // through, undone a few periods later) are seconds, not the window it holds. CI runs on 2
+    // shared cores with TCG guests, where a period's throughput swings ±15 %: the mean over
+    // 11–15 s came out 20–24 in most runs and 33.8 and 39.6 in two (docs/scheduling.md).
+    eprintln!("{policy}: window per busy second {windows:?}");
+    let mut sorted = windows.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median_window = sorted[sorted.len() / 2];
     let v = victim.report.job("victim").unwrap();
     let a = aggr.report.job("aggressor").unwrap();
     (
@@ -111,7 +118,7 @@ fn victim_p99_us(
             .expect("the victim's fio reported a p99") as f64
             / 1000.0,
         a.read.iops,
-        mean_window,
+        median_window,
     )
 }
 
@@ -126,7 +133,7 @@ fn adaptive_depth_protects_a_victim_that_a_deep_fixed_window_hurts() {
         victim_p99_us("{ policy = \"adaptive\" }", &image, &accel);
     eprintln!(
         "victim fio p99: fixed:64 {fixed_p99:.0} us (aggressor {fixed_aggr:.0} IOPS, window {fixed_window:.1}); \
-         adaptive {adaptive_p99:.0} us (aggressor {adaptive_aggr:.0} IOPS, mean window {adaptive_window:.1})"
+         adaptive {adaptive_p99:.0} us (aggressor {adaptive_aggr:.0} IOPS, median window {adaptive_window:.1})"
     );
     assert_eq!(fixed_window, 64.0);
     assert!(
