@@ -293,12 +293,10 @@ pub fn resolve(s: &RunScenario, file: &Path, hw_virt: bool) -> Result<Resolved, 
             None => e,
         }
     })?;
+    weir_sched::sim::unique("target", s.targets.iter().map(|t| t.name.as_str()))?;
     for (i, t) in s.targets.iter().enumerate() {
         if let Some(p) = t.problem() {
             return Err(format!("target[{i}] ({}).{p}", t.name));
-        }
-        if s.targets[..i].iter().any(|x| x.name == t.name) {
-            return Err(format!("target[{i}].name: '{}' names two targets", t.name));
         }
     }
     // Hosts share a LUN only through storage they all reach: an emulated LUN is a model

@@ -469,8 +469,8 @@ fn validate_with(s: &SimScenario, real_stores: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Names given twice among `kind` entries.
-fn unique<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
+/// Each name non-empty and used once, or the entry (`kind[i].name`) that is not.
+pub fn unique<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     for (i, n) in names.enumerate() {
         if n.is_empty() {
