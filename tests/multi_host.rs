@@ -133,6 +133,11 @@ fn three_hosts_share_one_nbd_target_by_their_shares_in_weir_run() {
             f
         );
     }
+    // The host table's own judgement, in cost units over the contended seconds, says the same.
+    let err = p["metrics"]["host_cost_max_share_error"]
+        .as_f64()
+        .expect("a host share error");
+    assert!(err <= 0.10, "host table: max share error {err:.3}");
     assert!(
         !nbdkit_left("10970"),
         "the scenario's nbdkit outlived the run"
