@@ -32,6 +32,9 @@ for p in nbdkit libnbd-bin; do want "$p"; done
 # iscsi-inq to look at targets) and is tested against real tgt and istgt targets; the failover
 # test kills connections with ss -K (iproute2).
 for p in libiscsi7 libiscsi-bin tgt istgt iproute2; do want "$p"; done
+# Tests start small helper servers and unprivileged children with python3 (lab/src/target.rs,
+# tests/broker_cli.rs).
+want python3
 # The dark-storage report is tested on partition tables and filesystems made by the real tools.
 for p in fdisk e2fsprogs xfsprogs btrfs-progs; do want "$p"; done
 
