@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -63,13 +61,7 @@ fn a_run_beside_a_cpu_hog_is_flagged_in_the_results_the_table_and_the_report() {
             })
         })
         .collect();
-    let o = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_weir")))
-        .args(["run", "--no-progress"])
-        .arg(&file)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = common::weir_run(&file, &out);
     stop.store(true, Ordering::Relaxed);
     for h in hogs {
         h.join().unwrap();

@@ -310,17 +310,35 @@ fn linux_under_weir_vm_writes_verifies_and_reads_through_the_broker_in_the_lab_v
 /// once lin3's fio is going, its `weir vm` is killed.
 const RUN_SCRIPT: &str = r#"set -u
 R=$WEIR_LAB_RESULTS
+# The script ends on its own well inside the test's 900 s: a nested guest that hangs in its
+# boot is named, with its console's tail, instead of the test running out of time silently.
+deadline=$(( $(cut -d. -f1 /proc/uptime) + 720 ))
 weir run /lab/files/lab-weir-linux.toml --out $R/run --no-progress > $R/run.out 2>&1 &
 RUN=$!
 log=$R/run/fifo/lin3.serial.log
-for i in $(seq 1200); do grep -q WEIR-GUEST-INIT $log 2>/dev/null && break; sleep 0.5; done
-sleep 4
-pid=""
-for p in /proc/[0-9]*; do
-  tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q "weir vm .*--serial $log" && pid=${p#/proc/}
+for i in $(seq 600); do grep -q WEIR-GUEST-INIT $log 2>/dev/null && break; sleep 0.5; done
+if grep -q WEIR-GUEST-INIT $log 2>/dev/null; then
+  sleep 4
+  pid=""
+  for p in /proc/[0-9]*; do
+    tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q "weir vm .*--serial $log" && pid=${p#/proc/}
+  done
+  echo "killing lin3's weir vm (pid $pid) at uptime $(cut -d' ' -f1 /proc/uptime)" > $R/kill.txt
+  kill -9 $pid
+else
+  echo "lin3 did not reach its init within 300 s; its console ends: $(tail -c 600 $log 2>/dev/null)" > $R/kill.txt
+fi
+while kill -0 $RUN 2>/dev/null; do
+  if [ $(cut -d. -f1 /proc/uptime) -ge $deadline ]; then
+    echo "weir run still running at uptime $(cut -d' ' -f1 /proc/uptime): stopped. Guests that never reached their init:" >> $R/run.out
+    for l in $R/run/*/*.serial.log; do
+      grep -q WEIR-GUEST-INIT $l || echo "  $l: $(tail -c 300 $l)" >> $R/run.out
+    done
+    kill -TERM $RUN; sleep 5; kill -9 $RUN 2>/dev/null
+    break
+  fi
+  sleep 1
 done
-echo "killing lin3's weir vm (pid $pid) at uptime $(cut -d' ' -f1 /proc/uptime)" > $R/kill.txt
-kill -9 $pid
 wait $RUN
 echo "weir-run-exit=$?" >> $R/run.out
 "#;
@@ -369,7 +387,8 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
     );
 
     let json = read("run/results.json");
-    let r: serde_json::Value = serde_json::from_str(&json).expect("results.json is JSON");
+    let r: serde_json::Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("results.json is not JSON ({e}); weir run said:\n{out}"));
     let sc = common::schema::results_schema();
     common::schema::validate(&r, &sc, &sc, "results").unwrap();
     assert!(

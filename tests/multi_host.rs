@@ -9,15 +9,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use weir_broker::nbd::nbdkit;
 use weir_lab::testenv;
-
-fn weir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weir"))
-}
 
 /// Seconds `[from, to)` of the run's clock summed per host, from the guests' per-second
 /// series (each starts at its `per_second_start_s`), as IOPS.
@@ -70,24 +66,8 @@ fn three_hosts_share_one_nbd_target_by_their_shares_in_weir_run() {
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/three-hosts.toml");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results");
-    let o = Command::new(weir())
-        .args(["run", "--no-progress"])
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "weir run failed: {stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (stdout, r) = common::weir_run_ok(&scenario, &out);
     eprintln!("{stdout}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    let sc = common::schema::results_schema();
-    common::schema::validate(&r, &sc, &sc, "results").unwrap();
     let p = &r["policies"][0];
     assert_eq!(p["failures"].as_array().map(Vec::len), Some(0), "{p}");
     let shares: Vec<f64> = p["hosts"]

@@ -17,14 +17,7 @@ fn run_scenario(dir: &Path, toml: &str) -> (std::process::Output, PathBuf) {
     let file = dir.join("scenario.toml");
     std::fs::write(&file, toml).unwrap();
     let out = dir.join("results");
-    let o = Command::new(weir())
-        .args(["run", "--no-progress"])
-        .arg(&file)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    (o, out)
+    (common::weir_run(&file, &out), out)
 }
 
 /// Nothing of the run is still running or listening.
@@ -95,21 +88,14 @@ fn three_guests_fifo_vs_adaptive_give_results_that_match_the_guests_and_the_sche
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (o, out) = run_scenario(dir.path(), THREE_GUESTS);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let file = dir.path().join("scenario.toml");
+    std::fs::write(&file, THREE_GUESTS).unwrap();
+    let out = dir.path().join("results");
+    let (stdout, r) = common::weir_run_ok(&file, &out);
     assert!(
         stdout.contains("Jain") && stdout.contains("report: "),
         "{stdout}"
     );
-    let text = std::fs::read_to_string(out.join("results.json")).unwrap();
-    let r: Value = serde_json::from_str(&text).unwrap();
-    let sc = common::schema::results_schema();
-    common::schema::validate(&r, &sc, &sc, "results").unwrap();
     let policies = r["policies"].as_array().unwrap();
     assert_eq!(
         policies

@@ -60,3 +60,31 @@ pub fn verify_then_read_job(iodepth: u32, read_runtime_s: u32) -> String {
          [randread]\nstonewall\nrw=randread\niodepth={iodepth}\nruntime={read_runtime_s}\ntime_based=1\n"
     )
 }
+
+/// `weir run --no-progress SCENARIO --out OUT`, as a user runs it.
+pub fn weir_run(scenario: &Path, out: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--no-progress"])
+        .arg(scenario)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("weir runs")
+}
+
+/// The same, which must succeed: its terminal output and `results.json`, checked against the
+/// results schema.
+pub fn weir_run_ok(scenario: &Path, out: &Path) -> (String, serde_json::Value) {
+    let o = weir_run(scenario, out);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "weir run failed: {stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(out.join("results.json")).expect("results.json written");
+    let r: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let sc = schema::results_schema();
+    schema::validate(&r, &sc, &sc, "results").unwrap();
+    (stdout, r)
+}
