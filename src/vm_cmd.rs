@@ -180,11 +180,10 @@ pub fn run(args: VmArgs) -> Result<()> {
             cmdline.push_str(&format!(" probe.tsc_khz={khz}"));
         }
     }
-    // Private brokers for path= disks: a socket in a directory only this process uses.
-    let private_dir = tempfile::Builder::new()
-        .prefix("weir-vm-")
-        .tempdir()
-        .context("temporary directory for the private broker")?;
+    // Private brokers for path= disks: a socket in a directory only this process uses, made
+    // only when a disk needs it and removed before the process exits (`exit` runs no
+    // destructors: thousands of empty directories were once left in /tmp by `weir run`).
+    let mut private_dir: Option<tempfile::TempDir> = None;
     let mut private_config = BrokerConfig {
         control_socket: None,
         host_share: None,
@@ -211,7 +210,19 @@ pub fn run(args: VmArgs) -> Result<()> {
                 queues,
                 queue_size,
             } => {
-                let socket = private_dir.path().join(format!("disk{i}.sock"));
+                let dir = match &private_dir {
+                    Some(d) => d.path().to_path_buf(),
+                    None => {
+                        let d = tempfile::Builder::new()
+                            .prefix("weir-vm-")
+                            .tempdir()
+                            .context("temporary directory for the private broker")?;
+                        let path = d.path().to_path_buf();
+                        private_dir = Some(d);
+                        path
+                    }
+                };
+                let socket = dir.join(format!("disk{i}.sock"));
                 let mut lun = LunConfig::file(&format!("disk{i}"), path, None, false);
                 if weir_sched::lun::is_nbd_uri(path) || weir_sched::lun::is_iscsi_uri(path) {
                     // `path=nbd://...` or `path=iscsi://...`: the export or target's LUN,
@@ -308,5 +319,10 @@ pub fn run(args: VmArgs) -> Result<()> {
         get("RssShmem"),
         get("RssAnon") + get("RssFile")
     );
+    if let Some(dir) = private_dir {
+        if let Err(e) = dir.close() {
+            eprintln!("weir vm: could not remove the private broker's directory: {e}");
+        }
+    }
     std::process::exit(report.end.exit_code());
 }
