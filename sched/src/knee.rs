@@ -58,8 +58,18 @@
 //! - *cruise*: one period of at least `cruise_periods · period_s` at `k`, updating
 //!   `X(k) ← (X(k) + X) / 2`; then up.
 //!
+//! **Selection bias.** A probe that moved `k` won a comparison, so its one period likely
+//! measured high (the winner's curse): taken as `X(k)`, it made up moves on noise stick (a
+//! down probe had to beat it) and made the next cruise at the same window look like a
+//! capacity drop. So a probe's period is only a provisional `X(k)`: the next cruise replaces
+//! it (a cruise's own measurement is averaged), a down probe waits for that cruise, and the
+//! capacity-drop test below compares cruises only. An up move whose gain is under twice
+//! rule (1)'s threshold is on trial: the cruise at the new window must pass rule (1) against
+//! the old `X(k)`, or `k` goes back. A gain of twice the threshold and more (the curve
+//! below its knee, where a 25 % step adds up to 25 %) climbs on at once.
+//!
 //! A capacity drop shows at the end of the cruise: throughput at the same window fell below
-//! 0.8 × `X(k)`, and `k ← k · X / X(k)` (the knee moves with the capacity), measured again in
+//! 0.8 × a cruise-measured `X(k)`, and `k ← k · X / X(k)` (the knee moves with the capacity), measured again in
 //! a cruise; a smaller drop shows in the next down probe (throughput no longer falls with the
 //! window). A capacity return shows in the next up probe. With `g = 1.25` a move is a quarter of the window
 //! per period, so a halving or doubling of the knee is followed within about
@@ -165,6 +175,9 @@ const START_GROWTH: f64 = 0.25;
 /// A cruise whose throughput falls below this share of the last at the same window is a
 /// capacity drop (4σ of a 384-completion period's noise).
 const DROP_SHARE: f64 = 0.8;
+/// An up step whose throughput gain is at least this many times rule (1)'s threshold is
+/// taken at once; a smaller one is on trial until a cruise at the new window confirms it.
+const CLEAR_ELASTICITY: f64 = 2.0;
 /// A period counts only where the window bound: mean in-flight ≥ this share of it.
 const BOUND_SHARE: f64 = 0.7;
 /// Periods in a row in which the tenants, busy, fill less than the window: then the window
@@ -199,6 +212,12 @@ pub struct KneeSearch {
     k: f64,
     /// Throughput measured at `k`.
     x_ref: Option<f64>,
+    /// `x_ref` is a cruise's measurement, not one probe period's: a probe that moved the
+    /// knee was chosen for its high throughput, and taking its one period as the reference
+    /// once made the next cruise, at the same window, look like a capacity drop.
+    ref_from_cruise: bool,
+    /// The cruise under way measures the reference a down probe then compares with.
+    down_after_cruise: bool,
     /// Start-up: the last depth whose doubling paid.
     start_prev: f64,
     /// Start-up: doublings in a row that did not pay.
@@ -211,6 +230,9 @@ pub struct KneeSearch {
     down_backoff: u32,
     /// Periods in a row with requests in flight but the window unfilled.
     unfilled: u32,
+    /// An up move on trial: the knee and throughput before it, until a cruise at the new
+    /// knee confirms it.
+    trial: Option<(f64, f64)>,
     now: f64,
 }
 
@@ -221,6 +243,8 @@ impl KneeSearch {
             p,
             k: min,
             x_ref: None,
+            ref_from_cruise: false,
+            down_after_cruise: false,
             start_prev: min,
             start_misses: 0,
             phase: Phase::Start,
@@ -228,6 +252,7 @@ impl KneeSearch {
             down_skip: 0,
             down_backoff: 0,
             unfilled: 0,
+            trial: None,
             now: 0.0,
         }
     }
@@ -345,8 +370,15 @@ impl KneeSearch {
     /// A down probe, unless the last ones found nothing: each costs up to `1 − 1/g` of a
     /// period's throughput (half of it at `k = 2`), so after a fruitless one the next waits
     /// 1, 2, 4, then 8 cycles. A capacity drop needs none: the cruise sees it.
+    ///
+    /// A down probe is judged against a cruise's throughput at `k`, never against the one
+    /// probe period that moved `k` there: that period won its comparison, so it is likely to
+    /// have measured high, and a down probe against it would hold the window up.
     fn probe_down(&mut self) {
-        if self.down_skip > 0 {
+        if !self.ref_from_cruise && self.x_ref.is_some() {
+            self.down_after_cruise = true;
+            self.cruise();
+        } else if self.down_skip > 0 {
             self.down_skip -= 1;
             self.cruise();
         } else {
@@ -360,15 +392,28 @@ impl KneeSearch {
     }
 
     /// An up probe at `u` measured `x`: moves the knee there when rule (1) says it paid.
-    fn move_up_if_it_paid(&mut self, u: f64, x: f64) -> bool {
+    /// Returns whether it moved, and whether the move is on trial: a gain under
+    /// `CLEAR_ELASTICITY` times the rule's threshold is as likely one lucky period as a real
+    /// one, so a cruise at `u` must confirm it against the throughput at `k` (on a flat curve
+    /// measured ±5 % a period, an up probe past a 16-unit knee passed one time in four and
+    /// the window crept to 30–55; docs/scheduling.md).
+    fn move_up_if_it_paid(&mut self, u: f64, x: f64) -> (bool, bool) {
         match self.x_ref {
             Some(x0) if u > self.k && self.pays(self.k, x0, u, x) => {
+                let gain = x / x0 - 1.0;
+                let trial = gain < CLEAR_ELASTICITY * self.p.elasticity * (u / self.k - 1.0);
+                if trial {
+                    self.trial = Some((self.k, x0));
+                    self.x_ref = None;
+                } else {
+                    self.x_ref = Some(x);
+                }
+                self.ref_from_cruise = false;
                 self.k = u;
-                self.x_ref = Some(x);
                 self.moved();
-                true
+                (true, trial)
             }
-            _ => false,
+            _ => (false, false),
         }
     }
 
@@ -392,6 +437,8 @@ impl KneeSearch {
                 self.unfilled = 0;
                 self.k = used;
                 self.x_ref = None;
+                self.ref_from_cruise = false;
+                self.trial = None;
                 self.start_misses = 0;
                 self.cruise();
                 return;
@@ -406,6 +453,8 @@ impl KneeSearch {
             if self.phase == Phase::Start && self.start_misses > 0 {
                 self.k = self.start_prev;
                 self.x_ref = None;
+                self.ref_from_cruise = false;
+                self.trial = None;
                 self.cruise();
             }
             return;
@@ -428,6 +477,8 @@ impl KneeSearch {
                     if self.start_misses >= START_MISSES || next <= self.k {
                         self.k = self.start_prev;
                         self.x_ref = None;
+                        self.ref_from_cruise = false;
+                        self.trial = None;
                         self.cruise();
                     } else {
                         self.k = next;
@@ -435,6 +486,7 @@ impl KneeSearch {
                 }
                 _ => {
                     self.x_ref = Some(x);
+                    self.ref_from_cruise = false;
                     self.start_prev = self.k;
                     self.start_misses = 0;
                     self.k = (self.k * 2.0).min(self.ceiling()).min(max);
@@ -445,8 +497,9 @@ impl KneeSearch {
             },
             Phase::Up => {
                 let u = m.window;
-                if self.move_up_if_it_paid(u, x) {
-                    if self.up() <= self.k {
+                let (moved, trial) = self.move_up_if_it_paid(u, x);
+                if moved {
+                    if trial || self.up() <= self.k {
                         self.cruise();
                     }
                 } else {
@@ -459,7 +512,7 @@ impl KneeSearch {
                 }
             }
             Phase::UpHalf => {
-                if self.move_up_if_it_paid(m.window, x) {
+                if self.move_up_if_it_paid(m.window, x).0 {
                     self.cruise();
                 } else {
                     self.probe_down();
@@ -471,6 +524,7 @@ impl KneeSearch {
                     Some(x0) if d < self.k && !self.pays(d, x, self.k, x0) => {
                         self.k = d;
                         self.x_ref = Some(x);
+                        self.ref_from_cruise = false;
                         self.moved();
                         if self.k <= min {
                             self.cruise();
@@ -484,17 +538,44 @@ impl KneeSearch {
                 }
             }
             Phase::Cruise => match self.x_ref {
-                Some(x0) if x < DROP_SHARE * x0 => {
+                // An up move on trial: confirmed by the cruise at the new window, or undone.
+                None if self.trial.is_some() => {
+                    let Some((k0, x0)) = self.trial.take() else {
+                        return;
+                    };
+                    if self.pays(k0, x0, self.k, x) {
+                        self.x_ref = Some(x);
+                        self.ref_from_cruise = true;
+                        self.probe();
+                    } else {
+                        self.k = k0;
+                        self.x_ref = Some(x0);
+                        self.ref_from_cruise = false;
+                        self.probe_down();
+                    }
+                }
+                Some(x0) if self.ref_from_cruise && x < DROP_SHARE * x0 => {
                     // Same window, far less throughput: the device lost capacity, and its knee
                     // moved down in proportion. Jump there and measure again, rather than walk
                     // down a quarter per probe.
                     self.k = (self.k * x / x0).round().max(min);
                     self.x_ref = None;
+                    self.ref_from_cruise = false;
+                    self.trial = None;
                     self.moved();
                 }
                 _ => {
-                    self.x_ref = Some(self.x_ref.map_or(x, |x0| (x0 + x) / 2.0));
-                    self.probe();
+                    // A probe's period as the reference is replaced, a cruise's averaged.
+                    self.x_ref = Some(match self.x_ref {
+                        Some(x0) if self.ref_from_cruise => (x0 + x) / 2.0,
+                        _ => x,
+                    });
+                    self.ref_from_cruise = true;
+                    if std::mem::take(&mut self.down_after_cruise) {
+                        self.probe_down();
+                    } else {
+                        self.probe();
+                    }
                 }
             },
         }
@@ -510,6 +591,8 @@ impl KneeSearch {
             self.k = bound;
             // The throughput measured at the old estimate is not this window's.
             self.x_ref = None;
+            self.ref_from_cruise = false;
+            self.trial = None;
             self.moved();
         }
         self.cruise();
@@ -650,5 +733,67 @@ mod tests {
         assert!(k.knee() <= 19.0, "{} at {t}", k.knee());
         run(&mut k, 64.0, 40, t);
         assert!((61.0..=80.0).contains(&k.knee()), "{}", k.knee());
+    }
+
+    /// A device of 16 units of 4 ms whose periods are measured with `sigma` of relative noise
+    /// per 0.1 s beyond counting noise (a TCG guest's bursty submissions): the time-weighted
+    /// mean window over 3–20 s and the highest window, per seed.
+    fn noisy_flat(seed: u64, sigma: f64) -> (f64, f64) {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let mut k = KneeSearch::new(KneeParams::default());
+        let (mut t, mut area, mut top) = (0.0, 0.0, 0.0f64);
+        while t < 20.0 {
+            let w = k.window();
+            let x_true = w.min(16.0) / 0.004;
+            let len = (k.period_ios() as f64 / x_true).max(k.min_period_s());
+            let z: f64 = (0..12).map(|_| rng.next_f64()).sum::<f64>() - 6.0;
+            let counting = 1.0 / (x_true * len).sqrt();
+            let noise = (sigma * (0.1 / len).sqrt()).hypot(counting);
+            let x = x_true * (1.0 + noise * z).max(0.1);
+            if t >= 3.0 {
+                area += w * len;
+                top = top.max(w);
+            }
+            t += len;
+            k.on_period(
+                t,
+                Period {
+                    throughput: x,
+                    mean_in_flight: w,
+                    window: w,
+                },
+            );
+        }
+        (area / (t - 3.0), top)
+    }
+
+    #[test]
+    fn up_moves_on_noise_do_not_carry_the_window_past_a_flat_knee() {
+        // 16 seeds; the knee is 16 and the time-weighted mean includes the probes at 20.
+        // Before the selection-bias fixes, with counting noise only: means 17.6–30.1, tops
+        // 25–55; with ±15 % per 0.1 s on top: means 17.0–35.5, tops 25–69.
+        let counting: Vec<(f64, f64)> = (1..=16).map(|s| noisy_flat(s, 0.0)).collect();
+        for (seed, (mean, top)) in counting.iter().enumerate() {
+            assert!(
+                *mean <= 21.0 && *top <= 29.0,
+                "seed {}: mean {mean:.1} top {top}",
+                seed + 1
+            );
+        }
+        let bursty: Vec<(f64, f64)> = (1..=16).map(|s| noisy_flat(s, 0.15)).collect();
+        let mut means: Vec<f64> = bursty.iter().map(|r| r.0).collect();
+        means.sort_by(f64::total_cmp);
+        assert!(
+            means[8] <= 24.0,
+            "median of the means {:.1}: {bursty:?}",
+            means[8]
+        );
+        for (seed, (mean, top)) in bursty.iter().enumerate() {
+            assert!(
+                *mean <= 32.0 && *top <= 72.0,
+                "seed {}: mean {mean:.1} top {top}",
+                seed + 1
+            );
+        }
     }
 }
