@@ -346,6 +346,14 @@ impl KneeSearch {
         xa > 0.0 && xb / xa - 1.0 >= self.p.elasticity * (b / a - 1.0)
     }
 
+    /// The window changed for a reason other than a probe (a capacity drop, congestion,
+    /// the tenants' demand, the end of start-up): nothing measured so far is its throughput.
+    fn forget_reference(&mut self) {
+        self.x_ref = None;
+        self.ref_from_cruise = false;
+        self.trial = None;
+    }
+
     fn cruise(&mut self) {
         self.phase = Phase::Cruise;
     }
@@ -436,9 +444,7 @@ impl KneeSearch {
             if self.unfilled >= UNFILLED_PERIODS && used < self.k {
                 self.unfilled = 0;
                 self.k = used;
-                self.x_ref = None;
-                self.ref_from_cruise = false;
-                self.trial = None;
+                self.forget_reference();
                 self.start_misses = 0;
                 self.cruise();
                 return;
@@ -452,9 +458,7 @@ impl KneeSearch {
             // miss stands, and the last depth that paid is the estimate.
             if self.phase == Phase::Start && self.start_misses > 0 {
                 self.k = self.start_prev;
-                self.x_ref = None;
-                self.ref_from_cruise = false;
-                self.trial = None;
+                self.forget_reference();
                 self.cruise();
             }
             return;
@@ -476,9 +480,7 @@ impl KneeSearch {
                     let next = (self.k * 2.0).min(self.ceiling()).min(max);
                     if self.start_misses >= START_MISSES || next <= self.k {
                         self.k = self.start_prev;
-                        self.x_ref = None;
-                        self.ref_from_cruise = false;
-                        self.trial = None;
+                        self.forget_reference();
                         self.cruise();
                     } else {
                         self.k = next;
@@ -559,9 +561,7 @@ impl KneeSearch {
                     // moved down in proportion. Jump there and measure again, rather than walk
                     // down a quarter per probe.
                     self.k = (self.k * x / x0).round().max(min);
-                    self.x_ref = None;
-                    self.ref_from_cruise = false;
-                    self.trial = None;
+                    self.forget_reference();
                     self.moved();
                 }
                 _ => {
@@ -590,9 +590,7 @@ impl KneeSearch {
         if self.k > bound {
             self.k = bound;
             // The throughput measured at the old estimate is not this window's.
-            self.x_ref = None;
-            self.ref_from_cruise = false;
-            self.trial = None;
+            self.forget_reference();
             self.moved();
         }
         self.cruise();
