@@ -142,7 +142,9 @@ struct Shares {
     active_seconds: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
+    broker_bin: &Path,
     dir: &Path,
     probe: &Path,
     backing: &str,
@@ -169,7 +171,7 @@ fn run(
         ));
     }
     let mut broker =
-        BrokerProcess::start(&weir(), &c, Some(control.clone()), dir).expect("broker starts");
+        BrokerProcess::start(broker_bin, &c, Some(control.clone()), dir).expect("broker starts");
     let _throttle = throttle_iops.map(|iops| {
         Throttle::apply(
             broker.pid().expect("the broker runs"),
@@ -266,47 +268,56 @@ fn rounds_fixed_1024_against_the_default_window() {
         return;
     };
     let (dir, file_path, lo) = storage();
+    // `WEIR_BROKER_BINS=a:b` runs each configuration once per broker binary in every round
+    // (an A/B of two builds, interleaved); by default the one built here.
+    let bins: Vec<PathBuf> = std::env::var("WEIR_BROKER_BINS")
+        .map(|v| v.split(':').map(PathBuf::from).collect())
+        .unwrap_or_else(|_| vec![weir()]);
     for round in 1..=3 {
         for (kind, backing) in [("file", file_path.as_str()), ("loop", lo.0.as_str())] {
-            for (depth, weights) in [
-                ("{ policy = \"fixed\", depth = 1024 }", [1, 4]),
-                ("{ policy = \"adaptive\" }", [1, 4]),
-                ("{ policy = \"adaptive\" }", [1, 1]),
-            ] {
-                let throttle = std::env::var("WEIR_THROTTLE_IOPS")
-                    .ok()
-                    .and_then(|v| v.parse().ok());
-                let qd = std::env::var("WEIR_PROBE_QD")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(32);
-                let s = run(
-                    dir.path(),
-                    &probe,
-                    backing,
-                    Some(depth),
-                    throttle,
-                    qd,
-                    &weights,
-                );
-                eprintln!(
-                    "round {round} {kind} {} {}:{}: ratio {:.2} over {} backlogged s, {:.2} over {} s; {:.0} IOPS, window {:.1}\n  windows {:?}\n  IOPS {:?}",
-                    if depth.contains("fixed") {
-                        "fixed:1024"
-                    } else {
-                        "adaptive"
-                    },
-                    weights[0],
-                    weights[1],
-                    s.cost[1] / s.cost[0],
-                    s.seconds,
-                    s.active_cost[1] / s.active_cost[0],
-                    s.active_seconds,
-                    s.iops,
-                    s.mean_window,
-                    s.windows,
-                    s.per_second_iops,
-                );
+            for bin in &bins {
+                for (depth, weights) in [
+                    ("{ policy = \"fixed\", depth = 1024 }", [1, 4]),
+                    ("{ policy = \"adaptive\" }", [1, 4]),
+                    ("{ policy = \"adaptive\" }", [1, 1]),
+                ] {
+                    let throttle = std::env::var("WEIR_THROTTLE_IOPS")
+                        .ok()
+                        .and_then(|v| v.parse().ok());
+                    let qd = std::env::var("WEIR_PROBE_QD")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(32);
+                    let s = run(
+                        bin,
+                        dir.path(),
+                        &probe,
+                        backing,
+                        Some(depth),
+                        throttle,
+                        qd,
+                        &weights,
+                    );
+                    eprintln!(
+                        "round {round} {kind} {} {} {}:{}: ratio {:.2} over {} backlogged s, {:.2} over {} s; {:.0} IOPS, window {:.1}\n  windows {:?}\n  IOPS {:?}",
+                        bin.display(),
+                        if depth.contains("fixed") {
+                            "fixed:1024"
+                        } else {
+                            "adaptive"
+                        },
+                        weights[0],
+                        weights[1],
+                        s.cost[1] / s.cost[0],
+                        s.seconds,
+                        s.active_cost[1] / s.active_cost[0],
+                        s.active_seconds,
+                        s.iops,
+                        s.mean_window,
+                        s.windows,
+                        s.per_second_iops,
+                    );
+                }
             }
         }
     }
@@ -325,6 +336,7 @@ fn weights_hold_on_a_file_and_a_loop_device_when_the_window_binds() {
     let (dir, file_path, lo) = storage();
     for (kind, backing) in [("file", file_path.as_str()), ("loop", lo.0.as_str())] {
         let s = run(
+            &weir(),
             dir.path(),
             &probe,
             backing,
@@ -383,8 +395,18 @@ fn four_guests_1_2_4_8_against_unweighted() {
     let (dir, file_path, lo) = storage();
     for round in 1..=3 {
         for (kind, backing) in [("file", file_path.as_str()), ("loop", lo.0.as_str())] {
-            let with =
-                |weights: &[u32]| run(dir.path(), &probe, backing, Some(&depth), None, qd, weights);
+            let with = |weights: &[u32]| {
+                run(
+                    &weir(),
+                    dir.path(),
+                    &probe,
+                    backing,
+                    Some(&depth),
+                    None,
+                    qd,
+                    weights,
+                )
+            };
             let flat = with(&[1, 1, 1, 1]);
             let weighted = with(&[1, 2, 4, 8]);
             let shares: Vec<String> = weighted

@@ -163,6 +163,10 @@ pub struct DispatchCounters {
     pub queued: AtomicU64,
     pub congestion: AtomicU64,
     pub halvings: AtomicU64,
+    /// `adaptive`: the knee estimate and the completions' index of dispersion φ, in
+    /// thousandths (0: another window policy).
+    pub knee_milli: AtomicU64,
+    pub dispersion_milli: AtomicU64,
     /// Controller periods dropped because the broker's clock was late in them.
     pub late_periods: AtomicU64,
     /// Requests moved to another path after theirs failed.
@@ -715,6 +719,13 @@ impl LunDispatcher {
         self.counters
             .late_periods
             .store(st.d.controller.late_periods(), Ordering::Relaxed);
+        let milli = |v: Option<f64>| v.map_or(0, |v| (v * 1000.0).round() as u64);
+        self.counters
+            .knee_milli
+            .store(milli(st.d.controller.knee()), Ordering::Relaxed);
+        self.counters
+            .dispersion_milli
+            .store(milli(st.d.controller.dispersion()), Ordering::Relaxed);
         self.counters
             .congestion
             .store(st.d.congestion, Ordering::Relaxed);

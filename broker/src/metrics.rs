@@ -308,6 +308,22 @@ pub fn gather(state: &BrokerState) -> Vec<MetricFamily> {
             &name,
             l(&c.window),
         );
+        // `adaptive` only: where its knee search is, and how noisy it finds the store.
+        let knee = l(&c.knee_milli);
+        if knee > 0.0 {
+            f.gauge(
+                "weir_lun_knee",
+                "The adaptive window's knee estimate: the depth past which throughput stops rising.",
+                &name,
+                knee / 1000.0,
+            );
+            f.gauge(
+                "weir_lun_knee_dispersion",
+                "Index of dispersion of the LUN's completions (1: Poisson); the knee search's periods are that many times longer.",
+                &name,
+                l(&c.dispersion_milli) / 1000.0,
+            );
+        }
         f.gauge(
             "weir_lun_in_flight",
             "Requests dispatched to the store and not yet finished.",

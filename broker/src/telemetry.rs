@@ -3,7 +3,7 @@
 //! Telemetry is data, not logs: serialisable structs, one per second.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -62,6 +62,11 @@ pub struct LunSample {
     pub lun: String,
     /// The dispatch window D.
     pub window: u64,
+    /// `adaptive`: the knee estimate and the completions' index of dispersion φ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knee: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispersion: Option<f64>,
     /// Requests dispatched and not yet finished.
     pub in_flight: u64,
     /// Requests waiting in the dispatcher (tenant queues and retries).
@@ -281,6 +286,10 @@ impl TelemetryRecorder {
                             .zip(last_congestion.iter_mut().zip(last_reissued.iter_mut()))
                             .map(|(l, (before, before_reissued))| {
                                 let c = &l.counters;
+                                let milli = |a: &AtomicU64| match a.load(Ordering::Relaxed) {
+                                    0 => None,
+                                    v => Some(v as f64 / 1000.0),
+                                };
                                 let congestion = c.congestion.load(Ordering::Relaxed);
                                 let delta = congestion.saturating_sub(*before);
                                 *before = congestion;
@@ -290,6 +299,8 @@ impl TelemetryRecorder {
                                 LunSample {
                                     lun: l.name.clone(),
                                     window: c.window.load(Ordering::Relaxed),
+                                    knee: milli(&c.knee_milli),
+                                    dispersion: milli(&c.dispersion_milli),
                                     in_flight: c.in_flight.load(Ordering::Relaxed),
                                     queued: c.queued.load(Ordering::Relaxed),
                                     congestion: delta,

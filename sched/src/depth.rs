@@ -46,6 +46,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dispersion::SliceMeter;
 use crate::knee::{KneeParams, KneeSearch, Period};
 
 /// Good completions per +1 of the `adaptive` policy's recovery after a halving.
@@ -300,6 +301,8 @@ pub struct QueueDepthController {
     period_latency_sum: f64,
     /// `adaptive`: QUEUE FULL/BUSY of the current epoch in the current period.
     period_busy: u64,
+    /// `adaptive`: the current period cut into slices, for the noise of its throughput.
+    slices: SliceMeter,
     ewma_latency: Option<f64>,
     target_s: Option<f64>,
     sweep: Sweep,
@@ -357,6 +360,7 @@ impl QueueDepthController {
             period_completions: 0,
             period_latency_sum: 0.0,
             period_busy: 0,
+            slices: SliceMeter::default(),
             ewma_latency: None,
             target_s,
             sweep,
@@ -418,6 +422,11 @@ impl QueueDepthController {
 
     pub fn halvings(&self) -> u64 {
         self.halvings
+    }
+
+    /// `adaptive`: the index of dispersion its periods are sized by (1: Poisson).
+    pub fn dispersion(&self) -> Option<f64> {
+        self.knee.as_ref().map(KneeSearch::dispersion)
     }
 
     /// `adaptive`: the knee estimate (the window outside probes and recoveries).
@@ -515,6 +524,7 @@ impl QueueDepthController {
             Outcome::Good => {
                 self.period_completions += 1;
                 self.period_latency_sum += latency_s;
+                self.slices.on_completion();
             }
             Outcome::Congestion => {}
         }
@@ -684,6 +694,7 @@ impl QueueDepthController {
         self.period_latency_sum = 0.0;
         self.period_busy = 0;
         self.period_window = self.w;
+        self.slices.start(now);
     }
 
     /// `adaptive`: ends a measurement period when it has enough completions, hands it to the
@@ -696,6 +707,7 @@ impl QueueDepthController {
         knee.set_now(now);
         let p = knee.params().clone();
         let elapsed = now - self.period_start;
+        self.slices.tick(now, p.period_s);
         if elapsed < p.period_s - 1e-9 {
             return;
         }
@@ -714,8 +726,9 @@ impl QueueDepthController {
         let latency_sum = self.period_latency_sum;
         let mean_latency = latency_sum / n as f64;
         let min_s = knee.min_period_s();
+        let settled = elapsed >= min_s - 1e-9 && elapsed >= 4.0 * mean_latency;
         let long_enough = elapsed >= 10.0 * min_s
-            || (n >= knee.period_ios() && elapsed >= min_s - 1e-9 && elapsed >= 4.0 * mean_latency);
+            || (settled && (n >= knee.period_ios() || knee.decided(n as f64 / elapsed, n)));
         if !long_enough {
             return;
         }
@@ -726,12 +739,15 @@ impl QueueDepthController {
         let Some(knee) = self.knee.as_mut() else {
             return;
         };
+        let (sum, pairs) = self.slices.pairs();
+        knee.note_dispersion(sum, pairs);
         knee.on_period(
             now,
             Period {
                 throughput: n as f64 / elapsed,
                 mean_in_flight: latency_sum / elapsed,
                 window: self.period_window,
+                completions: n,
             },
         );
         self.w = knee.window();

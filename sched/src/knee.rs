@@ -42,6 +42,15 @@
 //! `period_ios · ((g − 1)/s)²` of them (at least 64): a down probe at `k = 2` runs at half the
 //! throughput, and its length is its cost.
 //!
+//! **Noise beyond counting.** A device whose completions are burstier than a Poisson stream
+//! (a few very slow requests on few units; a host whose CPUs the guests share) measures a
+//! period of `n` completions within `√(φ/n)`, where φ is the index of dispersion of its
+//! completion counts (`crate::dispersion`: measured from 0.1 s slices of every period). Every
+//! count above is multiplied by φ. Longer probes cost more where they do not pay, so a probe
+//! ends as soon as it has shown, by `DECIDED_Z` = 2 standard errors, that it will not move the
+//! knee (a sequential test, looked at every tick; [`KneeSearch::decided`]). A probe that
+//! would move it runs its full length.
+//!
 //! **Phases.**
 //! - *start*: `D` doubles each period (needing only 32 completions) while a doubling adds
 //!   ≥ 25 % throughput over the last that did (BBR's start-up rule; a doubling below the knee
@@ -92,6 +101,8 @@
 //! moves the estimate (the rule sees only completions).
 
 use serde::{Deserialize, Serialize};
+
+use crate::dispersion::Dispersion;
 
 /// Parameters of the knee search.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +189,9 @@ const DROP_SHARE: f64 = 0.8;
 /// An up step whose throughput gain is at least this many times rule (1)'s threshold is
 /// taken at once; a smaller one is on trial until a cruise at the new window confirms it.
 const CLEAR_ELASTICITY: f64 = 2.0;
+/// A probe ends early once rule (1)'s margin for staying is this many standard errors (1.5
+/// and symmetric early ends, moves too, were tried: docs/scheduling.md).
+const DECIDED_Z: f64 = 2.0;
 /// A period counts only where the window bound: mean in-flight ≥ this share of it.
 const BOUND_SHARE: f64 = 0.7;
 /// Periods in a row in which the tenants, busy, fill less than the window: then the window
@@ -203,6 +217,8 @@ pub struct Period {
     pub mean_in_flight: f64,
     /// The window the period ran at.
     pub window: f64,
+    /// Completions counted (the period's noise is `√(φ/n)`).
+    pub completions: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +228,10 @@ pub struct KneeSearch {
     k: f64,
     /// Throughput measured at `k`.
     x_ref: Option<f64>,
+    /// The completions behind `x_ref` (for an average of two, its equivalent count).
+    ref_n: f64,
+    /// The completions of the period being judged.
+    period_n: f64,
     /// `x_ref` is a cruise's measurement, not one probe period's: a probe that moved the
     /// knee was chosen for its high throughput, and taking its one period as the reference
     /// once made the next cruise, at the same window, look like a capacity drop.
@@ -233,6 +253,9 @@ pub struct KneeSearch {
     /// An up move on trial: the knee and throughput before it, until a cruise at the new
     /// knee confirms it.
     trial: Option<(f64, f64)>,
+    /// The index of dispersion φ of the device's completions: a period needs φ times the
+    /// completions a Poisson stream would.
+    dispersion: Dispersion,
     now: f64,
 }
 
@@ -243,6 +266,8 @@ impl KneeSearch {
             p,
             k: min,
             x_ref: None,
+            ref_n: 0.0,
+            period_n: 0.0,
             ref_from_cruise: false,
             down_after_cruise: false,
             start_prev: min,
@@ -253,6 +278,7 @@ impl KneeSearch {
             down_backoff: 0,
             unfilled: 0,
             trial: None,
+            dispersion: Dispersion::default(),
             now: 0.0,
         }
     }
@@ -268,6 +294,17 @@ impl KneeSearch {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// The index of dispersion φ the periods are sized by (1: Poisson).
+    pub fn dispersion(&self) -> f64 {
+        self.dispersion.phi()
+    }
+
+    /// The slices of the period that ends next gave these Allan pairs
+    /// (`crate::dispersion`).
+    pub fn note_dispersion(&mut self, sum: f64, pairs: u32) {
+        self.dispersion.add(sum, pairs);
     }
 
     fn bounds(&self) -> (f64, f64) {
@@ -325,8 +362,12 @@ impl KneeSearch {
     /// threshold 20 % instead of 5 %), so the same confidence needs `(s_full / s)²` as many
     /// completions — and a shorter probe costs less: a down probe at `k = 2` runs at half the
     /// throughput for its whole period. Never more than `period_ios`, never below 64.
+    ///
+    /// All of it times the dispersion φ (`crate::dispersion`): a device noisier than its
+    /// completions' count needs φ times as many for the same confidence. A probe whose
+    /// outcome is clear sooner ends sooner ([`KneeSearch::decided`]).
     pub fn period_ios(&self) -> u64 {
-        let full = u64::from(self.p.period_ios);
+        let full = (f64::from(self.p.period_ios) * self.dispersion.phi()).round() as u64;
         let step = match self.phase {
             Phase::Start => return START_IOS,
             Phase::Cruise => return full,
@@ -339,6 +380,38 @@ impl KneeSearch {
         }
         let scaled = full as f64 * (full_step / step).powi(2);
         (scaled.round() as u64).clamp(PROBE_IOS_MIN.min(full), full)
+    }
+
+    /// Whether a probe period that measured `x` over `n` completions so far has already shown
+    /// that it will not move the knee: rule (1)'s margin is `DECIDED_Z` standard errors on the
+    /// side of staying (each side's relative noise `√(φ/n)`, the reference's over the
+    /// completions behind it). A probe that costs throughput and teaches nothing — a down
+    /// probe from the knee, where throughput falls with the window; an up probe on the flat —
+    /// then ends at its shortest, and only a close call runs to `period_ios`. A probe that
+    /// would move the knee always runs its full length: a move on an early look (the caller
+    /// looks at every tick) would be the winner's curse again.
+    pub fn decided(&self, x: f64, n: u64) -> bool {
+        let Some(x0) = self.x_ref else {
+            return false;
+        };
+        if n == 0 || x <= 0.0 || x0 <= 0.0 {
+            return false;
+        }
+        let w = self.window();
+        let margin = match self.phase {
+            Phase::Up | Phase::UpHalf if w > self.k => {
+                (x / x0 - 1.0) - self.p.elasticity * (w / self.k - 1.0)
+            }
+            Phase::Down if w < self.k => (x0 / x - 1.0) - self.p.elasticity * (self.k / w - 1.0),
+            _ => return false,
+        };
+        let phi = self.dispersion.phi();
+        let se = (phi / n as f64 + phi / self.ref_n.max(1.0)).sqrt();
+        let stays = match self.phase {
+            Phase::Down => margin,
+            _ => -margin,
+        };
+        stays >= DECIDED_Z * se
     }
 
     /// Rule (1): depth `b > a` is worth it.
@@ -415,6 +488,7 @@ impl KneeSearch {
                     self.x_ref = None;
                 } else {
                     self.x_ref = Some(x);
+                    self.ref_n = self.period_n;
                 }
                 self.ref_from_cruise = false;
                 self.k = u;
@@ -464,6 +538,7 @@ impl KneeSearch {
             return;
         }
         self.unfilled = 0;
+        self.period_n = m.completions as f64;
         let x = m.throughput;
         match self.phase {
             Phase::Start => match self.x_ref {
@@ -488,6 +563,7 @@ impl KneeSearch {
                 }
                 _ => {
                     self.x_ref = Some(x);
+                    self.ref_n = self.period_n;
                     self.ref_from_cruise = false;
                     self.start_prev = self.k;
                     self.start_misses = 0;
@@ -526,6 +602,7 @@ impl KneeSearch {
                     Some(x0) if d < self.k && !self.pays(d, x, self.k, x0) => {
                         self.k = d;
                         self.x_ref = Some(x);
+                        self.ref_n = self.period_n;
                         self.ref_from_cruise = false;
                         self.moved();
                         if self.k <= min {
@@ -547,11 +624,13 @@ impl KneeSearch {
                     };
                     if self.pays(k0, x0, self.k, x) {
                         self.x_ref = Some(x);
+                        self.ref_n = self.period_n;
                         self.ref_from_cruise = true;
                         self.probe();
                     } else {
                         self.k = k0;
                         self.x_ref = Some(x0);
+                        self.ref_n = f64::from(self.p.period_ios);
                         self.ref_from_cruise = false;
                         self.probe_down();
                     }
@@ -566,10 +645,13 @@ impl KneeSearch {
                 }
                 _ => {
                     // A probe's period as the reference is replaced, a cruise's averaged.
-                    self.x_ref = Some(match self.x_ref {
-                        Some(x0) if self.ref_from_cruise => (x0 + x) / 2.0,
-                        _ => x,
-                    });
+                    (self.x_ref, self.ref_n) = match self.x_ref {
+                        Some(x0) if self.ref_from_cruise && self.ref_n > 0.0 => (
+                            Some((x0 + x) / 2.0),
+                            4.0 / (1.0 / self.ref_n + 1.0 / self.period_n.max(1.0)),
+                        ),
+                        _ => (Some(x), self.period_n),
+                    };
                     self.ref_from_cruise = true;
                     if std::mem::take(&mut self.down_after_cruise) {
                         self.probe_down();
@@ -612,6 +694,7 @@ mod tests {
             throughput: w.min(n) / s,
             mean_in_flight: w,
             window: w,
+            completions: 384,
         }
     }
 
@@ -634,6 +717,46 @@ mod tests {
         assert!((8.0..=10.0).contains(&k.knee()), "{}", k.knee());
         run(&mut k, 32.0, 30, t);
         assert!((31.0..=40.0).contains(&k.knee()), "{}", k.knee());
+    }
+
+    #[test]
+    fn a_noisy_device_lengthens_the_periods_and_a_clear_probe_ends_early() {
+        // 16 units of 0.5 ms: 32 k IOPS, each period's completions counted as 0.1 s of them.
+        let period = |w: f64| {
+            let x = w.min(16.0) / 0.0005;
+            Period {
+                throughput: x,
+                mean_in_flight: w,
+                window: w,
+                completions: (x * 0.1) as u64,
+            }
+        };
+        let mut k = KneeSearch::new(KneeParams::default());
+        let mut t = 0.0;
+        for _ in 0..30 {
+            t += 0.1;
+            k.on_period(t, period(k.window()));
+        }
+        assert!((16.0..=20.0).contains(&k.knee()), "{}", k.knee());
+        // The slices said φ = 20: a probe needs 20 × 384 completions for the same confidence.
+        k.note_dispersion(20.0 * 5.0, 5);
+        assert!((k.dispersion() - 20.0).abs() < 1e-9);
+        for _ in 0..200 {
+            if k.phase() == Phase::Down {
+                break;
+            }
+            t += 0.1;
+            k.on_period(t, period(k.window()));
+        }
+        assert_eq!(k.phase(), Phase::Down);
+        assert_eq!(k.period_ios(), 20 * 384);
+        // From the knee, a down probe loses a fifth of the throughput: far past rule (1)'s
+        // 5 %, so a few thousand completions decide it, not 7680.
+        let x = period(k.window()).throughput;
+        assert!(!k.decided(x, 300));
+        assert!(k.decided(x, 5000));
+        // A reading that would move the knee (no throughput lost) always runs its full length.
+        assert!(!k.decided(period(k.knee()).throughput, 1_000_000));
     }
 
     #[test]
@@ -669,6 +792,7 @@ mod tests {
                     throughput: 1000.0 * w.powf(0.2),
                     mean_in_flight: w,
                     window: w,
+                    completions: 384,
                 },
             );
         }
@@ -689,6 +813,7 @@ mod tests {
                     throughput: 100.0,
                     mean_in_flight: 2.0,
                     window: w,
+                    completions: 384,
                 },
             );
         };
@@ -711,6 +836,7 @@ mod tests {
                     throughput: 0.0,
                     mean_in_flight: 0.0,
                     window: w,
+                    completions: 384,
                 },
             );
         }
@@ -759,6 +885,7 @@ mod tests {
                     throughput: x,
                     mean_in_flight: w,
                     window: w,
+                    completions: (x * len) as u64,
                 },
             );
         }

@@ -17,7 +17,10 @@ pub mod check;
 pub mod cost;
 pub mod depth;
 pub mod dispatch;
+pub mod dispersion;
 pub mod knee;
+#[cfg(test)]
+mod knee_noise_tests;
 pub mod lun;
 pub mod mclock;
 pub mod metrics;

@@ -682,6 +682,8 @@ mod tests {
                 luns: vec![LunSample {
                     lun: "l".into(),
                     window: 16,
+                    knee: None,
+                    dispersion: None,
                     in_flight: 16,
                     queued: 3,
                     congestion: 4,

@@ -623,6 +623,7 @@ pub fn run(original: &SimScenario) -> Result<SimResult, String> {
                     halvings: l.d.controller.halvings(),
                     latency_target_us: l.d.controller.target_s().map(|t| t * 1e6),
                     knee: l.d.controller.knee(),
+                    dispersion: l.d.controller.dispersion(),
                     iops: l.completions as f64 / s.duration_s,
                     per_second: l.per_second.clone(),
                     per_second_device_lat_us: l

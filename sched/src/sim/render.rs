@@ -50,7 +50,12 @@ pub fn render(results: &[(String, SimResult)]) -> String {
                 }
                 sec += 1.0;
             }
-            let _ = writeln!(s, "  {:<18} {:<8} {}", name, l.name, means.join(" "));
+            // The knee search's end state: where it is, and how noisy it found the device.
+            let knee = match (l.knee, l.dispersion) {
+                (Some(k), Some(phi)) => format!("   (knee {k:.0}, dispersion φ {phi:.1})"),
+                _ => String::new(),
+            };
+            let _ = writeln!(s, "  {:<18} {:<8} {}{knee}", name, l.name, means.join(" "));
         }
     }
     let _ = writeln!(s);

@@ -61,6 +61,9 @@ pub struct LunResult {
     pub latency_target_us: Option<f64>,
     /// `adaptive`: the knee estimate at the end.
     pub knee: Option<f64>,
+    /// `adaptive`: the index of dispersion of the completions at the end, which sizes its
+    /// measurement periods (1: Poisson; `sched/src/dispersion.rs`).
+    pub dispersion: Option<f64>,
     pub iops: f64,
     /// Good completions in each whole second after warm-up, and their mean device latency
     /// (dispatch to answer, µs; `None` in a second without completions).
