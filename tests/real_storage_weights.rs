@@ -138,6 +138,9 @@ struct Shares {
     /// The LUN's window and the guests' IOPS in each second all ran (to read a run by).
     windows: Vec<u64>,
     per_second_iops: Vec<u64>,
+    /// `adaptive`: the knee search's estimate and the completions' dispersion φ at the end
+    /// of each second all ran (a broker that reports them).
+    knees: Vec<(f64, f64)>,
     seconds: usize,
     active_seconds: usize,
 }
@@ -242,6 +245,13 @@ fn run(
             .map(|s| s["luns"][0]["window"].as_f64().unwrap_or(0.0) as u64)
             .collect(),
         per_second_iops: active.iter().map(|s| iops(s) as u64).collect(),
+        knees: active
+            .iter()
+            .filter_map(|s| {
+                let l = &s["luns"][0];
+                Some((l["knee"].as_f64()?, l["dispersion"].as_f64()?))
+            })
+            .collect(),
         seconds: backlogged.len(),
         active_seconds: active.len(),
     }
@@ -299,7 +309,7 @@ fn rounds_fixed_1024_against_the_default_window() {
                         &weights,
                     );
                     eprintln!(
-                        "round {round} {kind} {} {} {}:{}: ratio {:.2} over {} backlogged s, {:.2} over {} s; {:.0} IOPS, window {:.1}\n  windows {:?}\n  IOPS {:?}",
+                        "round {round} {kind} {} {} {}:{}: ratio {:.2} over {} backlogged s, {:.2} over {} s; {:.0} IOPS, window {:.1}\n  windows {:?}\n  IOPS {:?}\n  (knee, φ) {:.1?}",
                         bin.display(),
                         if depth.contains("fixed") {
                             "fixed:1024"
@@ -316,6 +326,7 @@ fn rounds_fixed_1024_against_the_default_window() {
                         s.mean_window,
                         s.windows,
                         s.per_second_iops,
+                        s.knees,
                     );
                 }
             }
