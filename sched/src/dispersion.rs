@@ -151,8 +151,8 @@ mod tests {
         d
     }
 
-    /// Poisson counts of mean `mean` (Knuth's method in logs, for small means; a normal
-    /// approximation above).
+    /// Counts of mean `mean` with Poisson's variance (a normal approximation: the means here
+    /// are in the thousands).
     fn poisson(rng: &mut SplitMix64, mean: f64) -> u64 {
         let z = {
             let u1 = rng.next_f64().max(1e-12);
