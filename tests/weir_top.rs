@@ -197,11 +197,13 @@ fn weir_top_shows_every_tenant_lun_and_path_live_and_a_failed_path_within_two_se
     // Tenants: all three, each with its LUN and reads flowing.
     let (screen, _) = top.wait_for("three tenants reading", Duration::from_secs(20), |s| {
         let rows = table(s, "TENANT");
+        // Every row whole, to its last column: one CI run captured vm2's row half drawn.
         rows.len() == 3
             && rows.iter().all(|r| {
                 r.get("READS/s")
                     .and_then(|v| v.parse::<f64>().ok())
                     .is_some_and(|v| v > 0.0)
+                    && r.contains_key("HELD")
             })
     });
     eprintln!("{screen}");
@@ -221,7 +223,13 @@ fn weir_top_shows_every_tenant_lun_and_path_live_and_a_failed_path_within_two_se
     // LUNs: the window, the policy, both paths up.
     top.keys("l");
     let (screen, _) = top.wait_for("the LUN view", Duration::from_secs(5), |s| {
-        table(s, "LUN").len() == 3
+        let rows = table(s, "LUN");
+        rows.len() == 3
+            && rows.iter().all(|r| {
+                ["BACKEND", "PATHS", "IOPS"]
+                    .iter()
+                    .all(|k| r.contains_key(*k))
+            })
     });
     let luns = table(&screen, "LUN");
     let shared = luns.iter().find(|r| r["LUN"] == "shared").unwrap();

@@ -17,6 +17,29 @@ struct Run {
     phi: f64,
 }
 
+/// The completions of one tick from `now` at `rate` (exponential gaps; `carry` holds the time
+/// into the next tick), each of `latency` s, handed to `c`. Returns how many.
+fn complete_tick(
+    c: &mut QueueDepthController,
+    rng: &mut SplitMix64,
+    carry: &mut f64,
+    now: f64,
+    tick: f64,
+    rate: f64,
+    latency: f64,
+) -> u32 {
+    let mut n = 0u32;
+    loop {
+        *carry += rng.exponential(1.0 / rate);
+        if *carry > tick {
+            *carry -= tick;
+            return n;
+        }
+        n += 1;
+        c.on_completion(now + carry.min(tick), c.epoch(), Outcome::Good, latency);
+    }
+}
+
 /// A device of `units` units of `service_s` each (throughput `min(D, units) / service_s`),
 /// whose rate in each 0.1 s slice is off by a uniform factor of relative spread `sigma`
 /// (a host whose CPUs the guests and the broker share). 10 ms ticks, 20 s.
@@ -34,18 +57,8 @@ fn run(seed: u64, units: f64, service_s: f64, sigma: f64) -> Run {
         let w = c.window();
         let busy = f64::from(w).min(units);
         let rate = busy / service_s * factor;
-        // Completions in this tick: exponential gaps at `rate`.
         let latency = service_s * (f64::from(w) / units).max(1.0);
-        let mut n = 0u32;
-        loop {
-            carry += rng.exponential(1.0 / rate);
-            if carry > tick {
-                carry -= tick;
-                break;
-            }
-            n += 1;
-            c.on_completion(now + carry.min(tick), c.epoch(), Outcome::Good, latency);
-        }
+        let n = complete_tick(&mut c, &mut rng, &mut carry, now, tick, rate, latency);
         now += tick;
         if now > 3.0 {
             area += f64::from(w) * tick;
@@ -115,16 +128,7 @@ fn run_curve(seed: u64, flat: f64, e: f64, sigma: f64, secs: f64) -> (Vec<u32>, 
         let w = f64::from(c.window());
         let x = PEAK * (w.min(flat) / flat).powf(e);
         let latency = w / x;
-        let mut n = 0u32;
-        loop {
-            carry += rng.exponential(1.0 / (x * factor));
-            if carry > tick {
-                carry -= tick;
-                break;
-            }
-            n += 1;
-            c.on_completion(now + carry.min(tick), c.epoch(), Outcome::Good, latency);
-        }
+        let n = complete_tick(&mut c, &mut rng, &mut carry, now, tick, x * factor, latency);
         now += tick;
         if now > 3.0 {
             done += f64::from(n);
