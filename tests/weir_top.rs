@@ -67,7 +67,10 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Polls the screen until `ok` holds; returns it and how long that took.
+    /// Polls the screen until `ok` holds; returns it and how long that took. A screen is
+    /// judged only when a second capture 30 ms later is the same: `weir top` redraws once a
+    /// second, and a capture in the middle of a redraw holds rows cut short (one CI run read
+    /// vm2's tenant row drawn only up to GAVG/ms).
     fn wait_for(
         &self,
         what: &str,
@@ -77,7 +80,8 @@ impl Tmux {
         let start = Instant::now();
         loop {
             let s = self.screen();
-            if ok(&s) {
+            std::thread::sleep(Duration::from_millis(30));
+            if s == self.screen() && ok(&s) {
                 return (s, start.elapsed());
             }
             if start.elapsed() > limit {
@@ -197,7 +201,7 @@ fn weir_top_shows_every_tenant_lun_and_path_live_and_a_failed_path_within_two_se
     // Tenants: all three, each with its LUN and reads flowing.
     let (screen, _) = top.wait_for("three tenants reading", Duration::from_secs(20), |s| {
         let rows = table(s, "TENANT");
-        // Every row whole, to its last column: one CI run captured vm2's row half drawn.
+        // Every row whole, to its last column (see `wait_for`).
         rows.len() == 3
             && rows.iter().all(|r| {
                 r.get("READS/s")
