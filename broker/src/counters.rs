@@ -83,6 +83,11 @@ pub struct DiskCounters {
     pub notifications: AtomicU64,
     /// Queue notifications (kicks) received from the guest.
     pub kicks: AtomicU64,
+    /// A queue idle for a second with requests in its avail ring that no kick announced (a
+    /// lost kick), taken then; and used entries the guest had not caught up with, signalled
+    /// again (a lost interrupt). A healthy guest and broker have neither.
+    pub unkicked: AtomicU64,
+    pub resignals: AtomicU64,
     /// Requests taken from the guest and not yet answered (a gauge): waiting in the LUN
     /// dispatcher (`queued`) or at the backing store.
     pub in_flight: AtomicU64,
@@ -135,6 +140,10 @@ pub struct DiskCountersSnapshot {
     pub connections: u64,
     pub notifications: u64,
     pub kicks: u64,
+    #[serde(default)]
+    pub unkicked: u64,
+    #[serde(default)]
+    pub resignals: u64,
     pub in_flight: u64,
     pub device_latency_ns: u64,
     pub device_completions: u64,
@@ -239,6 +248,8 @@ impl DiskCounters {
             connections: l(&self.connections),
             notifications: l(&self.notifications),
             kicks: l(&self.kicks),
+            unkicked: l(&self.unkicked),
+            resignals: l(&self.resignals),
             in_flight: l(&self.in_flight),
             device_latency_ns: l(&self.device_latency_ns),
             device_completions: l(&self.device_completions),

@@ -6,12 +6,14 @@
 //! same thread without locks being contended.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::inflight::QueueInflight;
 
@@ -19,6 +21,9 @@ use crate::request::{DiskLimits, SECTOR_SIZE};
 use crate::worker::{DiskContext, GuestMemAtomic, QueueWorker, WorkerError};
 
 // Feature bits (virtio 1.2 §5.2.3 and §6).
+/// A queue this long without an event is checked for a lost kick or interrupt.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 pub const VIRTIO_BLK_F_SIZE_MAX: u64 = 1;
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 2;
 pub const VIRTIO_BLK_F_RO: u64 = 5;
@@ -227,6 +232,78 @@ impl BlkDevice {
     /// Completions, dispatcher grants, or a start: reap and take what is new.
     pub(crate) fn service(&self, q: usize, vring: &VringRwLock<GuestMemAtomic>) -> io::Result<()> {
         self.service_queue(q, vring, true)
+    }
+
+    /// Queue `q` saw no event for [`IDLE_CHECK`]: looks for what a lost notification would
+    /// hide, since either would stall the guest for good. With nothing in flight (kicks on),
+    /// chains in the avail ring mean a kick was lost: they are taken now. Used entries past
+    /// the index the guest asked to be interrupted at (EVENT_IDX) mean it was not told, or
+    /// its interrupt was lost: it is signalled again (harmless if it was only slow). Both are
+    /// counted and said, rate-limited: a healthy guest and broker have neither.
+    pub(crate) fn idle_check(
+        &self,
+        q: usize,
+        vring: &VringRwLock<GuestMemAtomic>,
+    ) -> io::Result<()> {
+        let Some(worker) = self.inner.workers.get(q) else {
+            return Ok(());
+        };
+        let mem = self
+            .inner
+            .mem
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (unkicked, behind) = {
+            let worker = worker.lock().unwrap_or_else(|p| p.into_inner());
+            let state = vring.get_ref();
+            let queue = state.get_queue();
+            if !(queue.ready() && state.is_enabled()) || worker.in_flight() > 0 {
+                return Ok(());
+            }
+            let guard = mem.memory();
+            let next_avail = std::num::Wrapping(queue.next_avail());
+            let next_used = std::num::Wrapping(queue.next_used());
+            let unkicked = queue
+                .avail_idx(&*guard, Ordering::Acquire)
+                .map_or(0, |a| (a - next_avail).0);
+            let behind = if queue.event_idx_enabled() {
+                // `used_event` follows the avail ring's entries (virtio 1.2, 2.7.6); the
+                // queue keeps its reader private.
+                let addr = 4 + 2 * u64::from(queue.size());
+                queue
+                    .avail_ring()
+                    .checked_add(addr)
+                    .and_then(|a| guard.load::<u16>(GuestAddress(a), Ordering::Acquire).ok())
+                    .map_or(0, |e| (next_used - std::num::Wrapping(u16::from_le(e))).0)
+            } else {
+                0
+            };
+            (unkicked, behind)
+        };
+        let ctx = &self.inner.ctx;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        if unkicked > 0 {
+            ctx.counters.unkicked.fetch_add(1, relaxed);
+            let name = &ctx.name;
+            ctx.bad_requests.warn(|| {
+                format!("disk {name}: queue {q}: {unkicked} requests waited a second without a kick; taken now")
+            });
+            return self.service_queue(q, vring, false);
+        }
+        // `behind` counts from the guest's `used_event` to `next_used`: 0 when it has seen
+        // everything; a guest that has not consumed the entries past its event asked for an
+        // interrupt there.
+        if behind > 0 && behind < 0x8000 {
+            ctx.counters.resignals.fetch_add(1, relaxed);
+            let name = &ctx.name;
+            ctx.bad_requests.warn(|| {
+                format!("disk {name}: queue {q}: the guest had not caught up with {behind} answers after a second; interrupted again")
+            });
+            ctx.counters.notifications.fetch_add(1, relaxed);
+            vring.signal_used_queue()?;
+        }
+        Ok(())
     }
 
     pub fn num_queues(&self) -> usize {

@@ -35,4 +35,6 @@ pub mod vhost_session;
 pub mod worker;
 
 #[cfg(test)]
+mod device_tests;
+#[cfg(test)]
 mod worker_tests;

@@ -204,6 +204,19 @@ fn disk_families(f: &mut Families, tenant: &str, lun: &str, disk: &str, c: &Disk
         l(&c.kicks),
     );
     f.counter(
+        "weir_disk_unkicked_total",
+        "Requests found in an idle queue's avail ring that no kick announced (lost kicks).",
+        &base,
+        l(&c.unkicked),
+    );
+    f.counter(
+        "weir_disk_resignals_total",
+        "Interrupts sent again to a guest that had not caught up with the used ring after a \
+         second of quiet (lost interrupts).",
+        &base,
+        l(&c.resignals),
+    );
+    f.counter(
         "weir_disk_interrupts_total",
         "Interrupts (call eventfd writes) sent to the guest.",
         &base,

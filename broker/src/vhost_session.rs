@@ -157,8 +157,15 @@ fn serve_queue(
     stop: &AtomicBool,
 ) {
     let mut events = vec![EpollEvent::default(); 4];
+    let idle_ms = i32::try_from(crate::device::IDLE_CHECK.as_millis()).unwrap_or(1000);
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        let n = match epoll.wait(idle_ms, &mut events) {
+            Ok(0) => {
+                if let Err(e) = device.idle_check(q, vring) {
+                    log::error!("queue {q}: {e}");
+                }
+                continue;
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {

@@ -22,20 +22,20 @@ use weir_sched::depth::DepthPolicy;
 use weir_sched::mclock::TenantPolicy;
 use weir_sched::sim::SchedulerKind;
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
+pub(crate) const F_NEXT: u16 = 1;
+pub(crate) const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
-const QUEUE_SIZE: u16 = 32;
+pub(crate) const QUEUE_SIZE: u16 = 32;
 const DISK_BYTES: u64 = 1 << 20;
 const MAX_DESCRIPTORS: usize = 8;
 
-struct Disk {
+pub(crate) struct Disk {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
-    ctx: Arc<DiskContext>,
+    pub(crate) ctx: Arc<DiskContext>,
 }
 
-fn disk(read_only: bool) -> Disk {
+pub(crate) fn disk(read_only: bool) -> Disk {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lun.img");
     std::fs::write(&path, vec![0u8; DISK_BYTES as usize]).unwrap();
@@ -80,15 +80,15 @@ fn disk_on(dir: tempfile::TempDir, path: std::path::PathBuf, read_only: bool) ->
     }
 }
 
-fn memory() -> GuestMem {
+pub(crate) fn memory() -> GuestMem {
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x0400_0000)]).unwrap()
 }
 
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+pub(crate) fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
-fn header(mem: &GuestMem, at: u64, req_type: u32, sector: u64) {
+pub(crate) fn header(mem: &GuestMem, at: u64, req_type: u32, sector: u64) {
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&req_type.to_le_bytes());
     h[8..16].copy_from_slice(&sector.to_le_bytes());
