@@ -234,6 +234,15 @@ impl BlkDevice {
         self.service_queue(q, vring, true)
     }
 
+    /// The guest memory as the frontend last mapped it.
+    fn memory(&self) -> GuestMemAtomic {
+        self.inner
+            .mem
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Queue `q` saw no event for [`IDLE_CHECK`]: looks for what a lost notification would
     /// hide, since either would stall the guest for good. With nothing in flight (kicks on),
     /// chains in the avail ring mean a kick was lost: they are taken now. Used entries past
@@ -248,12 +257,7 @@ impl BlkDevice {
         let Some(worker) = self.inner.workers.get(q) else {
             return Ok(());
         };
-        let mem = self
-            .inner
-            .mem
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mem = self.memory();
         let (unkicked, behind) = {
             let worker = worker.lock().unwrap_or_else(|p| p.into_inner());
             let state = vring.get_ref();
@@ -374,12 +378,7 @@ impl BlkDevice {
         let Some(worker) = self.inner.workers.get(q) else {
             return Ok(());
         };
-        let mem = self
-            .inner
-            .mem
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mem = self.memory();
         let mut used = false;
         {
             let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
