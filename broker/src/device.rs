@@ -20,10 +20,10 @@ use crate::inflight::QueueInflight;
 use crate::request::{DiskLimits, SECTOR_SIZE};
 use crate::worker::{DiskContext, GuestMemAtomic, QueueWorker, WorkerError};
 
-// Feature bits (virtio 1.2 §5.2.3 and §6).
 /// A queue this long without an event is checked for a lost kick or interrupt.
 pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+// Feature bits (virtio 1.2 §5.2.3 and §6).
 pub const VIRTIO_BLK_F_SIZE_MAX: u64 = 1;
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 2;
 pub const VIRTIO_BLK_F_RO: u64 = 5;
@@ -286,7 +286,7 @@ impl BlkDevice {
             (unkicked, behind)
         };
         let ctx = &self.inner.ctx;
-        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let relaxed = Ordering::Relaxed;
         if unkicked > 0 {
             ctx.counters.unkicked.fetch_add(1, relaxed);
             let name = &ctx.name;
