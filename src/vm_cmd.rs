@@ -319,6 +319,13 @@ pub fn run(args: VmArgs) -> Result<()> {
         get("RssShmem"),
         get("RssAnon") + get("RssFile")
     );
+    if report.end == weir_vmm::machine::VmEnd::TimedOut {
+        // Which vCPU held the guest up, and where: in weir vm (an exit not finished) or inside
+        // KVM_RUN (the kernel's, or under nesting the emulator's, side).
+        for v in &report.vcpus {
+            eprintln!("weir vm: at the timeout, {v}");
+        }
+    }
     if let Some(dir) = private_dir {
         if let Err(e) = dir.close() {
             eprintln!("weir vm: could not remove the private broker's directory: {e}");

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod machine;
 pub mod memory;
 pub mod mptable;
+pub mod vcpu_activity;
 
 /// What can go wrong building or running a guest; each names what to fix.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,7 @@ use crate::boot::{self, BootInfo};
 use crate::cpu;
 use crate::layout::*;
 use crate::memory::GuestRam;
+use crate::vcpu_activity::{ExitKind, VcpuActivity, VcpuState};
 
 /// A device on the MMIO bus.
 pub trait MmioDevice: Send {
@@ -85,6 +86,9 @@ pub struct RunReport {
     pub boot: BootInfo,
     /// From `Machine::new` to the guest's first serial byte.
     pub first_serial_byte: Option<Duration>,
+    /// Each vCPU thread's state when the guest ended (a timed-out guest: held by weir vm, or
+    /// stopped inside KVM).
+    pub vcpus: Vec<VcpuState>,
 }
 
 struct MmioTransport(weir_devices::virtio_mmio::VirtioMmio);
@@ -105,6 +109,9 @@ struct Shared {
     serial: Mutex<SerialConsole>,
     i8042: Mutex<crate::i8042::I8042>,
     mmio: Mutex<Vec<MmioSlot>>,
+    /// One per vCPU, by id.
+    activity: Vec<VcpuActivity>,
+    created: Instant,
 }
 
 /// A built guest, ready to run.
@@ -179,6 +186,7 @@ impl Machine {
                     .map_err(|e| VmmError::Config(format!("--serial {}: {e}", p.display())))?,
             ),
         };
+        let activity = (0..config.vcpus).map(|_| VcpuActivity::default()).collect();
         Ok(Machine {
             kvm,
             vm,
@@ -189,6 +197,8 @@ impl Machine {
                 serial: Mutex::new(SerialConsole::new(serial_irq, out)),
                 i8042: Mutex::new(crate::i8042::I8042::default()),
                 mmio: Mutex::new(Vec::new()),
+                activity,
+                created,
             }),
             boot: None,
         })
@@ -328,10 +338,15 @@ impl Machine {
         let first = serial
             .first_byte()
             .map(|t| t.saturating_duration_since(self.created));
+        let now = self.created.elapsed();
+        let vcpus = (self.shared.activity.iter().enumerate())
+            .map(|(id, a)| a.snapshot(id, now))
+            .collect();
         Ok(RunReport {
             end,
             boot,
             first_serial_byte: first,
+            vcpus,
         })
     }
 }
@@ -363,8 +378,24 @@ fn regs_dump(vcpu: &VcpuFd) -> String {
 }
 
 fn run_vcpu(id: usize, mut vcpu: VcpuFd, shared: &Shared) -> VmEnd {
+    let Some(activity) = shared.activity.get(id) else {
+        return VmEnd::EmulationFailure(format!("vCPU {id}: no activity slot"));
+    };
+    let created = shared.created;
     loop {
-        let exit = match vcpu.run() {
+        activity.entering(created);
+        let result = vcpu.run();
+        let (kind, addr) = match &result {
+            Ok(VcpuExit::IoOut(port, _)) => (ExitKind::IoOut, u64::from(*port)),
+            Ok(VcpuExit::IoIn(port, _)) => (ExitKind::IoIn, u64::from(*port)),
+            Ok(VcpuExit::MmioRead(addr, _)) => (ExitKind::MmioRead, *addr),
+            Ok(VcpuExit::MmioWrite(addr, _)) => (ExitKind::MmioWrite, *addr),
+            Ok(VcpuExit::Hlt) => (ExitKind::Hlt, 0),
+            Err(_) => (ExitKind::Interrupted, 0),
+            Ok(_) => (ExitKind::Other, 0),
+        };
+        activity.exited(created, kind, addr);
+        let exit = match result {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
             Err(e) => {
