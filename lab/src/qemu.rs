@@ -23,6 +23,9 @@ use crate::serial::{GuestTranscript, tail};
 const TAIL_LINES: usize = 30;
 /// Slack the host gives the guest beyond the guest's own fio watchdog before killing QEMU.
 const HOST_TIMEOUT_SLACK: Duration = Duration::from_secs(60);
+/// How much longer the host waits than the VMM's own timeout (`weir vm --timeout`) before it
+/// kills the VMM: time for `weir vm` to end by itself and report where each vCPU was.
+const VMM_REPORT_GRACE: Duration = Duration::from_secs(15);
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
@@ -367,7 +370,7 @@ impl RunningGuest {
     }
 
     pub fn wait(mut self) -> Result<GuestRun, GuestRunError> {
-        let timeout = self.spec.fio_timeout + HOST_TIMEOUT_SLACK;
+        let timeout = self.spec.fio_timeout + HOST_TIMEOUT_SLACK + VMM_REPORT_GRACE;
         let name = self.spec.name.clone();
         let mut child = self.child.take().ok_or_else(|| GuestRunError::Io {
             context: "guest already collected".into(),
