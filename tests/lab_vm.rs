@@ -204,10 +204,26 @@ fn nested_cpu_stopped(vm_log: &str) -> Option<String> {
     ))
 }
 
+/// At weir vm's timeout a vCPU thread stayed inside KVM_RUN through seconds of signals (weir
+/// vm's report): the L1 kernel's KVM, under QEMU's SVM emulation, stopped running it. A
+/// userspace VMM cannot keep a thread inside a system call against an unblocked signal.
+fn vcpu_held_in_kernel(vm_log: &str) -> Option<String> {
+    let line = vm_log.lines().find(|l| {
+        l.contains("weir vm: at the timeout, vCPU") && l.ends_with("held in the kernel")
+    })?;
+    let vcpu = line.split("at the timeout, ").nth(1)?.split(':').next()?;
+    Some(format!(
+        "the nested guest's {vcpu} stayed inside the L1's KVM_RUN through weir vm's signals at \
+         its timeout: held in the L1 kernel (QEMU's SVM emulation)"
+    ))
+}
+
 /// A nested guest lost to QEMU's SVM emulation, from its log (weir vm's and its console's):
-/// either signature above.
+/// any signature above.
 fn emulator_loss(vm_log: &str) -> Option<String> {
-    silent_nested_shutdown(vm_log).or_else(|| nested_cpu_stopped(vm_log))
+    silent_nested_shutdown(vm_log)
+        .or_else(|| nested_cpu_stopped(vm_log))
+        .or_else(|| vcpu_held_in_kernel(vm_log))
 }
 
 #[test]
@@ -245,6 +261,31 @@ fn a_cpu_silent_to_nmis_inside_kvm_run_is_the_emulators_and_one_held_by_weir_vm_
     assert_eq!(nested_cpu_stopped(&answered), None);
     // Without weir vm's report (no timeout) nothing is claimed.
     assert_eq!(nested_cpu_stopped(console), None);
+
+    // A one-vCPU guest that stopped: no NMI report, but its thread stayed in KVM_RUN through
+    // the signals; one that left KVM_RUN when signalled (the guest ran, or halted) is not it.
+    let one = |signal: &str| {
+        format!(
+            "weir vm: ended: TimedOut; first serial byte 1301.2 ms after start\n\
+             weir vm: at the timeout, vCPU 0: inside KVM_RUN for 150.2 s (entered 24.9 s after \
+             start); 402 exits to weir vm, the last: port 0x3f8 write; {signal}\n"
+        )
+    };
+    let held = one("it stayed inside KVM_RUN through 3.0 s of signals: held in the kernel");
+    let why = emulator_loss(&held).expect("held in the kernel");
+    assert!(why.contains("vCPU 0 stayed inside"), "{why}");
+    let left = one("signalled, it left KVM_RUN in 0.00 s: rip=0xffffffff81e3c0a4 rflags=0x246");
+    assert_eq!(emulator_loss(&left), None);
+    let in_weir = held
+        .replace(
+            "inside KVM_RUN for 150.2 s",
+            "outside KVM_RUN, in weir vm, for 150.2 s",
+        )
+        .replace(
+            "it stayed inside KVM_RUN through 3.0 s of signals: held in the kernel",
+            "it did not answer 3.0 s of signals: held in weir vm",
+        );
+    assert_eq!(emulator_loss(&in_weir), None);
 }
 
 /// Checksummed random writes over 16 MiB (every block read back and verified), then 4 s of

@@ -599,3 +599,48 @@ fn a_guest_killed_mid_io_on_an_emulated_lun_frees_its_disk_for_the_next_guest() 
     // And the broker still stops in an orderly way.
     assert!(b.stop().is_some_and(|s| s.success()), "{}", b.log());
 }
+
+#[test]
+fn a_timed_out_guest_is_reported_vcpu_by_vcpu_and_each_signalled_out_of_kvm_run() {
+    let Some(probe) = setup("weir_vm_timeout_report") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("timeout.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    // Two vCPUs, a workload of 60 s and a timeout of 2 s: weir vm must end the guest itself,
+    // say where each vCPU was, and bring each out of KVM_RUN with a signal (the probe keeps
+    // vCPU 0 in the guest doing I/O; vCPU 1 waits, in KVM_RUN, for a SIPI that never comes).
+    let out = std::process::Command::new(weir())
+        .args(["vm", "--mem", "64M", "--vcpus", "2", "--timeout", "2"])
+        .args([
+            "--cmdline",
+            "probe.rw=randread probe.iodepth=8 probe.runtime_ms=60000",
+        ])
+        .arg("--kernel")
+        .arg(&probe)
+        .arg("--disk")
+        .arg(format!("path={}", img.display()))
+        .arg("--serial")
+        .arg(dir.path().join("serial"))
+        .output()
+        .unwrap();
+    let vmm = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{vmm}");
+    assert!(vmm.contains("ended: TimedOut"), "{vmm}");
+    for id in 0..2 {
+        let line = vmm
+            .lines()
+            .find(|l| l.starts_with(&format!("weir vm: at the timeout, vCPU {id}: ")))
+            .unwrap_or_else(|| panic!("no report of vCPU {id}:\n{vmm}"));
+        eprintln!("{line}");
+        assert!(line.contains("inside KVM_RUN for "), "{line}");
+        assert!(
+            line.contains("; signalled, it left KVM_RUN in ") && line.contains("rip=0x"),
+            "{line}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ use crate::cpu;
 use crate::layout::*;
 use crate::memory::GuestRam;
 use crate::vcpu_activity::{ExitKind, VcpuActivity, VcpuState};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 /// A device on the MMIO bus.
 pub trait MmioDevice: Send {
@@ -301,6 +302,10 @@ impl Machine {
             .ok_or_else(|| VmmError::Config("Machine::load was not called".into()))?;
         let count = self.config.vcpus;
         let (tx, rx) = mpsc::channel::<VmEnd>();
+        // The signal that brings a vCPU thread out of KVM_RUN at a timeout: its handler does
+        // nothing, its delivery makes KVM_RUN return EINTR.
+        register_signal_handler(vcpu_signal(), on_vcpu_signal)
+            .map_err(|e| VmmError::Kvm(format!("the vCPU signal's handler: {e}")))?;
         let mut vcpus = Vec::new();
         for id in 0..count {
             let vcpu = self
@@ -316,16 +321,18 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
+        let mut threads = Vec::new();
         for (id, vcpu) in vcpus.into_iter().enumerate() {
             let shared = self.shared.clone();
             let tx = tx.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let end = run_vcpu(id, vcpu, &shared);
                     let _ = tx.send(end);
                 })
                 .map_err(|e| VmmError::Kvm(format!("vCPU thread: {e}")))?;
+            threads.push(thread);
         }
         let end = match self.config.timeout {
             Some(t) => rx.recv_timeout(t).unwrap_or(VmEnd::TimedOut),
@@ -338,10 +345,17 @@ impl Machine {
         let first = serial
             .first_byte()
             .map(|t| t.saturating_duration_since(self.created));
+        drop(serial);
         let now = self.created.elapsed();
-        let vcpus = (self.shared.activity.iter().enumerate())
+        let mut vcpus: Vec<VcpuState> = (self.shared.activity.iter().enumerate())
             .map(|(id, a)| a.snapshot(id, now))
             .collect();
+        if end == VmEnd::TimedOut {
+            let waited = self.stop_vcpus(&threads);
+            for (v, a) in vcpus.iter_mut().zip(&self.shared.activity) {
+                v.signal = Some(a.signal_outcome(waited));
+            }
+        }
         Ok(RunReport {
             end,
             boot,
@@ -350,6 +364,43 @@ impl Machine {
         })
     }
 }
+
+/// How long a timed-out guest's vCPU threads are signalled, and how often.
+const STOP_WAIT: Duration = Duration::from_secs(3);
+const STOP_SIGNAL_EVERY: Duration = Duration::from_millis(100);
+
+impl Machine {
+    /// Asks every vCPU thread to stop and signals those that have not until each has answered
+    /// or [`STOP_WAIT`] has passed (signalled again and again: one that lands just before the
+    /// thread enters KVM_RUN is spent in userspace). Returns how long it waited.
+    fn stop_vcpus(&self, threads: &[std::thread::JoinHandle<()>]) -> Duration {
+        let start = Instant::now();
+        for a in &self.shared.activity {
+            a.request_stop(self.created);
+        }
+        while start.elapsed() < STOP_WAIT {
+            let mut pending = false;
+            for (thread, a) in threads.iter().zip(&self.shared.activity) {
+                if !a.answered() {
+                    pending = true;
+                    // A thread that has ended cannot be signalled; it has nothing to say.
+                    let _ = thread.kill(vcpu_signal());
+                }
+            }
+            if !pending {
+                break;
+            }
+            std::thread::sleep(STOP_SIGNAL_EVERY);
+        }
+        start.elapsed()
+    }
+}
+
+fn vcpu_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn on_vcpu_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 fn regs_dump(vcpu: &VcpuFd) -> String {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
@@ -395,6 +446,14 @@ fn run_vcpu(id: usize, mut vcpu: VcpuFd, shared: &Shared) -> VmEnd {
             Ok(_) => (ExitKind::Other, 0),
         };
         activity.exited(created, kind, addr);
+        if activity.stop_requested() {
+            // The guest timed out: say where this vCPU was, then stay out of the guest (the
+            // process exits next).
+            activity.answer(activity.since_stop_request(created), regs_dump(&vcpu));
+            loop {
+                std::thread::park();
+            }
+        }
         let exit = match result {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,

@@ -7,10 +7,17 @@
 //! a guest CPU that stops answering NMIs while its thread sits in KVM_RUN is the kernel's (or,
 //! nested, the emulator's) matter. The timeout report says which it was, per vCPU.
 //!
+//! Then weir vm signals each vCPU thread (a real-time signal with an empty handler, every
+//! 100 ms for up to 3 s). A thread in KVM_RUN returns at once with EINTR — a halted vCPU too —
+//! and records its registers; one that stays inside through every signal is held in the kernel
+//! (a host kernel, or under nesting the emulator, that stopped running it), which no userspace
+//! VMM can cause: it cannot make a thread inside a system call ignore an unblocked signal.
+//!
 //! Cost: two clock reads and three relaxed stores per exit to userspace. Exits here are
 //! configuration traffic only (the serial port, virtio-mmio registers); a disk's kicks and
 //! completions never leave the kernel.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,6 +31,19 @@ pub(crate) struct VcpuActivity {
     exits: AtomicU64,
     /// The last exit to userspace: [`ExitKind`] in the top byte, the port or address below.
     last_exit: AtomicU64,
+    /// The guest timed out: at its next return from KVM_RUN the thread records its registers
+    /// in `answer` and stops. Nanoseconds since the machine was created when asked, plus one;
+    /// 0 before.
+    stop_requested: AtomicU64,
+    answer: Mutex<Option<Answer>>,
+}
+
+/// A vCPU thread's answer to the stop request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    /// Since the request.
+    after: Duration,
+    registers: String,
 }
 
 /// What a vCPU's last exit to userspace was.
@@ -80,6 +100,46 @@ impl VcpuActivity {
         );
     }
 
+    /// Asks the thread to stop at its next return from KVM_RUN (the caller signals it).
+    pub(crate) fn request_stop(&self, created: Instant) {
+        self.stop_requested
+            .store(Self::stamp(created) + 1, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for (checked by the thread after every KVM_RUN).
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::SeqCst) != 0
+    }
+
+    /// How long ago the stop was asked for.
+    pub(crate) fn since_stop_request(&self, created: Instant) -> Duration {
+        let asked = self.stop_requested.load(Ordering::SeqCst).saturating_sub(1);
+        Duration::from_nanos(Self::stamp(created).saturating_sub(asked))
+    }
+
+    /// The thread stopped `after` the request, with these registers.
+    pub(crate) fn answer(&self, after: Duration, registers: String) {
+        *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Answer { after, registers });
+    }
+
+    pub(crate) fn answered(&self) -> bool {
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// What the stop request found, `waited` after it was made.
+    pub(crate) fn signal_outcome(&self, waited: Duration) -> SignalOutcome {
+        match &*self.answer.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(a) => SignalOutcome::Stopped {
+                after: a.after,
+                registers: a.registers.clone(),
+            },
+            None => SignalOutcome::NoAnswer { waited },
+        }
+    }
+
     /// The state `now` (time since the machine was created).
     pub(crate) fn snapshot(&self, id: usize, now: Duration) -> VcpuState {
         let state = self.state.load(Ordering::Relaxed);
@@ -100,6 +160,7 @@ impl VcpuActivity {
             },
             exits: self.exits.load(Ordering::Relaxed),
             last_exit: ExitKind::from_byte((last >> 56) as u8).map(|k| (k, last & ADDR_MASK)),
+            signal: None,
         }
     }
 }
@@ -115,6 +176,15 @@ pub enum VcpuPlace {
     InVmm { since: Duration, for_: Duration },
 }
 
+/// What signalling a vCPU thread at the timeout found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalOutcome {
+    /// The thread returned from KVM_RUN `after` the first signal; its registers then.
+    Stopped { after: Duration, registers: String },
+    /// It did not answer within `waited`: held inside KVM_RUN (or, outside it, in weir vm).
+    NoAnswer { waited: Duration },
+}
+
 /// One vCPU's state when the guest ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VcpuState {
@@ -124,6 +194,8 @@ pub struct VcpuState {
     pub exits: u64,
     /// The last exit to userspace and its port or address.
     pub last_exit: Option<(ExitKind, u64)>,
+    /// At a timeout: what signalling the thread found.
+    pub signal: Option<SignalOutcome>,
 }
 
 impl std::fmt::Display for VcpuState {
@@ -156,6 +228,24 @@ impl std::fmt::Display for VcpuState {
                 ExitKind::Other => "another exit".to_string(),
             };
             write!(f, ", the last: {what}")?;
+        }
+        match (&self.signal, self.place) {
+            (None, _) => {}
+            (Some(SignalOutcome::Stopped { after, registers }), _) => write!(
+                f,
+                "; signalled, it left KVM_RUN in {:.2} s: {registers}",
+                after.as_secs_f64()
+            )?,
+            (Some(SignalOutcome::NoAnswer { waited }), VcpuPlace::InKvmRun { .. }) => write!(
+                f,
+                "; it stayed inside KVM_RUN through {:.1} s of signals: held in the kernel",
+                waited.as_secs_f64()
+            )?,
+            (Some(SignalOutcome::NoAnswer { waited }), _) => write!(
+                f,
+                "; it did not answer {:.1} s of signals: held in weir vm",
+                waited.as_secs_f64()
+            )?,
         }
         Ok(())
     }
@@ -206,6 +296,33 @@ mod tests {
         assert!(
             s.to_string()
                 .ends_with("2 exits to weir vm, the last: MMIO 0xd0000050 write"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn the_signal_outcome_says_where_a_vcpu_was_held() {
+        let created = Instant::now();
+        let a = VcpuActivity::default();
+        a.entering(created);
+        assert!(!a.stop_requested() && !a.answered());
+        a.request_stop(created);
+        assert!(a.stop_requested());
+        assert!(a.since_stop_request(created) < Duration::from_secs(1));
+        let mut s = a.snapshot(0, created.elapsed());
+        s.signal = Some(a.signal_outcome(Duration::from_secs(3)));
+        assert!(
+            s.to_string().ends_with(
+                "; it stayed inside KVM_RUN through 3.0 s of signals: held in the kernel"
+            ),
+            "{s}"
+        );
+        a.answer(Duration::from_millis(20), "rip=0xffffffff81000000".into());
+        assert!(a.answered());
+        s.signal = Some(a.signal_outcome(Duration::from_secs(3)));
+        assert!(
+            s.to_string()
+                .ends_with("; signalled, it left KVM_RUN in 0.02 s: rip=0xffffffff81000000"),
             "{s}"
         );
     }
