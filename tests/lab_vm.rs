@@ -425,9 +425,9 @@ fn linux_under_weir_vm_writes_verifies_and_reads_through_the_broker_in_the_lab_v
     );
 }
 
-/// Inside the lab VM: `weir run` of scenarios/lab-weir-linux.toml (three Linux guests under
+/// Inside the lab VM: `weir run` of scenarios/lab-weir-linux.toml (two Linux guests under
 /// `weir vm` and a probe on one congested emulated LUN, fifo then adaptive); in the fifo run,
-/// once lin3's fio is going, its `weir vm` is killed.
+/// once lin2's fio is going, its `weir vm` is killed.
 const RUN_SCRIPT: &str = r#"set -u
 R=$WEIR_LAB_RESULTS
 # Every time, pid and state below is read by this shell itself (`read`, parameter expansion):
@@ -436,7 +436,7 @@ R=$WEIR_LAB_RESULTS
 # UP: seconds of uptime.
 up() { read -r UP _ < /proc/uptime; UP=${UP%.*}; }
 # The script ends on its own well inside the test's 600 s (a whole run takes ~150 s here). The
-# deadline is kept by this shell's own loop below, whatever the lin3 watcher waits on; when it
+# deadline is kept by this shell's own loop below, whatever the lin2 watcher waits on; when it
 # passes, what every weir thread and unfinished nested guest is doing is printed.
 up; deadline=$((UP + 420))
 # Whether $1 (a /proc/<pid> directory) is a weir process, from its stat alone: reading the
@@ -460,10 +460,10 @@ procs() {
     done
   done
 }
-log=$R/run/fifo/lin3.serial.log
-# lin3's weir vm, if it runs: the weir process that holds its console log open (an fd link, no
+log=$R/run/fifo/lin2.serial.log
+# lin2's weir vm, if it runs: the weir process that holds its console log open (an fd link, no
 # cmdline read). Sets PID, empty when there is none.
-lin3_pid() {
+lin2_pid() {
   PID=
   for p in /proc/[0-9]*; do
     is_weir $p || continue
@@ -472,7 +472,7 @@ lin3_pid() {
 }
 weir run /lab/files/lab-weir-linux.toml --out $R/run --no-progress > $R/run.out 2>&1 &
 RUN=$!
-# The lin3 watcher: waits for lin3's init, gives its fio 4 s, kills its weir vm; it stops
+# The lin2 watcher: waits for lin2's init, gives its fio 4 s, kills its weir vm; it stops
 # waiting if that weir vm, once seen, has ended (a guest the emulator shut down before its
 # first line: nothing left to kill), and at the deadline.
 (
@@ -483,24 +483,24 @@ RUN=$!
     up; [ $UP -ge $deadline ] && break
     i=$((i + 1))
     if [ $((i % 4)) = 0 ]; then
-      lin3_pid
+      lin2_pid
       if [ -n "$PID" ]; then seen=1; elif [ -n "$seen" ]; then break; fi
     fi
     sleep 0.5
   done
   if grep -q WEIR-GUEST-INIT $log 2>/dev/null; then
     sleep 4
-    lin3_pid
+    lin2_pid
     if [ -n "$PID" ]; then
-      echo "killing lin3's weir vm (pid $PID) at uptime $(cut -d' ' -f1 /proc/uptime)" > $R/kill.txt
+      echo "killing lin2's weir vm (pid $PID) at uptime $(cut -d' ' -f1 /proc/uptime)" > $R/kill.txt
       kill -9 $PID
     else
-      echo "lin3's weir vm was gone before the kill; its console ends: $(tail -c 600 $log)" > $R/kill.txt
+      echo "lin2's weir vm was gone before the kill; its console ends: $(tail -c 600 $log)" > $R/kill.txt
     fi
   elif [ -n "$seen" ]; then
-    echo "lin3's weir vm ended before its init; its console ends: $(tail -c 600 $log 2>/dev/null)" > $R/kill.txt
+    echo "lin2's weir vm ended before its init; its console ends: $(tail -c 600 $log 2>/dev/null)" > $R/kill.txt
   else
-    echo "lin3 did not reach its init by the deadline; its console ends: $(tail -c 600 $log 2>/dev/null)" > $R/kill.txt
+    echo "lin2 did not reach its init by the deadline; its console ends: $(tail -c 600 $log 2>/dev/null)" > $R/kill.txt
   fi
 ) &
 WATCHER=$!
@@ -538,7 +538,7 @@ while :; do
   sleep 1
 done
 kill -9 $WATCHER 2>/dev/null
-[ -s $R/kill.txt ] || echo "the lin3 watcher had not finished when weir run ended" > $R/kill.txt
+[ -s $R/kill.txt ] || echo "the lin2 watcher had not finished when weir run ended" > $R/kill.txt
 # A weir run the kernel cannot finish killing (state D) is not waited for: the script says so
 # and ends, and the test fails on the missing results with what was printed.
 for i in $(seq 20); do
@@ -581,22 +581,22 @@ fn losses_by_policy(results_json: &str) -> Vec<(String, Vec<(String, String)>)> 
         .collect()
 }
 
-/// A guest other than the one the script kills (lin3 under fifo) lost to the emulator.
+/// A guest other than the one the script kills (lin2 under fifo) lost to the emulator.
 fn nested_loss(results_json: &str) -> Option<String> {
     losses_by_policy(results_json)
         .into_iter()
         .find_map(|(policy, lost)| {
             lost.into_iter()
-                .find(|(guest, _)| !(policy == "fifo" && guest == "lin3"))
+                .find(|(guest, _)| !(policy == "fifo" && guest == "lin2"))
                 .map(|(guest, why)| format!("{policy} / {guest}: {why}"))
         })
 }
 
-/// lin3 of the fifo run, the guest the script kills, was lost to the emulator.
-fn lin3_lost(results_json: &str) -> bool {
+/// lin2 of the fifo run, the guest the script kills, was lost to the emulator.
+fn lin2_lost(results_json: &str) -> bool {
     losses_by_policy(results_json)
         .iter()
-        .any(|(policy, lost)| policy == "fifo" && lost.iter().any(|(g, _)| g == "lin3"))
+        .any(|(policy, lost)| policy == "fifo" && lost.iter().any(|(g, _)| g == "lin2"))
 }
 
 #[test]
@@ -621,8 +621,8 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
                         })
                 })
                 .or_else(|| {
-                    (!o.read("kill.txt").contains("killing") && lin3_lost(&json)).then(|| {
-                        "lin3 was lost to QEMU's SVM emulation before the script could kill it"
+                    (!o.read("kill.txt").contains("killing") && lin2_lost(&json)).then(|| {
+                        "lin2 was lost to QEMU's SVM emulation before the script could kill it"
                             .to_string()
                     })
                 })
@@ -635,14 +635,14 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
     let kill = read("kill.txt");
     eprintln!("{kill}\n{out}");
     let json = read("run/results.json");
-    // After the last attempt a lin3 the emulator shut down before the kill is accepted like any
+    // After the last attempt a lin2 the emulator shut down before the kill is accepted like any
     // guest lost that way (said; it is recorded as failed, as a killed one would be).
-    if lin3_lost(&json) && !kill.contains("killing") {
-        eprintln!("fifo: lin3 lost to QEMU's SVM emulation before the kill; checking the rest");
+    if lin2_lost(&json) && !kill.contains("killing") {
+        eprintln!("fifo: lin2 lost to QEMU's SVM emulation before the kill; checking the rest");
     } else {
         assert!(
             kill.contains("(pid ") && !kill.contains("(pid )"),
-            "lin3's weir vm was not found to kill: {kill}\n{out}"
+            "lin2's weir vm was not found to kill: {kill}\n{out}"
         );
     }
 
@@ -676,7 +676,7 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
         // failed like any guest, said here, and not held against weir; the others are checked.
         let lost: Vec<String> = emulator_losses(p)
             .into_iter()
-            .filter(|(guest, _)| !(killed_here && guest == "lin3"))
+            .filter(|(guest, _)| !(killed_here && guest == "lin2"))
             .map(|(guest, why)| {
                 eprintln!("{} / {guest}: {why}", p["name"]);
                 guest
@@ -697,7 +697,7 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
                 "weir"
             };
             assert_eq!(t["engine"], expect_engine, "{name}");
-            if killed_here && name == "lin3" {
+            if killed_here && name == "lin2" {
                 assert_eq!(t["ok"], false, "the killed guest is recorded as failed");
                 continue;
             }
@@ -730,8 +730,8 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
         let expected = lost.len() + usize::from(killed_here);
         if linux_ok == 0 && expected == linux_guests {
             // Every Linux guest of this policy was killed by the script or lost to the emulator
-            // on the last allowed attempt (e.g. under fifo lin1 and lin2 in silent triple faults,
-            // lin3 killed): nothing was learnt about weir under it, for or against.
+            // on the last allowed attempt (e.g. under fifo lin1 in a silent triple fault, lin2
+            // killed): nothing was learnt about weir under it, for or against.
             untestable.push(p["name"].as_str().unwrap_or("?").to_string());
         } else {
             assert!(
@@ -744,7 +744,7 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
         let failures = p["failures"].to_string();
         if killed_here {
             assert!(
-                failures.contains("lin3"),
+                failures.contains("lin2"),
                 "the kill is recorded: {failures}"
             );
         }

@@ -20,7 +20,7 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the probe reported no JSON (exit status {status}); serial:\n{serial}\nVMM:\n{vmm}")]
+    #[error("the probe reported no JSON ({status}); serial:\n{serial}\nVMM:\n{vmm}")]
     NoReport {
         status: String,
         serial: String,
