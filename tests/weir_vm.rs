@@ -21,6 +21,17 @@ fn setup(test: &str) -> Option<PathBuf> {
     common::probe_guest_setup(test)
 }
 
+/// An 8 MiB sparse disk image `name` in a new temporary directory.
+fn disk_image(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join(name);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    (dir, img)
+}
+
 /// A broker with `n` LUNs of `mib` MiB, one disk each (`d0.sock`, ...).
 fn broker(dir: &Path, n: usize, mib: u64) -> (BrokerProcess, PathBuf) {
     let control = dir.join("broker.ctl");
@@ -467,12 +478,7 @@ fn a_disk_file_gets_a_private_broker_in_the_vm_process() {
     let Some(probe) = setup("weir_vm_private_broker") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("private.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    let (dir, img) = disk_image("private.img");
     let run = ProbeVm::spawn(
         &weir(),
         &probe,
@@ -605,12 +611,7 @@ fn a_timed_out_guest_is_reported_vcpu_by_vcpu_and_each_signalled_out_of_kvm_run(
     let Some(probe) = setup("weir_vm_timeout_report") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("timeout.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    let (dir, img) = disk_image("timeout.img");
     // Two vCPUs, a workload of 60 s and a timeout of 2 s: weir vm must end the guest itself,
     // say where each vCPU was, and bring each out of KVM_RUN with a signal (the probe keeps
     // vCPU 0 in the guest doing I/O; vCPU 1 waits, in KVM_RUN, for a SIPI that never comes).
