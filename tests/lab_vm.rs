@@ -733,6 +733,7 @@ fn a_policy_is_judged_on_the_guests_the_emulator_left_and_untestable_when_it_lef
     // A Linux guest failing in any other way is weir's failure.
     let mut other = policy("adaptive", &["lin1", "lin2"], false);
     other["failures"][1]["error"] = "fio failed in guest 'lin2' (exit 1): verify".into();
+    eprintln!("the panic printed next is this test's: a guest's own failure must fail the check");
     assert!(std::panic::catch_unwind(|| check_policy(&other)).is_err());
 }
 
