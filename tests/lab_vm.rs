@@ -82,6 +82,9 @@ fn in_lab_vm(
         cpus,
         ..LabOptions::default()
     };
+    // The newest attempt whose L1 lived but whose emulator lost nested guests: if the last
+    // attempt's L1 dies, that one is judged (on the guests the emulator left), not thrown away.
+    let mut partial: Option<(u32, LabOutcome)> = None;
     for attempt in 1..=LAB_ATTEMPTS {
         let outcome = lab_once(test, &contents, &options);
         let flake = match &outcome {
@@ -89,13 +92,24 @@ fn in_lab_vm(
             Ok(o) => nested_flake(o),
         };
         match (flake, outcome) {
-            (Some(why), _) if attempt < LAB_ATTEMPTS => {
+            (Some(why), outcome) if attempt < LAB_ATTEMPTS => {
                 eprintln!(
                     "{test}: known flake (attempt {attempt}): {why}; running the lab VM again"
-                )
+                );
+                if let Ok(o) = outcome {
+                    partial = Some((attempt, o));
+                }
             }
             (Some(why), Ok(o)) => {
                 eprintln!("{test}: {why}, on every one of {LAB_ATTEMPTS} attempts");
+                return Some(o);
+            }
+            (Some(why), Err(_)) if partial.is_some() => {
+                let (earlier, o) = partial.take().expect("checked");
+                eprintln!(
+                    "{test}: the last attempt's L1 died ({why}); judging attempt {earlier}, \
+                     whose L1 lived and whose emulator lost only nested guests"
+                );
                 return Some(o);
             }
             (Some(why), Err(_)) => {

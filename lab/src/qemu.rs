@@ -447,14 +447,19 @@ pub fn interpret(guest: &str, log: &str) -> Result<(FioReport, GuestTranscript),
     if let Some(message) = &t.guest_error {
         return Err(GuestRunError::Guest {
             guest: guest.to_string(),
-            message: message.clone(),
+            message: format!("{message}. Serial log tail:\n{}", tail(log, TAIL_LINES)),
         });
     }
     if t.watchdog_fired {
         return Err(GuestRunError::FioFailed {
             guest: guest.to_string(),
             exit: t.fio_exit.unwrap_or(124),
-            message: "the guest's watchdog stopped fio (it ran past weir.timeout)".into(),
+            // What the guest's kernel said meanwhile (hung tasks, I/O errors) is the lead.
+            message: format!(
+                "the guest's watchdog stopped fio (it ran past weir.timeout). Serial log \
+                 tail:\n{}",
+                tail(log, TAIL_LINES)
+            ),
             report: None,
         });
     }

@@ -214,8 +214,20 @@ impl Drop for Tgtd {
     }
 }
 
-/// A running istgt serving one file as LUN 0 of `iqn.2026-12.weir:disk1`. Its LU queue holds
-/// `queue_depth` × `max_sessions` commands; more are answered TASK SET FULL.
+/// How istgt's one LU is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct IstgtLu {
+    /// `QueueDepth`: each session's command window (istgt's MaxCmdSN runs `QueueDepth` ahead
+    /// of the commands it has answered), and with `max_sessions` the LU queue's length.
+    pub queue_depth: u32,
+    /// The global `MaxSessions`. istgt does not cap sessions by it: it only sizes the LU queue,
+    /// which holds `queue_depth` × `max_sessions` waiting commands and answers the next TASK
+    /// SET FULL (istgt_lu_disk.c, `istgt_lu_disk_queue`). More sessions than `max_sessions`,
+    /// each with a full window, can overflow it.
+    pub max_sessions: u32,
+}
+
+/// A running istgt serving one file as LUN 0 of `iqn.2026-12.weir:disk1` ([`IstgtLu`]).
 pub struct Istgt {
     child: Child,
     pub uri: IscsiUri,
@@ -230,9 +242,12 @@ impl Istgt {
         backing: &Path,
         size_mib: u64,
         port: u16,
-        queue_depth: u32,
-        max_sessions: u32,
+        lu: IstgtLu,
     ) -> std::io::Result<Istgt> {
+        let IstgtLu {
+            queue_depth,
+            max_sessions,
+        } = lu;
         std::fs::create_dir_all(dir)?;
         let auth = dir.join("auth.conf");
         std::fs::write(&auth, "")?;
