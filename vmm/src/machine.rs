@@ -126,6 +126,10 @@ pub struct Machine {
     boot: Option<BootInfo>,
 }
 
+/// How long a timed-out guest's vCPU threads are signalled, and how often.
+const STOP_WAIT: Duration = Duration::from_secs(3);
+const STOP_SIGNAL_EVERY: Duration = Duration::from_millis(100);
+
 impl Machine {
     /// Creates the VM: memory, irqchip, PIT, serial. Devices are added before [`Machine::run`].
     pub fn new(config: VmConfig, created: Instant) -> Result<Self, VmmError> {
@@ -363,13 +367,7 @@ impl Machine {
             vcpus,
         })
     }
-}
 
-/// How long a timed-out guest's vCPU threads are signalled, and how often.
-const STOP_WAIT: Duration = Duration::from_secs(3);
-const STOP_SIGNAL_EVERY: Duration = Duration::from_millis(100);
-
-impl Machine {
     /// Asks every vCPU thread to stop and signals those that have not until each has answered
     /// or [`STOP_WAIT`] has passed (signalled again and again: one that lands just before the
     /// thread enters KVM_RUN is spent in userspace). Returns how long it waited.
@@ -442,7 +440,10 @@ fn run_vcpu(id: usize, mut vcpu: VcpuFd, shared: &Shared) -> VmEnd {
             Ok(VcpuExit::MmioRead(addr, _)) => (ExitKind::MmioRead, *addr),
             Ok(VcpuExit::MmioWrite(addr, _)) => (ExitKind::MmioWrite, *addr),
             Ok(VcpuExit::Hlt) => (ExitKind::Hlt, 0),
-            Err(_) => (ExitKind::Interrupted, 0),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                (ExitKind::Interrupted, 0)
+            }
+            Err(e) => (ExitKind::Failed, u64::from(e.errno().unsigned_abs())),
             Ok(_) => (ExitKind::Other, 0),
         };
         activity.exited(created, kind, addr);

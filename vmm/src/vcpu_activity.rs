@@ -58,6 +58,8 @@ pub enum ExitKind {
     /// KVM_RUN returned EINTR or EAGAIN (a signal; an AP waiting for its SIPI).
     Interrupted = 6,
     Other = 7,
+    /// KVM_RUN failed with another errno (stored in place of the address).
+    Failed = 8,
 }
 
 impl ExitKind {
@@ -70,6 +72,7 @@ impl ExitKind {
             5 => Self::Hlt,
             6 => Self::Interrupted,
             7 => Self::Other,
+            8 => Self::Failed,
             _ => return None,
         })
     }
@@ -226,6 +229,7 @@ impl std::fmt::Display for VcpuState {
                 ExitKind::Hlt => "HLT".to_string(),
                 ExitKind::Interrupted => "KVM_RUN interrupted (EINTR/EAGAIN)".to_string(),
                 ExitKind::Other => "another exit".to_string(),
+                ExitKind::Failed => format!("KVM_RUN failed (errno {addr})"),
             };
             write!(f, ", the last: {what}")?;
         }
@@ -296,6 +300,15 @@ mod tests {
         assert!(
             s.to_string()
                 .ends_with("2 exits to weir vm, the last: MMIO 0xd0000050 write"),
+            "{s}"
+        );
+        // A KVM_RUN error other than EINTR/EAGAIN is told apart, with its errno.
+        a.exited(created, ExitKind::Failed, 14);
+        let s = a.snapshot(1, created.elapsed());
+        assert_eq!(s.last_exit, Some((ExitKind::Failed, 14)));
+        assert!(
+            s.to_string()
+                .ends_with("the last: KVM_RUN failed (errno 14)"),
             "{s}"
         );
     }
