@@ -123,3 +123,107 @@ fn three_hosts_share_one_nbd_target_by_their_shares_in_weir_run() {
         "the scenario's nbdkit outlived the run"
     );
 }
+
+/// Three network namespaces, each with a veth link to the target's namespace (this one),
+/// shaped by `tc tbf` on the link's target side (the direction the reads' data takes).
+struct Namespaces {
+    names: Vec<String>,
+    target_ip: String,
+}
+
+impl Namespaces {
+    /// `rates[k]`: host k+1's link (a `tc` rate, e.g. `1gbit`).
+    fn make(rates: &[&str]) -> Namespaces {
+        let tag = std::process::id() % 10_000;
+        let sh = |cmd: &str| {
+            let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let target_ip = "10.201.0.1".to_string();
+        let mut names = Vec::new();
+        // Drop guard first: a failed step still removes what was made.
+        let mut ns = Namespaces {
+            names: Vec::new(),
+            target_ip: target_ip.clone(),
+        };
+        sh(&format!("ip addr add {target_ip}/32 dev lo"));
+        for (k, rate) in rates.iter().enumerate() {
+            let k = k + 1;
+            let name = format!("weir{tag}h{k}");
+            let (root_side, host_side) = (format!("wr{tag}{k}"), format!("wh{tag}{k}"));
+            sh(&format!("ip netns add {name}"));
+            names.push(name.clone());
+            ns.names = names.clone();
+            sh(&format!(
+                "ip link add {root_side} type veth peer name {host_side} && \
+                 ip link set {host_side} netns {name} && \
+                 ip addr add 10.201.{k}.1/24 dev {root_side} && ip link set {root_side} up && \
+                 ip netns exec {name} sh -c 'ip link set lo up && \
+                 ip addr add 10.201.{k}.2/24 dev {host_side} && ip link set {host_side} up && \
+                 ip route add default via 10.201.{k}.1' && \
+                 tc qdisc add dev {root_side} root tbf rate {rate} burst 64kb latency 100ms"
+            ));
+        }
+        ns
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = Command::new("ip")
+            .args([
+                "addr",
+                "del",
+                &format!("{}/32", self.target_ip),
+                "dev",
+                "lo",
+            ])
+            .status();
+    }
+}
+
+/// Not a test: `scenarios/three-hosts.toml` with each host's broker in a network namespace of
+/// its own (`[[host]] netns`), reaching nbdkit over a veth link shaped by `tc`. Host 3's link
+/// is `WEIR_H3_RATE` (default `1gbit`, not binding; `16mbit` passes ~490 reads of 4 KiB a
+/// second, a third of its share of the target). Prints each host's IOPS and fraction over
+/// seconds 6–19 and 24–29. By hand (root):
+/// `cargo test --release --test multi_host namespaces -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn three_hosts_in_network_namespaces_by_hand() {
+    if common::probe_guest_setup("multi_host").is_none() {
+        return;
+    }
+    let h3 = std::env::var("WEIR_H3_RATE").unwrap_or_else(|_| "1gbit".into());
+    let ns = Namespaces::make(&["1gbit", "1gbit", &h3]);
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/three-hosts.toml");
+    let mut text = std::fs::read_to_string(&base).unwrap();
+    text = text.replace("127.0.0.1", &ns.target_ip);
+    for (k, name) in ns.names.iter().enumerate() {
+        text = text.replace(
+            &format!("name = \"h{}\"\n", k + 1),
+            &format!("name = \"h{}\"\nnetns = \"{name}\"\n", k + 1),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("three-hosts-netns.toml");
+    std::fs::write(&scenario, &text).unwrap();
+    let (stdout, r) = common::weir_run_ok(&scenario, &dir.path().join("results"));
+    eprintln!("{stdout}");
+    for (from, to) in [(6, 19), (24, 29)] {
+        let iops = per_host(&r, from, to);
+        let total: f64 = iops.iter().sum();
+        let fractions: Vec<f64> = iops.iter().map(|x| x / total).collect();
+        eprintln!(
+            "h3 link {h3}, s {from}–{to}: {iops:.0?} IOPS, total {total:.0}, fractions \
+             {fractions:.3?}"
+        );
+    }
+}

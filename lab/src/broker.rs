@@ -36,6 +36,8 @@ pub struct BrokerProcess {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub control_socket: Option<PathBuf>,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    netns: Option<String>,
 }
 
 impl BrokerProcess {
@@ -47,6 +49,32 @@ impl BrokerProcess {
         control_socket: Option<PathBuf>,
         work_dir: &Path,
     ) -> Result<Self, BrokerProcessError> {
+        Self::start_in(binary, config_toml, control_socket, work_dir, None)
+    }
+
+    /// As [`start`](Self::start), inside the network namespace `netns` (`ip netns exec`,
+    /// which enters it and then runs the broker in its own place: the child is the broker).
+    /// Its unix sockets (guest disks, control) are the filesystem's and work from anywhere.
+    pub fn start_in(
+        binary: &Path,
+        config_toml: &str,
+        control_socket: Option<PathBuf>,
+        work_dir: &Path,
+        netns: Option<&str>,
+    ) -> Result<Self, BrokerProcessError> {
+        if let Some(ns) = netns {
+            let path = Path::new("/run/netns").join(ns);
+            if !path.exists() {
+                return Err(BrokerProcessError::Io {
+                    context: format!(
+                        "network namespace '{ns}' ([[host]] netns): {} does not exist; make it \
+                         first (ip netns add {ns}) with a route to the LUN's target",
+                        path.display()
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+        }
         let io = |context: &str| {
             let context = context.to_string();
             move |source| BrokerProcessError::Io { context, source }
@@ -62,6 +90,7 @@ impl BrokerProcess {
             config_path,
             log_path,
             control_socket,
+            netns: netns.map(str::to_string),
         };
         process.spawn(binary, false)?;
         Ok(process)
@@ -74,7 +103,14 @@ impl BrokerProcess {
             let context = context.to_string();
             move |source| BrokerProcessError::Io { context, source }
         };
-        let mut command = Command::new(binary);
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         command.arg("broker").arg("--config").arg(&self.config_path);
         if replace {
             command.arg("--replace");
@@ -188,5 +224,29 @@ fn copy_lines(stream: impl std::io::Read, mut log: fs::File, tx: Option<mpsc::Se
         if let Some(tx) = &tx {
             let _ = tx.send(line);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_network_namespace_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = BrokerProcess::start_in(
+            Path::new("/bin/true"),
+            "",
+            None,
+            dir.path(),
+            Some("weir-no-such-namespace"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("'weir-no-such-namespace' ([[host]] netns)")
+                && err.contains("ip netns add weir-no-such-namespace"),
+            "{err}"
+        );
     }
 }

@@ -21,6 +21,8 @@ pub struct BrokerPlan {
     pub dir: PathBuf,
     /// The guests (by name) whose disks it serves.
     pub guests: Vec<String>,
+    /// The network namespace it runs in (`[[host]] netns`), if any.
+    pub netns: Option<String>,
 }
 
 impl BrokerPlan {
@@ -39,6 +41,7 @@ pub fn plan(s: &RunScenario, dir: &Path, guests: &[&str]) -> Vec<BrokerPlan> {
             share: 1.0,
             dir: dir.to_path_buf(),
             guests: guests.iter().map(|g| g.to_string()).collect(),
+            netns: None,
         }];
     }
     s.hosts
@@ -61,6 +64,7 @@ pub fn plan(s: &RunScenario, dir: &Path, guests: &[&str]) -> Vec<BrokerPlan> {
                 share: h.share.unwrap_or(weights),
                 dir: dir.join(format!("host-{}", h.name)),
                 guests: mine.iter().map(|g| g.name.clone()).collect(),
+                netns: h.netns.clone(),
             })
         })
         .collect()

@@ -524,8 +524,14 @@ fn run_policy(
             .as_ref()
             .map_or(String::new(), |h| format!(" on host {h}"));
         let at = started.elapsed().as_secs_f64();
-        let broker = BrokerProcess::start(&env.weir, &config, Some(b.control()), &b.dir)
-            .map_err(|e| format!("broker for {policy}{on}: {e}"))?;
+        let broker = BrokerProcess::start_in(
+            &env.weir,
+            &config,
+            Some(b.control()),
+            &b.dir,
+            b.netns.as_deref(),
+        )
+        .map_err(|e| format!("broker for {policy}{on}: {e}"))?;
         brokers.push((broker, at));
     }
     let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")

@@ -63,6 +63,11 @@ pub struct HostSpec {
     /// Default: the sum of its tenants' weights on the LUN.
     #[serde(default)]
     pub share: Option<f64>,
+    /// `weir run` only: the network namespace (`ip netns add NAME`, made beforehand) the host's
+    /// broker runs in, so that its traffic to the target crosses that namespace's links (and
+    /// any `tc` shaping on them). `weir sim` has no network and ignores it.
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 fn d_seed() -> u64 {
