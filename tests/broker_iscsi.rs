@@ -405,7 +405,8 @@ fn the_adaptive_window_meets_istgts_task_set_full_and_settles_below_it() {
             .iter()
             .position(|s| s.1 > 0.0)
             .unwrap_or_else(|| panic!("{window}: no second with I/O: {per_s:?}"));
-        let settled = &per_s[(first + 2).min(per_s.len())..per_s.len().saturating_sub(1)];
+        let end = per_s.len().saturating_sub(1);
+        let settled = &per_s[(first + 2).min(end)..end];
         assert!(
             settled.len() >= 3,
             "{window}: {} settled seconds",

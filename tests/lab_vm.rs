@@ -829,8 +829,8 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
     if !untestable.is_empty() {
         eprintln!(
             "lab_vm_weir_run: INFRASTRUCTURE: under {untestable:?} every Linux guest was killed \
-             or lost to QEMU's SVM emulation on the last of {LAB_ATTEMPTS} attempts: nothing \
-             about weir was learnt there (the rest was checked)"
+             or lost to QEMU's SVM emulation in the attempt judged (of {LAB_ATTEMPTS}): \
+             nothing about weir was learnt there (the rest was checked)"
         );
     }
 }

@@ -163,20 +163,19 @@ impl Namespaces {
             );
         };
         let target_ip = "10.201.0.1".to_string();
-        let mut names = Vec::new();
-        // Drop guard first: a failed step still removes what was made.
+        // The guard first: a failed step still removes what was made.
         let mut ns = Namespaces {
             names: Vec::new(),
             target_ip: target_ip.clone(),
         };
-        sh(&format!("ip addr add {target_ip}/32 dev lo"));
+        // `replace`: an address a killed run left behind is no error.
+        sh(&format!("ip addr replace {target_ip}/32 dev lo"));
         for (k, rate) in rates.iter().enumerate() {
             let k = k + 1;
             let name = format!("weir{tag}h{k}");
             let (root_side, host_side) = (format!("wr{tag}{k}"), format!("wh{tag}{k}"));
             sh(&format!("ip netns add {name}"));
-            names.push(name.clone());
-            ns.names = names.clone();
+            ns.names.push(name.clone());
             sh(&format!(
                 "ip link add {root_side} type veth peer name {host_side} && \
                  ip link set {host_side} netns {name} && \
