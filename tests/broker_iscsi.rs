@@ -361,14 +361,16 @@ fn istgt_run(
 /// logs in (a second each, one at a time). A probe guest writes and verifies through them:
 /// - under `fixed:8` the target refuses (the window outruns its queue), and the guest sees no
 ///   error and no wrong byte: every refused command was offered again;
-/// - under `adaptive` the window meets the same refusals and settles below them: from two
-///   seconds after the guest's I/O starts, at most 1 % of the commands are refused (measured:
-///   0–4 a second at ~20 k IOPS, docs/network.md).
+/// - under `adaptive` the window settles below the refusals: from two seconds after the
+///   guest's I/O starts, at most 1 % of the commands are refused (measured: 0–4 a second at
+///   ~20 k IOPS, docs/network.md). It met refusals in every run measured (4–16, when its probe
+///   passed the queue), but that is not asserted: a search that stays below the queue from the
+///   start is right too.
 ///
 /// (istgt's power-on UNIT ATTENTION is taken by libiscsi's login, which sends TEST UNIT READY
 /// until the LUN is ready: the data path does not see it; the count is printed.)
 #[test]
-fn the_adaptive_window_meets_istgts_task_set_full_and_settles_below_it() {
+fn istgt_refuses_a_deep_window_and_the_adaptive_window_settles_below_it() {
     let Some(probe) = common::probe_guest_setup("broker_iscsi_istgt") else {
         return;
     };
