@@ -299,6 +299,8 @@ pub struct QueueDepthController {
     period_start: f64,
     period_completions: u64,
     period_latency_sum: f64,
+    /// The most requests in flight at once in the current period (at a dispatch).
+    period_peak: u32,
     /// `adaptive`: QUEUE FULL/BUSY of the current epoch in the current period.
     period_busy: u64,
     /// `adaptive`: the current period cut into slices, for the noise of its throughput.
@@ -359,6 +361,7 @@ impl QueueDepthController {
             period_start: 0.0,
             period_completions: 0,
             period_latency_sum: 0.0,
+            period_peak: 0,
             period_busy: 0,
             slices: SliceMeter::default(),
             ewma_latency: None,
@@ -590,6 +593,12 @@ impl QueueDepthController {
         }
     }
 
+    /// A request was sent: `in_flight` are out now (with it). The period's peak is what
+    /// bursty tenants use of the window, which their mean in flight understates.
+    pub fn note_in_flight(&mut self, in_flight: u32) {
+        self.period_peak = self.period_peak.max(in_flight);
+    }
+
     /// Called periodically (at least every control period) with the requests outstanding on
     /// the LUN. Runs the latency law and the stall rule.
     pub fn tick(&mut self, now: f64, outstanding: u32) {
@@ -692,6 +701,7 @@ impl QueueDepthController {
         self.period_late_s = 0.0;
         self.period_completions = 0;
         self.period_latency_sum = 0.0;
+        self.period_peak = 0;
         self.period_busy = 0;
         self.period_window = self.w;
         self.slices.start(now);
@@ -746,6 +756,7 @@ impl QueueDepthController {
             Period {
                 throughput: n as f64 / elapsed,
                 mean_in_flight: latency_sum / elapsed,
+                peak_in_flight: f64::from(self.period_peak.max(outstanding)),
                 window: self.period_window,
                 completions: n,
             },

@@ -186,6 +186,7 @@ impl<T> LunDispatch<T> {
     /// The array took the request sent on `path`.
     pub fn sent(&mut self, path: usize, now: f64) {
         self.in_flight += 1;
+        self.controller.note_in_flight(self.in_flight);
         self.paths.on_dispatch(path, now);
     }
 

@@ -34,7 +34,8 @@
 //! (Little). A period counts only if the window bound (`Q ≥ 0.7 · D`): when the tenants ask for
 //! less than the window, the window says nothing about the device, and nothing is learnt.
 //! Three such periods in a row with requests in flight bring the estimate down to what the
-//! tenants use, `k ← ⌈Q⌉`, measured again in a cruise (window validation, RFC 7661): otherwise
+//! tenants use, `k ← max(P, ⌈Q⌉)` with `P` the period's peak in flight (tenants that come in
+//! bursts average far below what their bursts need), measured again in a cruise (window validation, RFC 7661): otherwise
 //! a window above the demand — a start-up that doubled through a target's initial burst — is
 //! never measured again.
 //! A probe whose relative step `s` is larger than a full step `g − 1` (small windows: 2 → 1 is
@@ -215,6 +216,8 @@ pub struct Period {
     pub throughput: f64,
     /// Mean requests in flight (Σ latency ÷ period).
     pub mean_in_flight: f64,
+    /// The most requests in flight at once in the period.
+    pub peak_in_flight: f64,
     /// The window the period ran at.
     pub window: f64,
     /// Completions counted (the period's noise is `√(φ/n)`).
@@ -514,7 +517,16 @@ impl KneeSearch {
             } else {
                 0
             };
-            let used = m.mean_in_flight.ceil().max(min);
+            // What they use is their peak, not their mean: tenants that come in bursts
+            // (guests that wake, submit a batch and halt) average far below the depth their
+            // bursts reach, and a window at the mean queues every burst (eight probe guests
+            // at QD 4 on a file: 12 in flight on average, bursts to 32; a window brought to
+            // 15 cost 14 % of the throughput an unbounded one got; docs/scheduling.md).
+            let used = m
+                .peak_in_flight
+                .max(m.mean_in_flight.ceil())
+                .min(m.window)
+                .max(min);
             if self.unfilled >= UNFILLED_PERIODS && used < self.k {
                 self.unfilled = 0;
                 self.k = used;
@@ -529,8 +541,11 @@ impl KneeSearch {
                 self.cruise();
             }
             // A start-up that already missed once doubled past what the tenants ask for: the
-            // miss stands, and the last depth that paid is the estimate.
-            if self.phase == Phase::Start && self.start_misses > 0 {
+            // miss stands, and the last depth that paid is the estimate. Not when their
+            // bursts reached the window: the demand is there, only not all the time (probe
+            // guests that were still starting up once ended a start-up at 4 this way, with
+            // bursts of 32 queued behind it).
+            if self.phase == Phase::Start && self.start_misses > 0 && m.peak_in_flight < m.window {
                 self.k = self.start_prev;
                 self.forget_reference();
                 self.cruise();
@@ -693,6 +708,7 @@ mod tests {
         Period {
             throughput: w.min(n) / s,
             mean_in_flight: w,
+            peak_in_flight: w,
             window: w,
             completions: 384,
         }
@@ -727,6 +743,7 @@ mod tests {
             Period {
                 throughput: x,
                 mean_in_flight: w,
+                peak_in_flight: w,
                 window: w,
                 completions: (x * 0.1) as u64,
             }
@@ -791,12 +808,51 @@ mod tests {
                 Period {
                     throughput: 1000.0 * w.powf(0.2),
                     mean_in_flight: w,
+                    peak_in_flight: w,
                     window: w,
                     completions: 384,
                 },
             );
         }
         assert!(k.knee() <= 2.0, "{}", k.knee());
+    }
+
+    #[test]
+    fn bursty_tenants_keep_the_window_their_bursts_reach() {
+        // Eight guests of QD 4 that wake, submit and halt: 12 in flight on average, but every
+        // burst reaches 32. The window stays where the bursts go, not at their mean.
+        let mut k = KneeSearch::new(KneeParams::default());
+        let mut t = 0.0;
+        for _ in 0..40 {
+            t += 0.1;
+            let w = k.window();
+            k.on_period(
+                t,
+                Period {
+                    throughput: 40_000.0 * w.min(16.0) / 16.0,
+                    mean_in_flight: 12.0_f64.min(0.95 * w),
+                    peak_in_flight: 32.0_f64.min(w),
+                    window: w,
+                    completions: 4000,
+                },
+            );
+        }
+        assert!(k.knee() >= 32.0, "{}", k.knee());
+        // The same tenants, smooth (the peak is the mean): the window comes down to 12.
+        for i in 0..3 {
+            let w = k.window();
+            k.on_period(
+                t + f64::from(i + 1) * 0.1,
+                Period {
+                    throughput: 40_000.0,
+                    mean_in_flight: 12.0,
+                    peak_in_flight: 12.0,
+                    window: w,
+                    completions: 4000,
+                },
+            );
+        }
+        assert_eq!(k.knee(), 12.0);
     }
 
     #[test]
@@ -812,6 +868,7 @@ mod tests {
                 Period {
                     throughput: 100.0,
                     mean_in_flight: 2.0,
+                    peak_in_flight: 2.0,
                     window: w,
                     completions: 384,
                 },
@@ -835,6 +892,7 @@ mod tests {
                 Period {
                     throughput: 0.0,
                     mean_in_flight: 0.0,
+                    peak_in_flight: 0.0,
                     window: w,
                     completions: 384,
                 },
@@ -884,6 +942,7 @@ mod tests {
                 Period {
                     throughput: x,
                     mean_in_flight: w,
+                    peak_in_flight: w,
                     window: w,
                     completions: (x * len) as u64,
                 },

@@ -5,7 +5,9 @@
 //!   per-sector pattern (sector number and a hash of it), then read every block back and check it;
 //! - `rw=randread|randwrite|randrw|read|write` (with `rwmixread=70`), `bs=4096`, `iodepth=32`,
 //!   `runtime_ms=N` or `count=N`, `rate_iops=N`: the main phase (reads are verified when the
-//!   region was written with `verify=1`);
+//!   region was written with `verify=1`); `ramp_ms=N`: the same workload for N ms first, in a
+//!   phase of its own named `ramp` (fio's `ramp_time`: the main phase's figures start after
+//!   the backend's start-up);
 //! - `size_mib=N`: the region (default: the whole disk); `mode=poll|irq|halt` (poll: spin on
 //!   the used ring, no interrupts; irq: interrupts, spinning until one arrives; halt:
 //!   interrupts, the vCPU halted while it waits — a real guest's idle, its host thread asleep);
@@ -535,7 +537,7 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
         rate_iops: o.num("rate_iops", 0),
     };
     let mut rng = Rng(job.seed);
-    let mut phases: [Option<Phase>; 3] = [None, None, None];
+    let mut phases: [Option<Phase>; 4] = [None, None, None, None];
     let verify = o.num("verify", 0) != 0;
     if verify {
         phases[0] = Some(Phase {
@@ -569,9 +571,20 @@ pub fn run(cmdline: &'static str, pvh: bool) -> bool {
                 return false;
             }
         };
+        let ramp_ms = o.num("ramp_ms", 0);
+        if ramp_ms > 0 {
+            phases[2] = Some(Phase {
+                name: "ramp",
+                read_pct,
+                order,
+                count: 0,
+                runtime_cycles: ramp_ms * job.tsc_khz,
+                verify_reads: verify,
+            });
+        }
         let runtime_ms = o.num("runtime_ms", 0);
         let count = o.num("count", if runtime_ms == 0 { job.blocks } else { 0 });
-        phases[2] = Some(Phase {
+        phases[3] = Some(Phase {
             name: rw,
             read_pct,
             order,

@@ -157,6 +157,9 @@ pub struct CaseRun {
     pub ios: u64,
     /// Backend CPU seconds (user + system) over the run.
     pub cpu_s: Option<f64>,
+    /// The scheduling part: IOPS in the ramp before the measured run (the window's start-up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ramp_iops: Option<f64>,
 }
 
 impl CaseRun {
@@ -184,8 +187,15 @@ struct Runner<'a> {
     runs: u32,
 }
 
-/// A probe guest's figures: IOPS, p50, p99, I/Os.
-type ProbeFigures = (f64, f64, f64, u64);
+/// A probe guest's figures: the main phase's IOPS, p50 and p99; the I/Os of every phase
+/// (the backend's CPU time covers them all); the ramp phase's IOPS, if it ran one.
+struct ProbeFigures {
+    iops: f64,
+    p50_us: f64,
+    p99_us: f64,
+    ios: u64,
+    ramp_iops: Option<f64>,
+}
 
 impl Runner<'_> {
     fn probe_options(&self, case: &Case, mode: &str) -> String {
@@ -241,12 +251,13 @@ impl Runner<'_> {
                 case.qd
             ));
         }
-        Ok((
-            phase.iops,
-            phase.lat_us.p50 as f64,
-            phase.lat_us.p99 as f64,
-            phase.ios,
-        ))
+        Ok(ProbeFigures {
+            iops: phase.iops,
+            p50_us: phase.lat_us.p50 as f64,
+            p99_us: phase.lat_us.p99 as f64,
+            ios: r.phases.iter().map(|p| p.ios).sum(),
+            ramp_iops: r.phase("ramp").map(|p| p.iops),
+        })
     }
 
     /// One probe guest on `socket`; the backend's CPU from `pid`.
@@ -265,7 +276,7 @@ impl Runner<'_> {
         let options = self.probe_options(case, mode);
         let cpu0 = pid.and_then(process_cpu_seconds);
         let vm = self.spawn(socket, &options, extra)?;
-        let (iops, p50, p99, ios) = self.finish(vm, case)?;
+        let f = self.finish(vm, case)?;
         let cpu1 = pid.and_then(process_cpu_seconds);
         Ok(CaseRun {
             backend: backend.to_string(),
@@ -274,11 +285,12 @@ impl Runner<'_> {
             bs: case.bs,
             qd: case.qd,
             round,
-            iops,
-            p50_us: Some(p50),
-            p99_us: Some(p99),
-            ios,
+            iops: f.iops,
+            p50_us: Some(f.p50_us),
+            p99_us: Some(f.p99_us),
+            ios: f.ios,
             cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+            ramp_iops: None,
         })
     }
 
@@ -309,6 +321,7 @@ impl Runner<'_> {
             p99_us: first.clat_p99_us,
             ios: rows.iter().map(|r| r.ios).sum(),
             cpu_s: Some(cpu1 - cpu0),
+            ramp_iops: None,
         })
     }
 }
@@ -417,6 +430,12 @@ pub fn run_probe_bench(opts: &ProbeBenchOptions) -> Result<Vec<CaseRun>, String>
     Ok(runs)
 }
 
+/// The scheduling part's guests run this long before the measured run (`probe.ramp_ms`, fio's
+/// `ramp_time`): the cost on the data path is the steady one, and the adaptive window's
+/// start-up from a window of 1 (about half a second here) is reported on its own, as the
+/// ramp's IOPS.
+const SCHED_RAMP_MS: u64 = 1000;
+
 /// Eight guests, QD 4 each, 4 KiB random reads, on one LUN: FIFO + fixed window, mClock +
 /// fixed window (the scheduler's own cost) and mClock + the adaptive window (what a user
 /// gets), rounds interleaved. One "run" is the eight guests' sum.
@@ -444,10 +463,17 @@ fn sched_overhead(runner: &mut Runner<'_>, file: &Path) -> Result<Vec<CaseRun>, 
                 &opts.weir_binary,
                 &config,
                 None,
-                &opts.work_dir.join("broker-sched"),
+                // One directory per run: a round that went wrong keeps its log.
+                &opts.work_dir.join(format!(
+                    "broker-sched-r{round}-{scheduler}-{}",
+                    if depth == FIXED { "fixed" } else { "adaptive" }
+                )),
             )
             .map_err(|e| e.to_string())?;
-            let options = runner.probe_options(&case, "halt");
+            let options = format!(
+                "{} probe.ramp_ms={SCHED_RAMP_MS}",
+                runner.probe_options(&case, "halt")
+            );
             let cpu0 = broker.pid().and_then(process_cpu_seconds);
             let vms = sockets
                 .iter()
@@ -455,13 +481,15 @@ fn sched_overhead(runner: &mut Runner<'_>, file: &Path) -> Result<Vec<CaseRun>, 
                 // cores as idle guests do, instead of spinning in the host kernel.
                 .map(|s| runner.spawn(s, &options, &["--halt-poll-us", "0"]))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut total = (0.0, Vec::new(), Vec::new(), 0u64);
+            let (mut iops, mut p50s, mut p99s, mut ios, mut ramp) =
+                (0.0, Vec::new(), Vec::new(), 0u64, 0.0);
             for vm in vms {
-                let (iops, p50, p99, ios) = runner.finish(vm, &case)?;
-                total.0 += iops;
-                total.1.push(p50);
-                total.2.push(p99);
-                total.3 += ios;
+                let f = runner.finish(vm, &case)?;
+                iops += f.iops;
+                p50s.push(f.p50_us);
+                p99s.push(f.p99_us);
+                ios += f.ios;
+                ramp += f.ramp_iops.unwrap_or(0.0);
             }
             let cpu1 = broker.pid().and_then(process_cpu_seconds);
             broker.stop();
@@ -472,11 +500,12 @@ fn sched_overhead(runner: &mut Runner<'_>, file: &Path) -> Result<Vec<CaseRun>, 
                 bs: case.bs,
                 qd: 32,
                 round,
-                iops: total.0,
-                p50_us: Some(median(total.1)),
-                p99_us: total.2.iter().copied().reduce(f64::max),
-                ios: total.3,
+                iops,
+                p50_us: Some(median(p50s)),
+                p99_us: p99s.iter().copied().reduce(f64::max),
+                ios,
                 cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+                ramp_iops: Some(ramp),
             });
         }
     }
@@ -497,6 +526,9 @@ pub struct CaseAggregate {
     pub p99_us_median: Option<f64>,
     /// Total CPU over total I/Os, µs.
     pub cpu_us_per_io: Option<f64>,
+    /// The median of the ramps' IOPS, where the runs had a ramp.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ramp_iops_median: Option<f64>,
 }
 
 pub fn aggregate(runs: &[CaseRun]) -> Vec<CaseAggregate> {
@@ -525,6 +557,7 @@ pub fn aggregate(runs: &[CaseRun]) -> Vec<CaseAggregate> {
                 p50_us_median: some(rs.iter().filter_map(|r| r.p50_us).collect()),
                 p99_us_median: some(rs.iter().filter_map(|r| r.p99_us).collect()),
                 cpu_us_per_io: cpu.filter(|_| ios > 0).map(|c| c * 1e6 / ios as f64),
+                ramp_iops_median: some(rs.iter().filter_map(|r| r.ramp_iops).collect()),
                 backend,
                 case,
                 qd,
@@ -644,22 +677,30 @@ pub fn render(runs: &[CaseRun]) -> String {
     if let Some(f) = fifo {
         let _ = writeln!(
             s,
-            "\nscheduling overhead, {} ({} rounds):",
-            f.case, f.rounds
+            "\nscheduling overhead, {} ({} rounds; measured after a {} ms ramp, whose IOPS show \
+             the window's start-up):",
+            f.case, f.rounds, SCHED_RAMP_MS
         );
         for name in [SCHED_FIFO, SCHED_MCLOCK_FIXED, SCHED_MCLOCK] {
             let Some(a) = agg.iter().find(|a| a.backend == name) else {
                 continue;
             };
             let cost = 100.0 * (1.0 - a.iops_median / f.iops_median.max(1.0));
+            let ramp_cost = a
+                .ramp_iops_median
+                .zip(f.ramp_iops_median)
+                .map(|(r, f)| 100.0 * (1.0 - r / f.max(1.0)));
             let _ = writeln!(
                 s,
-                "  {:<34} {:>21}  p50 {:>5} us  CPU {:>5} us/IO  IOPS cost vs fifo {:>5.1} %",
+                "  {:<34} {:>21}  p50 {:>5} us  CPU {:>5} us/IO  IOPS cost vs fifo {:>5.1} %  \
+                 ramp {:>5}k ({:>5} %)",
                 a.backend,
                 format!("{}k", range(a)),
                 show(a.p50_us_median, 0),
                 show(a.cpu_us_per_io, 1),
-                cost
+                cost,
+                show(a.ramp_iops_median.map(|r| r / 1e3), 1),
+                show(ramp_cost, 1)
             );
             if name == SCHED_MCLOCK {
                 misses[5].2 = true;
@@ -699,6 +740,7 @@ mod tests {
             p99_us: Some(2e6 / iops),
             ios: iops as u64,
             cpu_s: Some(cpu),
+            ramp_iops: None,
         }
     }
 
