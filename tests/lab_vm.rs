@@ -52,7 +52,7 @@ fn in_lab_vm(
     files: Vec<(PathBuf, String)>,
     command: String,
     timeout: Duration,
-    nested_flake: &dyn Fn(&LabOutcome) -> Option<String>,
+    nested_flake: &dyn Fn(&LabOutcome) -> Option<NestedFlake>,
 ) -> Option<LabOutcome> {
     if !testenv::can_run(test, testenv::qemu_missing()) {
         return None;
@@ -87,32 +87,39 @@ fn in_lab_vm(
     let mut partial: Option<(u32, LabOutcome)> = None;
     for attempt in 1..=LAB_ATTEMPTS {
         let outcome = lab_once(test, &contents, &options);
-        let flake = match &outcome {
-            Err(known) => Some(known.clone()),
-            Ok(o) => nested_flake(o),
+        let (flake, judgeable) = match &outcome {
+            Err(known) => (Some(known.clone()), false),
+            Ok(o) => match nested_flake(o) {
+                Some(f) => (Some(f.why), f.judgeable),
+                None => (None, false),
+            },
         };
         match (flake, outcome) {
             (Some(why), outcome) if attempt < LAB_ATTEMPTS => {
                 eprintln!(
                     "{test}: known flake (attempt {attempt}): {why}; running the lab VM again"
                 );
-                if let Ok(o) = outcome {
+                // Only an attempt that left results can stand in for a later one: a weir
+                // stuck in the L1 kernel's KVM left none (CI once judged such an attempt and
+                // failed on its empty results.json).
+                if let (Ok(o), true) = (outcome, judgeable) {
                     partial = Some((attempt, o));
                 }
             }
-            (Some(why), Ok(o)) => {
+            (Some(why), Ok(o)) if judgeable => {
                 eprintln!("{test}: {why}, on every one of {LAB_ATTEMPTS} attempts");
                 return Some(o);
             }
-            (Some(why), Err(_)) if partial.is_some() => {
+            // The last attempt left nothing to judge: its L1 died, or weir was stuck in it.
+            (Some(why), _) if partial.is_some() => {
                 let (earlier, o) = partial.take().expect("checked");
                 eprintln!(
-                    "{test}: the last attempt's L1 died ({why}); judging attempt {earlier}, \
-                     whose L1 lived and whose emulator lost only nested guests"
+                    "{test}: the last attempt left nothing to judge ({why}); judging attempt \
+                     {earlier}, whose L1 lived and whose emulator lost only nested guests"
                 );
                 return Some(o);
             }
-            (Some(why), Err(_)) => {
+            (Some(why), _) => {
                 // Every attempt died of the emulator's known failures before weir's part was
                 // done: nothing was learnt about weir, for or against. Said loudly; an unknown
                 // failure or a wrong result still fails the test.
@@ -127,6 +134,23 @@ fn in_lab_vm(
         }
     }
     unreachable!("the last attempt returns or panics")
+}
+
+/// A known failure of QEMU's SVM emulation in the nested part of a lab VM run: why, and
+/// whether the run's results can still be judged (on the guests the emulator left).
+struct NestedFlake {
+    why: String,
+    judgeable: bool,
+}
+
+impl NestedFlake {
+    /// Guests lost; the run's results stand for the rest.
+    fn judgeable(why: String) -> Self {
+        NestedFlake {
+            why,
+            judgeable: true,
+        }
+    }
 }
 
 /// One lab VM run: its outcome, or the known QEMU failure it ended in.
@@ -362,7 +386,7 @@ fn linux_under_weir_vm_writes_verifies_and_reads_through_the_broker_in_the_lab_v
         Vec::new(),
         SCRIPT.replace("@JOB@", JOB.trim_end()),
         Duration::from_secs(600),
-        &|o| emulator_loss(&o.read("vm1.log")),
+        &|o| emulator_loss(&o.read("vm1.log")).map(NestedFlake::judgeable),
     ) else {
         return;
     };
@@ -763,19 +787,24 @@ fn weir_run_with_linux_guests_in_weir_vm_records_both_policies_and_survives_a_ki
         &|o| {
             let json = o.read("run/results.json");
             nested_loss(&json)
+                .map(NestedFlake::judgeable)
                 .or_else(|| {
                     o.read("deadline.txt")
                         .contains("WEIR-RUN-UNKILLABLE")
-                        .then(|| {
-                            "a weir process survived SIGKILL: stuck in the L1 kernel's KVM \
-                             (QEMU's SVM emulation)"
-                                .to_string()
+                        .then(|| NestedFlake {
+                            why: "a weir process survived SIGKILL: stuck in the L1 kernel's KVM \
+                                  (QEMU's SVM emulation)"
+                                .to_string(),
+                            judgeable: false,
                         })
                 })
                 .or_else(|| {
                     (!o.read("kill.txt").contains("killing") && lin2_lost(&json)).then(|| {
-                        "lin2 was lost to QEMU's SVM emulation before the script could kill it"
-                            .to_string()
+                        NestedFlake::judgeable(
+                            "lin2 was lost to QEMU's SVM emulation before the script could \
+                             kill it"
+                                .to_string(),
+                        )
                     })
                 })
         },
