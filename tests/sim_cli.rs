@@ -69,16 +69,22 @@ fn a_sweep_prints_each_policy_and_its_worst_cases_and_a_bad_grid_names_the_field
     );
     assert!(text.contains("1 shapes × 1 seeds"), "{text}");
     assert!(
-        text.contains("worst cases of adaptive") && text.contains("worst cases of aimd"),
+        text.contains("worst cases of adaptive")
+            && text.contains("worst cases of aimd")
+            && text.contains("knee-oracle"),
         "{text}"
     );
     let json = weir_sim(&["--sweep", p.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(
         v["cases"].as_array().map(Vec::len),
-        Some(2),
-        "one case per policy"
+        Some(3),
+        "one case per policy, and the knee oracle"
     );
+    assert_eq!(v["cases"][2]["policy"], "knee-oracle");
+    // 4 units of 1 ms at half capacity serve 2000/s: 20 000 completions take 10 s, after a
+    // settling of 3 s.
+    assert_eq!(v["cases"][0]["phase_s"], 13.0);
     assert_eq!(v["cases"][0]["phases"].as_array().map(Vec::len), Some(3));
     std::fs::write(&p, "seeds = 1\npolicies = [\"fastest\"]\nservers = [4]\nservice = [{ mean_us = 1000 }]\nbusy = [\"never\"]\n").unwrap();
     let out = weir_sim(&["--sweep", p.to_str().unwrap()]);

@@ -23,6 +23,17 @@
 //!
 //! A case meets the targets when every phase has throughput ratio ≥ `throughput` and latency
 //! ratio ≤ `latency`.
+//!
+//! **The judge's resolution.** A span of `n` completions measures throughput within
+//! `√(CV²/n)` (`CV²` the service time's squared coefficient of variation), and the targets
+//! are 5 % apart: a phase of 8 s on 2 units of 8 ms (125 IOPS at half capacity) measured ±4 %,
+//! and a window held exactly at the knee failed one case in twenty there. So a shape too slow
+//! for `phase_completions · CV²` completions in a judged span gets longer phases
+//! ([`SweepGrid::phase_len`]; the settling allowed stays `settle_s`), and every case also runs
+//! the **knee oracle** ([`ORACLE`]): a fixed window at each phase's knee under another seed,
+//! judged like a policy. Its share meeting the targets is what a window held exactly at the
+//! knee gets; what it misses is the judge's (a knee is within 5 % of the best depth by
+//! definition, so on a curve that bends softly it sits on the throughput target's edge).
 
 use std::fmt::Write as _;
 
@@ -75,6 +86,17 @@ impl Service {
     fn mean_s(&self) -> f64 {
         let p = self.slow_pct / 100.0;
         ((1.0 - p) * self.mean_us + p * self.slow_us) / 1e6
+    }
+
+    /// The squared coefficient of variation of the service time, `Var[S] / E[S]²`: 1 for
+    /// exponential service, ~12 for 10 % of requests at 40× the rest. A saturated unit's
+    /// completion count over a span has the variance of `CV²` times its mean (a renewal
+    /// stream), so it sets how many completions measure a throughput to a given precision.
+    fn cv2(&self) -> f64 {
+        let p = self.slow_pct / 100.0;
+        let mean = self.mean_s() * 1e6;
+        let second = (1.0 - p) * 2.0 * self.mean_us.powi(2) + p * 2.0 * self.slow_us.powi(2);
+        (second / mean.powi(2) - 1.0).max(0.0)
     }
 
     fn label(&self) -> String {
@@ -134,9 +156,18 @@ pub struct SweepGrid {
     pub link_us: Vec<f64>,
     #[serde(default = "d_tenants")]
     pub tenants: Vec<u32>,
-    /// Length of each of the three phases, s.
+    /// Length of each of the three phases, s (at least: see `phase_completions`).
     #[serde(default = "d_phase")]
     pub phase_s: f64,
+    /// Completions each judged span must hold, times the service's CV², at the dropped
+    /// capacity's nominal rate: a shape too slow for that in `phase_s` gets longer phases.
+    /// A span of `n` completions measures throughput within `√(CV²/n)`; 20 000 · CV² gives
+    /// ±0.7 %, so a policy and the reference it is judged against differ by noise ±1 % —
+    /// finer than the 5 % the target resolves. 2 units at 8 ms (125 IOPS at half capacity)
+    /// would otherwise be judged on 625 completions (±4 %), which a window exactly at the
+    /// knee fails one time in ten. 0: every phase lasts `phase_s`.
+    #[serde(default = "d_phase_completions")]
+    pub phase_completions: f64,
     /// Capacity in the middle phase, % (100: no change).
     #[serde(default = "d_drop")]
     pub drop_pct: f64,
@@ -155,6 +186,9 @@ fn d_tenants() -> Vec<u32> {
 }
 fn d_phase() -> f64 {
     8.0
+}
+fn d_phase_completions() -> f64 {
+    20_000.0
 }
 fn d_drop() -> f64 {
     50.0
@@ -227,6 +261,9 @@ impl SweepGrid {
         {
             return Err("phase_s: must be longer than settle_s".into());
         }
+        if self.phase_completions.is_nan() || self.phase_completions < 0.0 {
+            return Err("phase_completions: must be 0 or more".into());
+        }
         if self.drop_pct.is_nan() || self.drop_pct <= 0.0 || self.drop_pct > 100.0 {
             return Err("drop_pct: must be above 0 and at most 100".into());
         }
@@ -263,8 +300,19 @@ impl SweepGrid {
         out
     }
 
+    /// A phase's length for `shape`: `phase_s`, or longer where the judged span
+    /// (`phase_s − settle_s`) would hold fewer than `phase_completions · CV²` completions at
+    /// the lowest capacity's nominal rate.
+    pub fn phase_len(&self, shape: &Shape) -> f64 {
+        let low = f64::from(shape.servers) * self.drop_pct.min(100.0) / 100.0;
+        let rate = low / shape.service.mean_s();
+        let needed = self.phase_completions * shape.service.cv2().max(1.0) / rate;
+        self.phase_s.max((self.settle_s + needed).ceil())
+    }
+
     /// The scenario of one case under one window policy.
     fn scenario(&self, shape: &Shape, seed: u64, depth: DepthPolicy) -> SimScenario {
+        let phase_s = self.phase_len(shape);
         let knee = shape.bdp_at(f64::from(shape.servers));
         let per_tenant = (3 * knee).div_ceil(shape.tenants).max(2);
         let model = LunModel {
@@ -279,12 +327,12 @@ impl SweepGrid {
         };
         let mut events = Vec::new();
         if self.drop_pct < 100.0 {
-            events.push(EventSpec::capacity(self.phase_s, "lun", self.drop_pct));
-            events.push(EventSpec::capacity(2.0 * self.phase_s, "lun", 100.0));
+            events.push(EventSpec::capacity(phase_s, "lun", self.drop_pct));
+            events.push(EventSpec::capacity(2.0 * phase_s, "lun", 100.0));
         }
         SimScenario {
             seed,
-            duration_s: 3.0 * self.phase_s,
+            duration_s: 3.0 * phase_s,
             warmup_s: 0.0,
             retry_delay_us: 1000.0,
             cost: Default::default(),
@@ -387,6 +435,8 @@ pub struct PhaseVerdict {
 pub struct CaseResult {
     pub shape: String,
     pub seed: u64,
+    /// Each phase's length, s (`SweepGrid::phase_len`).
+    pub phase_s: f64,
     pub policy: String,
     pub phases: Vec<PhaseVerdict>,
     pub meets: bool,
@@ -401,7 +451,106 @@ impl CaseResult {
     }
 }
 
-/// Runs one case (a shape and a seed): the fixed depths, then each policy.
+/// The name under which the judge's own noise floor is reported: a fixed window at each
+/// phase's knee, run with another seed, judged like a policy.
+pub const ORACLE: &str = "knee-oracle";
+
+/// The seed of the oracle's replicate: independent of the case's, the same for every shape.
+fn replicate_seed(seed: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED
+}
+
+/// What the fixed depths measured in one phase: the knee and the references a policy is
+/// judged against.
+struct PhaseReference {
+    knee: u32,
+    bdp: u32,
+    at_knee_lat_us: Option<f64>,
+    best_fixed: u32,
+    best: f64,
+    best_fixed_any: u32,
+    best_any: f64,
+}
+
+impl PhaseReference {
+    fn new(fixed: &[(u32, Vec<PhaseFigures>)], i: usize, bdp: u32, targets: Targets) -> Self {
+        let best_of = |within: Option<f64>| {
+            fixed
+                .iter()
+                .filter(|(_, ph)| match (within, ph[i].device_lat_us) {
+                    (None, _) => true,
+                    (Some(limit), Some(l)) => l <= limit,
+                    (Some(_), None) => false,
+                })
+                .map(|(d, ph)| (*d, ph[i].iops))
+                .fold((0, 0.0), |b, x| if x.1 > b.1 { x } else { b })
+        };
+        let (best_fixed_any, best_any) = best_of(None);
+        // The knee: the smallest depth within KNEE_SHARE of the best throughput (`fixed` is
+        // sorted by depth).
+        let (knee, at_knee_lat_us) = fixed
+            .iter()
+            .find(|(_, ph)| ph[i].iops >= (1.0 - KNEE_SHARE) * best_any)
+            .map_or((bdp, None), |(d, ph)| (*d, ph[i].device_lat_us));
+        let (best_fixed, best) = match at_knee_lat_us {
+            Some(l) => best_of(Some(l * targets.latency)),
+            None => (best_fixed_any, best_any),
+        };
+        PhaseReference {
+            knee,
+            bdp,
+            at_knee_lat_us,
+            best_fixed,
+            best,
+            best_fixed_any,
+            best_any,
+        }
+    }
+
+    fn verdict(&self, phase: usize, f: &PhaseFigures) -> PhaseVerdict {
+        let ratio = |b: f64| if b > 0.0 { f.iops / b } else { 0.0 };
+        PhaseVerdict {
+            phase,
+            knee: self.knee,
+            bdp: self.bdp,
+            best_fixed: self.best_fixed,
+            throughput_ratio: ratio(self.best),
+            best_fixed_any: self.best_fixed_any,
+            throughput_ratio_any: ratio(self.best_any),
+            window_ratio: f.mean_window / f64::from(self.knee),
+            latency_ratio: match (f.device_lat_us, self.at_knee_lat_us) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            },
+        }
+    }
+}
+
+fn case_result(
+    shape: &Shape,
+    seed: u64,
+    phase_s: f64,
+    policy: &str,
+    phases: Vec<PhaseVerdict>,
+    targets: Targets,
+) -> CaseResult {
+    let meets = phases.iter().all(|v| {
+        v.throughput_ratio >= targets.throughput
+            && v.latency_ratio.is_some_and(|l| l <= targets.latency)
+    });
+    CaseResult {
+        shape: shape.name.clone(),
+        seed,
+        phase_s,
+        policy: policy.into(),
+        phases,
+        meets,
+    }
+}
+
+/// Runs one case (a shape and a seed): the fixed depths, each policy, then the oracle (a
+/// fixed window at each phase's knee under another seed: what the judge's own noise does to a
+/// window that is exactly right).
 fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult>, String> {
     let full = shape.bdp_at(f64::from(shape.servers));
     let dropped = shape.bdp_at(f64::from(shape.servers) * grid.drop_pct / 100.0);
@@ -412,11 +561,12 @@ fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult
         .collect();
     depths.sort_unstable();
     depths.dedup();
+    let phase_s = grid.phase_len(shape);
     let spans: Vec<(f64, f64, u32)> = (0..3)
         .map(|i| {
-            let start = f64::from(i) * grid.phase_s;
+            let start = f64::from(i) * phase_s;
             let knee = if i == 1 { dropped } else { full };
-            (start + grid.settle_s, start + grid.phase_s, knee)
+            (start + grid.settle_s, start + phase_s, knee)
         })
         .collect();
     let mut fixed: Vec<(u32, Vec<PhaseFigures>)> = Vec::new();
@@ -427,66 +577,48 @@ fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult
             spans.iter().map(|s| phase_figures(&r, s.0, s.1)).collect(),
         ));
     }
+    let refs: Vec<PhaseReference> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, _, bdp))| PhaseReference::new(&fixed, i, bdp, grid.targets))
+        .collect();
     let mut out = Vec::new();
     for p in &grid.policies {
         let depth = DepthPolicy::from_short(p).ok_or_else(|| format!("policy {p}"))?;
         let r = crate::sim::run(&grid.scenario(shape, seed, depth))?;
-        let phases: Vec<PhaseVerdict> = spans
+        let phases = spans
             .iter()
+            .zip(&refs)
             .enumerate()
-            .map(|(i, &(from, to, bdp))| {
-                let f = phase_figures(&r, from, to);
-                let best_of = |within: Option<f64>| {
-                    fixed
-                        .iter()
-                        .filter(|(_, ph)| match (within, ph[i].device_lat_us) {
-                            (None, _) => true,
-                            (Some(limit), Some(l)) => l <= limit,
-                            (Some(_), None) => false,
-                        })
-                        .map(|(d, ph)| (*d, ph[i].iops))
-                        .fold((0, 0.0), |b, x| if x.1 > b.1 { x } else { b })
-                };
-                let (best_fixed_any, best_any) = best_of(None);
-                // The knee: the smallest depth within KNEE_SHARE of the best throughput
-                // (`fixed` is sorted by depth).
-                let (knee, at_knee) = fixed
-                    .iter()
-                    .find(|(_, ph)| ph[i].iops >= (1.0 - KNEE_SHARE) * best_any)
-                    .map_or((bdp, None), |(d, ph)| (*d, ph[i].device_lat_us));
-                let (best_fixed, best) = match at_knee {
-                    Some(l) => best_of(Some(l * grid.targets.latency)),
-                    None => (best_fixed_any, best_any),
-                };
-                let ratio = |b: f64| if b > 0.0 { f.iops / b } else { 0.0 };
-                PhaseVerdict {
-                    phase: i,
-                    knee,
-                    bdp,
-                    best_fixed,
-                    throughput_ratio: ratio(best),
-                    best_fixed_any,
-                    throughput_ratio_any: ratio(best_any),
-                    window_ratio: f.mean_window / f64::from(knee),
-                    latency_ratio: match (f.device_lat_us, at_knee) {
-                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                        _ => None,
-                    },
-                }
-            })
+            .map(|(i, (&(from, to, _), rf))| rf.verdict(i, &phase_figures(&r, from, to)))
             .collect();
-        let meets = phases.iter().all(|v| {
-            v.throughput_ratio >= grid.targets.throughput
-                && v.latency_ratio.is_some_and(|l| l <= grid.targets.latency)
-        });
-        out.push(CaseResult {
-            shape: shape.name.clone(),
-            seed,
-            policy: p.clone(),
-            phases,
-            meets,
-        });
+        out.push(case_result(shape, seed, phase_s, p, phases, grid.targets));
     }
+    let mut knees: Vec<u32> = refs.iter().map(|r| r.knee).collect();
+    knees.sort_unstable();
+    knees.dedup();
+    let mut oracle: Vec<Option<PhaseVerdict>> = vec![None; spans.len()];
+    for k in knees {
+        let r = crate::sim::run(&grid.scenario(
+            shape,
+            replicate_seed(seed),
+            DepthPolicy::Fixed { depth: k },
+        ))?;
+        for (i, (&(from, to, _), rf)) in spans.iter().zip(&refs).enumerate() {
+            if rf.knee == k {
+                oracle[i] = Some(rf.verdict(i, &phase_figures(&r, from, to)));
+            }
+        }
+    }
+    let oracle = oracle.into_iter().flatten().collect();
+    out.push(case_result(
+        shape,
+        seed,
+        phase_s,
+        ORACLE,
+        oracle,
+        grid.targets,
+    ));
     Ok(out)
 }
 
@@ -570,7 +702,13 @@ pub fn run(grid: &SweepGrid, threads: usize) -> Result<SweepResult, String> {
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     results.sort_by_key(|(i, _)| *i);
     let cases: Vec<CaseResult> = results.into_iter().flat_map(|(_, r)| r).collect();
-    let policies = grid.policies.iter().map(|p| summarize(p, &cases)).collect();
+    let policies = grid
+        .policies
+        .iter()
+        .map(String::as_str)
+        .chain([ORACLE])
+        .map(|p| summarize(p, &cases))
+        .collect();
     Ok(SweepResult {
         shapes,
         seeds: grid.seeds,
@@ -667,6 +805,17 @@ pub fn render(r: &SweepResult) -> String {
             p.latency_ratio[2],
         );
     }
+    let lens = sorted(r.cases.iter().map(|c| c.phase_s).collect());
+    if let (Some(lo), Some(hi)) = (lens.first(), lens.last()) {
+        let _ = writeln!(
+            s,
+            "phases of {lo:.0}–{hi:.0} s (longer where the judged span needs the completions to resolve the targets)"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{ORACLE}: a fixed window at each phase's knee under another seed — what the judge's own noise leaves to a window that is exactly right"
+    );
     let _ = writeln!(s, "\nagainst the best fixed depth of all, latency aside:");
     for p in &r.policies {
         let _ = writeln!(
