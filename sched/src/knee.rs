@@ -90,6 +90,12 @@
 //! `k` and every probe for `cap_hold_s` (so the law does not knock the array over every
 //! cycle); after that, probes may look above it again. The caller halves the window at once and
 //! climbs back to `k`. Fewer signals are only a cost, which the period's throughput shows.
+//! While the cap holds, an up probe that would pass it goes halfway between `k` and the cap
+//! (a bisection), and a probe below the cap that drew no refusal and lost no throughput moves
+//! `k` there: the array has named its knee, and a step of a few per cent is one no period of
+//! hundreds of completions could judge by rule (1). (A 64-unit array refusing past its units,
+//! climbing back after a capacity return: 62 → 78 refused, then 70, 66, 64, where it had held
+//! 60–62, 0.94 of the best fixed depth, for the rest of the phase.)
 //!
 //! **Failure modes.** A device whose throughput keeps rising gently (elasticity just below η
 //! over a long range) is held where the rule stops, not at its last few percent. A device with
@@ -328,11 +334,27 @@ impl KneeSearch {
         self.up_by(self.p.probe_gain)
     }
 
+    /// The bound a recent QUEUE FULL/BUSY set, while it holds.
+    fn cap_bound(&self) -> Option<f64> {
+        match self.cap {
+            Some((bound, until)) if self.now < until => Some(bound),
+            _ => None,
+        }
+    }
+
+    /// An up probe's window: `max(g·k, k + 1)`, or, where the array refused a window below
+    /// that, halfway between `k` and the last window it took (a bisection: a knee climbed back
+    /// to by quarter steps after a capacity return otherwise stopped at the last step below
+    /// the refusal, up to `1 − 1/g` short of it).
     fn up_by(&self, gain: f64) -> f64 {
-        (self.k * gain)
-            .max(self.k + 1.0)
-            .min(self.ceiling())
-            .round()
+        let want = (self.k * gain).max(self.k + 1.0);
+        let c = self.ceiling();
+        if want > c {
+            if let Some(b) = self.cap_bound().filter(|b| *b > self.k) {
+                return (self.k + ((b - self.k) / 2.0).ceil()).min(c).round();
+            }
+        }
+        want.min(c).round()
     }
 
     fn half_gain(&self) -> f64 {
@@ -475,7 +497,16 @@ impl KneeSearch {
         self.down_backoff = 0;
     }
 
-    /// An up probe at `u` measured `x`: moves the knee there when rule (1) says it paid.
+    /// An array that refused a window recently has named its knee: a window below the refusal
+    /// that it took without refusing, at no loss of throughput, is the knee's side of it
+    /// (rule (1) would ask a step of 3 % to add 0.6 % of throughput, which a period of
+    /// hundreds of completions cannot tell from noise; the array's answer can).
+    fn below_refusal(&self, u: f64) -> bool {
+        self.cap_bound().is_some_and(|b| u <= b)
+    }
+
+    /// An up probe at `u` measured `x`: moves the knee there when rule (1) says it paid, or
+    /// when the array has refused a window above it and `u` lost nothing.
     /// Returns whether it moved, and whether the move is on trial: a gain under
     /// `CLEAR_ELASTICITY` times the rule's threshold is as likely one lucky period as a real
     /// one, so a cruise at `u` must confirm it against the throughput at `k` (on a flat curve
@@ -483,9 +514,13 @@ impl KneeSearch {
     /// the window crept to 30–55; docs/scheduling.md).
     fn move_up_if_it_paid(&mut self, u: f64, x: f64) -> (bool, bool) {
         match self.x_ref {
-            Some(x0) if u > self.k && self.pays(self.k, x0, u, x) => {
+            Some(x0)
+                if u > self.k
+                    && (self.pays(self.k, x0, u, x) || (self.below_refusal(u) && x >= x0)) =>
+            {
                 let gain = x / x0 - 1.0;
-                let trial = gain < CLEAR_ELASTICITY * self.p.elasticity * (u / self.k - 1.0);
+                let trial = !self.below_refusal(u)
+                    && gain < CLEAR_ELASTICITY * self.p.elasticity * (u / self.k - 1.0);
                 if trial {
                     self.trial = Some((self.k, x0));
                     self.x_ref = None;
@@ -915,6 +950,44 @@ mod tests {
         assert!(k.knee() <= 19.0, "{} at {t}", k.knee());
         run(&mut k, 64.0, 40, t);
         assert!((61.0..=80.0).contains(&k.knee()), "{}", k.knee());
+    }
+
+    /// An array that refuses every window above its 64 units (BUSY at the knee), after a
+    /// capacity return from 32: the up probes climb by quarters (40, 50, 62), the next (78)
+    /// is refused, and the probes then bisect between the knee and the refusal: 64 after 2
+    /// refusals (each a halving of the window for the caller) and 9 periods, where creeping
+    /// down from the refusal one request per cycle took 6 and 16.
+    #[test]
+    fn after_a_refusal_the_up_probes_bisect_to_the_window_the_array_takes() {
+        let mut k = KneeSearch::new(KneeParams::default());
+        let mut t = run(&mut k, 32.0, 40, 0.0);
+        assert!((31.0..=40.0).contains(&k.knee()), "{}", k.knee());
+        let mut top: f64 = 0.0;
+        let mut at_64 = None;
+        let mut refusals = 0;
+        for i in 0..80 {
+            t += 0.1;
+            let w = k.window();
+            if w > 64.0 {
+                // Each refusal costs the caller a halving of the window.
+                if at_64.is_none() {
+                    refusals += 1;
+                }
+                k.on_congestion(t, w);
+            } else {
+                k.on_period(t, device(64.0, 0.004, w));
+            }
+            top = top.max(k.knee());
+            if k.knee() == 64.0 && at_64.is_none() {
+                at_64 = Some(i);
+            }
+        }
+        assert_eq!(k.knee(), 64.0, "top {top}");
+        assert!(top <= 64.0, "the knee passed the refusal: {top}");
+        assert!(
+            at_64.is_some() && refusals <= 3,
+            "64 reached after {at_64:?} periods and {refusals} refusals"
+        );
     }
 
     /// A device of 16 units of 4 ms whose periods are measured with `sigma` of relative noise
