@@ -266,6 +266,16 @@ fn a_host_held_by_its_own_link_leaves_the_rest_to_the_others() {
             h[1] / h[0]
         );
     }
+    let hosts = p["hosts"].as_array().expect("hosts in results.json");
+    let held: Vec<u64> = hosts
+        .iter()
+        .map(|h| h["held_by_path_s"].as_u64().unwrap_or(0))
+        .collect();
+    let got: Vec<Option<f64>> = hosts
+        .iter()
+        .map(|h| h["cost_got_over_due"].as_f64())
+        .collect();
+    eprintln!("held by their own path (s): {held:?}; cost got/due {got:?}");
     if h3 == "16mbit" {
         // The link binds: ~488 reads of 4 KiB a second, less the headers.
         assert!(
@@ -273,5 +283,19 @@ fn a_host_held_by_its_own_link_leaves_the_rest_to_the_others() {
             "host 3 passed its link: {:.0}/s",
             three[2]
         );
+        // The host table judges host 3 by what its link let through, not as shorted by the
+        // target, and hosts 1 and 2 by the rest (it read 0.32 and 1.37 before it knew).
+        assert!(
+            held[2] >= 10 && held[0] <= 2 && held[1] <= 2,
+            "held seconds {held:?}"
+        );
+        for (h, g) in got.iter().enumerate().take(2) {
+            let g = g.unwrap_or(0.0);
+            assert!(
+                (g - 1.0).abs() <= 0.10,
+                "host {} got {g:.3} of its due among the hosts its target held",
+                h + 1
+            );
+        }
     }
 }

@@ -171,10 +171,57 @@ pub struct HostShares {
     pub contended_seconds: usize,
 }
 
+/// A host whose device latency in a second is at least this many times the median of the
+/// other waiting hosts' is held back by its own path (its link's queue), not by the shared
+/// target. PARDA's hosts all see the target's one latency; a host starved of CPU measured
+/// 1.2× the others' (docs/network.md), a host behind a link that carries a third of its share
+/// far more.
+pub const HELD_LATENCY: f64 = 1.5;
+
+/// Each host's device latency (its guests' disks, IOPS-weighted) in every telemetry second.
+fn device_latency_per_second(
+    telemetry: &[serde_json::Value],
+    guests: &[String],
+) -> Vec<Option<f64>> {
+    telemetry
+        .iter()
+        .map(|sample| {
+            let (mut w, mut sum) = (0.0, 0.0);
+            for d in sample["disks"].as_array().into_iter().flatten() {
+                if !d["tenant"]
+                    .as_str()
+                    .is_some_and(|t| guests.iter().any(|g| g == t))
+                {
+                    continue;
+                }
+                let iops = d["read_iops"].as_f64().unwrap_or(0.0)
+                    + d["write_iops"].as_f64().unwrap_or(0.0);
+                if let Some(l) = d["device_latency_us"].as_f64().filter(|_| iops > 0.0) {
+                    w += iops;
+                    sum += iops * l;
+                }
+            }
+            (w > 0.0).then(|| sum / w)
+        })
+        .collect()
+}
+
 /// Each host's throughput and its share of the cost the hosts completed over the seconds in
 /// which at least two of them had requests waiting (`CostShares` with a host as the
 /// contender: its tenants' cost summed, backlogged when any of them was).
-pub fn judge(plans: &[BrokerPlan], tenants: &[TenantResult], warmup_s: usize) -> HostShares {
+///
+/// A host held back by its own path in a second (its device latency ≥ [`HELD_LATENCY`] × the
+/// other waiting hosts' median) is no contender in it: like a rate-capped tenant, it got what
+/// its path let through (max-min fairness given its demand), and the others are judged on what
+/// was left. Without this, a host behind a slow link read as shorted by the target (cost
+/// got/due 0.32) and the others as favoured (1.37) when they split exactly what it could not
+/// take.
+pub fn judge(
+    plans: &[BrokerPlan],
+    tenants: &[TenantResult],
+    telemetry: &[serde_json::Value],
+    warmup_s: usize,
+) -> HostShares {
     let hosts: Vec<&BrokerPlan> = plans.iter().filter(|p| p.host.is_some()).collect();
     if hosts.is_empty() {
         return HostShares::default();
@@ -201,6 +248,41 @@ pub fn judge(plans: &[BrokerPlan], tenants: &[TenantResult], warmup_s: usize) ->
                 .map(|k| ts.iter().any(|t| t.backlogged.get(k) == Some(&true)))
                 .collect();
             (cost, backlogged)
+        })
+        .collect();
+    let latency: Vec<Vec<Option<f64>>> = hosts
+        .iter()
+        .map(|p| device_latency_per_second(telemetry, &p.guests))
+        .collect();
+    let mut held_s = vec![0usize; hosts.len()];
+    let series: Vec<(Vec<f64>, Vec<bool>)> = series
+        .iter()
+        .enumerate()
+        .map(|(h, (cost, backlogged))| {
+            let waiting = |i: usize, k: usize| series[i].1.get(k) == Some(&true);
+            let backlogged = backlogged
+                .iter()
+                .enumerate()
+                .map(|(k, &b)| {
+                    let mine = latency[h].get(k).copied().flatten();
+                    let mut others: Vec<f64> = (0..hosts.len())
+                        .filter(|&i| i != h && waiting(i, k))
+                        .filter_map(|i| latency[i].get(k).copied().flatten())
+                        .collect();
+                    others.sort_by(f64::total_cmp);
+                    let held = b
+                        && k >= warmup_s
+                        && match (mine, others.get(others.len() / 2)) {
+                            (Some(l), Some(m)) => l >= HELD_LATENCY * m,
+                            _ => false,
+                        };
+                    if held {
+                        held_s[h] += 1;
+                    }
+                    b && !held
+                })
+                .collect();
+            (cost.clone(), backlogged)
         })
         .collect();
     let seconds: Vec<TenantSeconds> = hosts
@@ -234,6 +316,7 @@ pub fn judge(plans: &[BrokerPlan], tenants: &[TenantResult], warmup_s: usize) ->
                 guests: p.guests.clone(),
                 iops: *iops,
                 cost_got_over_due: c.got_over_due.get(i).copied().flatten(),
+                held_by_path_s: held_s[i],
                 iops_share_error: (iops_sum > 0.0 && share_sum > 0.0)
                     .then(|| (iops / iops_sum) / (p.share / share_sum) - 1.0),
             })
@@ -286,5 +369,74 @@ mod tests {
         assert_eq!(merged[2]["disks"][0]["lun"], "shared@h1");
         assert_eq!(merged[2]["host"]["clock_lag_max_ms"], 9.0);
         assert_eq!(merged[0]["host"]["clock_lag_max_ms"], 1.0);
+    }
+
+    fn guest(name: &str, cost: f64, seconds: usize) -> TenantResult {
+        TenantResult {
+            name: name.into(),
+            engine: "weir-probe".into(),
+            lun: "shared".into(),
+            host: None,
+            weight: 1.0,
+            reservation_iops: 0.0,
+            limit_iops: 0.0,
+            iops: cost,
+            mbps: 0.0,
+            lat_us: Default::default(),
+            errors: 0,
+            ok: true,
+            cdf: vec![],
+            per_second: vec![cost; seconds],
+            per_second_start_s: 0,
+            cost_per_second: vec![cost; seconds],
+            backlogged: vec![true; seconds],
+        }
+    }
+
+    /// Three hosts with shares 1:2:4 on one target; host 3's own link passes 460 reads/s, a
+    /// third of its share, and the others split the rest 1:2 (tests/multi_host.rs measured
+    /// that on real links). Host 3's latency is its link's queue: it is judged as held by its
+    /// path, and hosts 1 and 2 as exact. The same figures with host 3's latency like the
+    /// others' mean the target shorted it.
+    #[test]
+    fn a_host_held_by_its_own_path_is_not_judged_as_shorted() {
+        let plans: Vec<BrokerPlan> = [("h1", 1.0, "a"), ("h2", 2.0, "b"), ("h3", 4.0, "c")]
+            .iter()
+            .map(|(h, share, g)| BrokerPlan {
+                host: Some(h.to_string()),
+                share: *share,
+                dir: PathBuf::new(),
+                guests: vec![g.to_string()],
+                netns: None,
+            })
+            .collect();
+        let tenants = [
+            guest("a", 700.0, 10),
+            guest("b", 1400.0, 10),
+            guest("c", 460.0, 10),
+        ];
+        let telemetry = |c_latency_us: f64| -> Vec<serde_json::Value> {
+            (0..10)
+                .map(|_| {
+                    json!({"disks": [
+                        {"tenant": "a", "read_iops": 700.0, "device_latency_us": 5300.0},
+                        {"tenant": "b", "read_iops": 1400.0, "device_latency_us": 5200.0},
+                        {"tenant": "c", "read_iops": 460.0, "device_latency_us": c_latency_us},
+                    ]})
+                })
+                .collect()
+        };
+        let held = judge(&plans, &tenants, &telemetry(21_000.0), 2);
+        let got: Vec<Option<f64>> = held.hosts.iter().map(|h| h.cost_got_over_due).collect();
+        assert_eq!(held.hosts[2].held_by_path_s, 8, "{held:?}");
+        assert_eq!(held.hosts[0].held_by_path_s, 0);
+        assert!(got[2].is_none(), "{got:?}");
+        assert!((got[0].unwrap() - 1.0).abs() < 1e-9 && (got[1].unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(held.cost_jain, Some(1.0));
+        let shorted = judge(&plans, &tenants, &telemetry(5400.0), 2);
+        assert_eq!(shorted.hosts[2].held_by_path_s, 0);
+        let x3 = shorted.hosts[2].cost_got_over_due.unwrap();
+        assert!(x3 < 0.4, "host 3 got {x3} of its due");
+        assert!(shorted.cost_jain.unwrap() < 0.8);
     }
 }

@@ -133,15 +133,15 @@ fn host_table(r: &Results, repeats: bool) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<20} {:<12} {:>6} {:>9} {:>9} {:>12}  guests",
-        "policy", "host", "share", "IOPS", "IOPS-err", "cost got/due"
+        "\n{:<20} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7}  guests",
+        "policy", "host", "share", "IOPS", "IOPS-err", "cost got/due", "held s"
     );
     let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:+.1}%", v * 100.0));
     for p in &r.policies {
         for h in &p.hosts {
             let _ = writeln!(
                 s,
-                "{:<20} {:<12} {:>6} {:>9.0} {:>9} {:>12}  {}",
+                "{:<20} {:<12} {:>6} {:>9.0} {:>9} {:>12} {:>7}  {}",
                 label(p, repeats),
                 h.name,
                 h.share,
@@ -149,6 +149,7 @@ fn host_table(r: &Results, repeats: bool) -> String {
                 pct(h.iops_share_error),
                 h.cost_got_over_due
                     .map_or("-".into(), |x| format!("{x:.3}")),
+                h.held_by_path_s,
                 h.guests.join(" "),
             );
         }
@@ -167,7 +168,9 @@ fn host_table(r: &Results, repeats: bool) -> String {
         s,
         "(each host a broker of its own; cost got/due: the cost it completed over what its share \
          was due in the seconds two or more hosts had requests waiting, 1 = exact; IOPS-err: its \
-         fraction of the hosts' IOPS over its fraction of the shares, whole run, guests' reports)"
+         fraction of the hosts' IOPS over its fraction of the shares, whole run, guests' reports; \
+         held s: seconds its device latency was ≥ 1.5× the other waiting hosts', so its own path \
+         held it back and it was judged as demand-limited, not as a contender)"
     );
     s
 }

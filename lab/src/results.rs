@@ -64,6 +64,11 @@ pub struct HostResult {
     /// Cost it completed over cost its share was due, over the seconds in which at least two
     /// hosts had requests waiting (1 = exactly its share); `null` when it never contended.
     pub cost_got_over_due: Option<f64>,
+    /// Seconds in which it waited but was held back by its own path (its device latency
+    /// ≥ `HELD_LATENCY` × the other waiting hosts'): judged then as demand-limited, not as a
+    /// contender (`crate::hosts::judge`).
+    #[serde(default)]
+    pub held_by_path_s: usize,
     /// Extra, IOPS over the whole run: its fraction of the hosts' IOPS over its fraction of
     /// the shares, less 1.
     pub iops_share_error: Option<f64>,

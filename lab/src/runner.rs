@@ -645,7 +645,12 @@ fn run_policy(
         }
         tenants.push(tenant_from(g, s, o, &telemetry));
     }
-    let hosts = crate::hosts::judge(&broker_plans, &tenants, s.warmup_s.round() as usize);
+    let hosts = crate::hosts::judge(
+        &broker_plans,
+        &tenants,
+        &telemetry,
+        s.warmup_s.round() as usize,
+    );
     Ok(PolicyRun {
         hosts,
         tenants,
