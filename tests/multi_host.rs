@@ -275,7 +275,13 @@ fn a_host_held_by_its_own_link_leaves_the_rest_to_the_others() {
         .iter()
         .map(|h| h["cost_got_over_due"].as_f64())
         .collect();
-    eprintln!("held by their own path (s): {held:?}; cost got/due {got:?}");
+    let lat: Vec<Option<f64>> = hosts
+        .iter()
+        .map(|h| h["device_latency_us"].as_f64())
+        .collect();
+    eprintln!(
+        "held by their own path (s): {held:?}; cost got/due {got:?}; device latency µs {lat:.0?}"
+    );
     if h3 == "16mbit" {
         // The link binds: ~488 reads of 4 KiB a second, less the headers.
         assert!(

@@ -206,6 +206,19 @@ fn device_latency_per_second(
         .collect()
 }
 
+/// The mean of a host's per-second device latency over the seconds after the warm-up in which it
+/// had requests waiting.
+fn mean_latency(latency: &[Option<f64>], waiting: &[bool], warmup_s: usize) -> Option<f64> {
+    let v: Vec<f64> = latency
+        .iter()
+        .zip(waiting)
+        .skip(warmup_s)
+        .filter(|(_, w)| **w)
+        .filter_map(|(l, _)| *l)
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
 /// Each host's throughput and its share of the cost the hosts completed over the seconds in
 /// which at least two of them had requests waiting (`CostShares` with a host as the
 /// contender: its tenants' cost summed, backlogged when any of them was).
@@ -254,6 +267,7 @@ pub fn judge(
         .iter()
         .map(|p| device_latency_per_second(telemetry, &p.guests))
         .collect();
+    let series_waiting: Vec<Vec<bool>> = series.iter().map(|(_, b)| b.clone()).collect();
     let mut held_s = vec![0usize; hosts.len()];
     let series: Vec<(Vec<f64>, Vec<bool>)> = series
         .iter()
@@ -317,6 +331,7 @@ pub fn judge(
                 iops: *iops,
                 cost_got_over_due: c.got_over_due.get(i).copied().flatten(),
                 held_by_path_s: held_s[i],
+                device_latency_us: mean_latency(&latency[i], &series_waiting[i], warmup_s),
                 iops_share_error: (iops_sum > 0.0 && share_sum > 0.0)
                     .then(|| (iops / iops_sum) / (p.share / share_sum) - 1.0),
             })
@@ -433,6 +448,7 @@ mod tests {
         assert!(got[2].is_none(), "{got:?}");
         assert!((got[0].unwrap() - 1.0).abs() < 1e-9 && (got[1].unwrap() - 1.0).abs() < 1e-9);
         assert_eq!(held.cost_jain, Some(1.0));
+        assert_eq!(held.hosts[2].device_latency_us, Some(21_000.0));
         let shorted = judge(&plans, &tenants, &telemetry(5400.0), 2);
         assert_eq!(shorted.hosts[2].held_by_path_s, 0);
         let x3 = shorted.hosts[2].cost_got_over_due.unwrap();

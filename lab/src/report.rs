@@ -133,15 +133,15 @@ fn host_table(r: &Results, repeats: bool) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<20} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7}  guests",
-        "policy", "host", "share", "IOPS", "IOPS-err", "cost got/due", "held s"
+        "\n{:<20} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7} {:>8}  guests",
+        "policy", "host", "share", "IOPS", "IOPS-err", "cost got/due", "held s", "dev ms"
     );
     let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:+.1}%", v * 100.0));
     for p in &r.policies {
         for h in &p.hosts {
             let _ = writeln!(
                 s,
-                "{:<20} {:<12} {:>6} {:>9.0} {:>9} {:>12} {:>7}  {}",
+                "{:<20} {:<12} {:>6} {:>9.0} {:>9} {:>12} {:>7} {:>8}  {}",
                 label(p, repeats),
                 h.name,
                 h.share,
@@ -150,6 +150,8 @@ fn host_table(r: &Results, repeats: bool) -> String {
                 h.cost_got_over_due
                     .map_or("-".into(), |x| format!("{x:.3}")),
                 h.held_by_path_s,
+                h.device_latency_us
+                    .map_or("-".into(), |l| format!("{:.2}", l / 1000.0)),
                 h.guests.join(" "),
             );
         }
@@ -170,7 +172,8 @@ fn host_table(r: &Results, repeats: bool) -> String {
          was due in the seconds two or more hosts had requests waiting, 1 = exact; IOPS-err: its \
          fraction of the hosts' IOPS over its fraction of the shares, whole run, guests' reports; \
          held s: seconds its device latency was ≥ 1.5× the other waiting hosts', so its own path \
-         held it back and it was judged as demand-limited, not as a contender)"
+         held it back and it was judged as demand-limited, not as a contender; dev ms: its mean \
+         device latency while it had requests waiting)"
     );
     s
 }

@@ -69,6 +69,10 @@ pub struct HostResult {
     /// contender (`crate::hosts::judge`).
     #[serde(default)]
     pub held_by_path_s: usize,
+    /// Its guests' mean device latency over the seconds it had requests waiting, µs (what the
+    /// held-by-path judgement compares).
+    #[serde(default)]
+    pub device_latency_us: Option<f64>,
     /// Extra, IOPS over the whole run: its fraction of the hosts' IOPS over its fraction of
     /// the shares, less 1.
     pub iops_share_error: Option<f64>,
