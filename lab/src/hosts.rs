@@ -267,7 +267,12 @@ pub fn judge(
         .iter()
         .map(|p| device_latency_per_second(telemetry, &p.guests))
         .collect();
-    let series_waiting: Vec<Vec<bool>> = series.iter().map(|(_, b)| b.clone()).collect();
+    // Over the seconds each host waited, held or not: what `held s` compares, shown beside it.
+    let mean_latency: Vec<Option<f64>> = latency
+        .iter()
+        .zip(&series)
+        .map(|(l, (_, waiting))| mean_latency(l, waiting, warmup_s))
+        .collect();
     let mut held_s = vec![0usize; hosts.len()];
     let series: Vec<(Vec<f64>, Vec<bool>)> = series
         .iter()
@@ -331,7 +336,7 @@ pub fn judge(
                 iops: *iops,
                 cost_got_over_due: c.got_over_due.get(i).copied().flatten(),
                 held_by_path_s: held_s[i],
-                device_latency_us: mean_latency(&latency[i], &series_waiting[i], warmup_s),
+                device_latency_us: mean_latency[i],
                 iops_share_error: (iops_sum > 0.0 && share_sum > 0.0)
                     .then(|| (iops / iops_sum) / (p.share / share_sum) - 1.0),
             })
