@@ -324,10 +324,7 @@ impl KneeSearch {
     /// The highest window allowed now (`max`, or below a recent congestion).
     fn ceiling(&self) -> f64 {
         let (_, max) = self.bounds();
-        match self.cap {
-            Some((bound, until)) if self.now < until => bound.min(max),
-            _ => max,
-        }
+        self.cap_bound().map_or(max, |bound| bound.min(max))
     }
 
     fn up(&self) -> f64 {
