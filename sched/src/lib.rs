@@ -15,6 +15,7 @@
 pub mod array;
 pub mod check;
 pub mod cost;
+pub mod curve;
 pub mod depth;
 pub mod dispatch;
 pub mod dispersion;

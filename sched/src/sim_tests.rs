@@ -771,7 +771,9 @@ fn the_knee_search_holds_across_seeds_and_array_shapes() {
     assert_eq!(oracle.policy, crate::sweep::ORACLE);
     assert!(oracle.meeting >= 0.95, "knee oracle {}", oracle.meeting);
     let [p5, median, worst] = adaptive.throughput_ratio;
-    // Stop 36: p5 0.978, median 0.992, worst 0.958, 88.9 % meeting.
+    // Stop 36: p5 0.978, median 0.992, worst 0.958, 88.9 % meeting. Stop 37, with BUSY now
+    // crossed with the links (`SweepGrid::shapes`; the cases changed): 0.957, 0.989, 0.909,
+    // 88.9 %.
     assert!(
         median >= 0.95 && p5 >= 0.93 && worst >= 0.9 && adaptive.meeting >= 0.8,
         "throughput ÷ best fixed: p5 {p5}, median {median}, worst {worst}; meeting {}",
