@@ -145,9 +145,11 @@ fn the_probe_writes_verifies_and_reads_through_the_broker_polling_and_with_inter
     let rr = r.phase("randread").unwrap();
     assert!(rr.ios > 100 && rr.unexpected == 0, "{rr:?}");
     let ios: u64 = r.phases.iter().map(|p| p.ios).sum();
-    // At QD1 nearly every request is waited for; the tick adds at most 100 wake-ups a second.
+    // At QD1 most requests are waited for (an answer that comes back before the vCPU halts
+    // needs no halt: 2864 halts for 6229 requests on an idle host once, 0.46); the tick adds
+    // at most 100 wake-ups a second.
     assert!(
-        r.halts > ios / 2 && r.interrupts >= r.halts / 2,
+        r.halts > ios / 4 && r.interrupts >= r.halts / 2,
         "{} halts, {} interrupts for {ios} requests",
         r.halts,
         r.interrupts

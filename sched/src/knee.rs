@@ -601,6 +601,18 @@ impl KneeSearch {
         }
     }
 
+    /// A down probe at `d` measured `x`: moves the knee there unless rule (1) says the depth
+    /// between `d` and `k` paid for itself. Returns whether it moved.
+    fn move_down_if_it_did_not_pay(&mut self, d: f64, x: f64) -> bool {
+        match self.reference() {
+            Some(x0) if d < self.k && !self.pays(d, x, self.k, x0) => {
+                self.probe_moved_to(d);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A period ended at `now`.
     pub fn on_period(&mut self, now: f64, m: Period) {
         self.now = now;
@@ -739,31 +751,24 @@ impl KneeSearch {
             }
             Phase::Down => {
                 let d = m.window;
-                match self.reference() {
-                    Some(x0) if d < self.k && !self.pays(d, xp, self.k, x0) => {
-                        self.probe_moved_to(d);
-                        if self.k <= min {
-                            self.cruise();
-                        }
+                if self.move_down_if_it_did_not_pay(d, xp) {
+                    if self.k <= min {
+                        self.cruise();
                     }
-                    _ => {
-                        let half = self.down_by(self.half_gain());
-                        if half < self.k && half > d {
-                            self.phase = Phase::DownHalf;
-                        } else {
-                            self.down_failed();
-                        }
+                } else {
+                    let half = self.down_by(self.half_gain());
+                    if half < self.k && half > d {
+                        self.phase = Phase::DownHalf;
+                    } else {
+                        self.down_failed();
                     }
                 }
             }
             Phase::DownHalf => {
-                let d = m.window;
-                match self.reference() {
-                    Some(x0) if d < self.k && !self.pays(d, xp, self.k, x0) => {
-                        self.probe_moved_to(d);
-                        self.cruise();
-                    }
-                    _ => self.down_failed(),
+                if self.move_down_if_it_did_not_pay(m.window, xp) {
+                    self.cruise();
+                } else {
+                    self.down_failed();
                 }
             }
             Phase::Cruise => match self.x_ref {
