@@ -232,7 +232,15 @@ fn run_guest(
             }
             opts.push(format!("probe.seed={seed}"));
             opts.push(format!("probe.tsc_khz={}", env.tsc_khz));
-            let extra: &[&str] = if halt { &["--halt-poll-us", "0"] } else { &[] };
+            // weir vm keeps the time limit itself: at its timeout it says where each vCPU was
+            // (inside KVM_RUN and held there by the kernel, or in weir vm) before it stops the
+            // guest, and the failure carries that report (a SIGKILL from here would not).
+            let limit = g.duration_s + 60.0;
+            let limit_arg = format!("{limit}");
+            let mut extra: Vec<&str> = vec!["--timeout", &limit_arg];
+            if halt {
+                extra.extend(["--halt-poll-us", "0"]);
+            }
             let vm = match ProbeVm::spawn_with(
                 &env.weir,
                 &probe,
@@ -240,7 +248,7 @@ fn run_guest(
                 &opts.join(" "),
                 dir,
                 &g.name,
-                extra,
+                &extra,
             ) {
                 Ok(vm) => vm,
                 Err(e) => return Outcome::Failed(e.to_string()),
@@ -249,7 +257,8 @@ fn run_guest(
             register(pid);
             watch.add(&g.name, pid);
             bar.set_message(format!("{}: running (weir vm, pid {pid})", g.name));
-            let r = vm.wait(Duration::from_secs_f64(g.duration_s + 60.0));
+            // Past weir vm's own limit only if weir vm itself hangs (its report takes ≤ 3 s).
+            let r = vm.wait(Duration::from_secs_f64(limit + 15.0));
             watch.remove(&g.name);
             unregister(pid);
             match r {

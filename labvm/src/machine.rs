@@ -33,8 +33,18 @@ pub struct LabVmConfig {
     pub work_dir: PathBuf,
 }
 
-/// A console silent this long before the command's end marker is a frozen VM.
+/// A lab VM that shows no sign of life this long before the command's end marker is frozen
+/// ([`sign_of_life`]).
 pub const FROZEN_AFTER: Duration = Duration::from_secs(90);
+
+/// Whether a console line shows the lab VM's userspace still runs. Before the command starts
+/// (`WEIR-LAB-BEGIN`) any line does: the L1 is booting. After it only init.sh's own lines do
+/// (the heartbeat every 5 s, the end marker): kernel messages go on when userspace has
+/// stopped. Seen 2026-12-06: "soft lockup - CPU#1 stuck for 26s! [kworker/1:1:35]" every
+/// 28 s to 522 s, the heartbeat gone from 28 s on, and the run held to its 600 s timeout.
+pub fn sign_of_life(line: &str, begun: bool) -> bool {
+    !begun || line.starts_with("WEIR-LAB-")
+}
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -293,12 +303,14 @@ impl LabVmConfig {
         let mut console = String::new();
         let mut timed_out = false;
         let mut frozen = false;
-        let mut last_line = Instant::now();
+        let mut last_life = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) => {
+                    if sign_of_life(&line, console.contains("WEIR-LAB-BEGIN")) {
+                        last_life = Instant::now();
+                    }
                     console.push_str(&line);
-                    last_line = Instant::now();
                     if wedged_vcpu_thread(&line).is_some() {
                         // It does not come back (388 s, the one time seen): no use waiting;
                         // `known_flake` names it from the console.
@@ -315,9 +327,9 @@ impl LabVmConfig {
                 break;
             }
             // The command runs with a heartbeat every 5 s (init.sh), and the L1 boots to its
-            // command in seconds: a console silent for FROZEN_AFTER before the end marker is a
+            // command in seconds: no sign of life for FROZEN_AFTER before the end marker is a
             // VM that stopped (seen in boot and mid-command), not a slow command.
-            if !console.contains("WEIR-LAB-END") && last_line.elapsed() > FROZEN_AFTER {
+            if !console.contains("WEIR-LAB-END") && last_life.elapsed() > FROZEN_AFTER {
                 frozen = true;
                 let _ = child.kill();
                 break;
@@ -372,8 +384,8 @@ impl LabVmConfig {
             known_flake: known_flake(&console)
                 .or(silent_reset(&console, timed_out || frozen))
                 .or(frozen.then_some(
-                    "the lab VM froze: its console silent for 90 s, no heartbeat (QEMU's \
-                     emulation stopped; a hung command keeps the heartbeat going)",
+                    "the lab VM froze: no heartbeat for 90 s (QEMU's emulation stopped, or its \
+                     kernel locked up; a hung command keeps the heartbeat going)",
                 )),
             console,
             wall,
@@ -386,6 +398,17 @@ impl LabVmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_init_sh_lines_are_life_once_the_command_runs() {
+        let lockup =
+            "[   84.66] watchdog: BUG: soft lockup - CPU#1 stuck for 52s! [kworker/1:1:35]";
+        assert!(sign_of_life(lockup, false), "booting: any line");
+        assert!(!sign_of_life(lockup, true));
+        assert!(!sign_of_life("some command output", true));
+        assert!(sign_of_life("WEIR-LAB-ALIVE uptime_s=10.9", true));
+        assert!(sign_of_life("WEIR-LAB-END", true));
+    }
 
     #[test]
     fn the_console_yields_status_output_and_boot_time() {
