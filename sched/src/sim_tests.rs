@@ -789,6 +789,14 @@ fn the_knee_search_holds_across_seeds_and_array_shapes() {
         worst > latency.throughput_ratio[2],
         "PARDA's worst case is the one this replaces"
     );
+    // Refusals (stop 38): the adaptive window halves on them and stays within the budget
+    // (worst 0.3 % of answers here); PARDA's law does not hear them (39 phases over, 41.5 %).
+    assert_eq!(
+        adaptive.refusing_phases, 0,
+        "worst {}",
+        adaptive.worst_refused_share
+    );
+    assert!(latency.refusing_phases > 0, "the refusal target judges");
     let [w5, wmed, w95] = adaptive.window_ratio;
     assert!(
         (0.85..=1.15).contains(&wmed) && w5 >= 0.5 && w95 <= 1.6,

@@ -86,6 +86,8 @@ struct LunRun {
     /// Good completions and their summed device latency (s) in each second after warm-up.
     per_second: Vec<u64>,
     per_second_lat_s: Vec<f64>,
+    /// BUSY/QUEUE FULL answers in each second after warm-up.
+    per_second_refused: Vec<u64>,
     reissued_ok: u64,
     max_failover_s: Option<f64>,
     /// Requests failed for want of a path, to be answered by the main loop.
@@ -183,6 +185,7 @@ pub fn run(original: &SimScenario) -> Result<SimResult, String> {
                 path_per_second: vec![vec![0; seconds]; path_ports.len()],
                 per_second: vec![0; seconds],
                 per_second_lat_s: vec![0.0; seconds],
+                per_second_refused: vec![0; seconds],
                 path_ports,
                 reissued_ok: 0,
                 max_failover_s: None,
@@ -632,6 +635,7 @@ pub fn run(original: &SimScenario) -> Result<SimResult, String> {
                         .zip(&l.per_second_lat_s)
                         .map(|(n, sum)| (*n > 0).then(|| sum / *n as f64 * 1e6))
                         .collect(),
+                    per_second_refused: l.per_second_refused.clone(),
                     selector: spec.multipath.selector.to_string(),
                     paths: specs
                         .iter()
@@ -744,7 +748,15 @@ fn dispatch(luns: &mut [LunRun], lun: usize, array: &mut EmulatedArray, now: f64
                 l.at_array.insert(attempt, sent.item);
             }
             Admitted::Requeued => {}
-            Admitted::Congested => return,
+            Admitted::Congested => {
+                if now >= s.warmup_s {
+                    let sec = (now - s.warmup_s) as usize;
+                    if let Some(n) = l.per_second_refused.get_mut(sec) {
+                        *n += 1;
+                    }
+                }
+                return;
+            }
         }
     }
 }

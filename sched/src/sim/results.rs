@@ -69,6 +69,8 @@ pub struct LunResult {
     /// (dispatch to answer, µs; `None` in a second without completions).
     pub per_second: Vec<u64>,
     pub per_second_device_lat_us: Vec<Option<f64>>,
+    /// BUSY/QUEUE FULL answers in each whole second after warm-up.
+    pub per_second_refused: Vec<u64>,
     pub selector: String,
     pub paths: Vec<PathResult>,
     pub path_events: Vec<NamedPathEvent>,
