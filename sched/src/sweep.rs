@@ -52,8 +52,9 @@ use crate::sim::{EventSpec, LunSpec, PortSpec, SimResult, SimScenario, TenantSpe
 pub const KNEE_SHARE: f64 = 0.05;
 
 /// A fixed depth is a reference only where BUSY/QUEUE FULL answers are at most this share of
-/// its answers in the judged span, and a policy meets the targets only where its own are. The
-/// `adaptive` window halves at the same share (`crate::depth::ADAPTIVE_BUSY_SHARE`): a target
+/// its answers in the judged span, and a policy meets the targets only where its own are
+/// (with [`POLICY_REFUSAL_SLACK`]). The `adaptive` window halves on a share significantly above
+/// the same 1 % (`crate::depth::ADAPTIVE_BUSY_SHARE`, `ADAPTIVE_BUSY_Z`): a target
 /// that keeps refusing is asking the host to send less, and the issue's own test of a real
 /// array asks for "TASK SET FULL answers per second near zero after convergence". Behind a
 /// link, an array that counts its own queue refuses bursts at windows below the link's
