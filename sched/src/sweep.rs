@@ -604,7 +604,8 @@ fn run_case(grid: &SweepGrid, shape: &Shape, seed: u64) -> Result<Vec<CaseResult
     // Where the LUN refuses, the depths that fill its units and no more, and steps of 1.25×
     // from there to the grid's smallest depth: behind a link every depth from half the
     // bandwidth-delay product up may draw refusals past the budget, and the best depth within
-    // it lies between (64 units of 100 µs behind 500 µs: quiet up to ~110, b = 384).
+    // it lies between (64 units of 100 µs behind 500 µs, BUSY one past: b = 384, `fixed:65`
+    // quiet, `fixed:78` storming).
     let low = ((f64::from(shape.servers) * grid.drop_pct.min(100.0) / 100.0).round() as u32).max(1);
     let mut units = match shape.busy {
         Busy::Never => vec![],
