@@ -304,12 +304,14 @@ impl LabVmConfig {
         let mut timed_out = false;
         let mut frozen = false;
         let mut last_life = Instant::now();
+        let mut begun = false;
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) => {
-                    if sign_of_life(&line, console.contains("WEIR-LAB-BEGIN")) {
+                    if sign_of_life(&line, begun) {
                         last_life = Instant::now();
                     }
+                    begun |= line.contains("WEIR-LAB-BEGIN");
                     console.push_str(&line);
                     if wedged_vcpu_thread(&line).is_some() {
                         // It does not come back (388 s, the one time seen): no use waiting;

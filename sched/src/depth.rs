@@ -56,7 +56,8 @@ pub const ADAPTIVE_RECOVERY_IOS: u32 = 4;
 /// `adaptive` halves on QUEUE FULL/BUSY once the current period has drawn at least this many
 /// of them, of the current epoch…
 pub const ADAPTIVE_BUSY_MIN: u64 = 4;
-/// …and they are at least this share of its answers. A target behind a link that counts the
+/// …and they are significantly more than this share of its answers ([`busy_significant`]). A
+/// target behind a link that counts the
 /// requests still on their way back answers BUSY now and then at windows that serve more than
 /// any window below them (0.2 % of answers, +6 %; 1 %, +10 %); a window past a real knee draws
 /// far more (a sharp array refuses every request beyond its units). VMware's adaptive queue
