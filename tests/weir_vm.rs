@@ -12,6 +12,20 @@ use weir_lab::probe::ProbeVm;
 use weir_lab::testenv;
 use weir_vmm::host::{HostVirtualization, KvmFlavour};
 
+/// The host's CPUs, as the tests in this file share them. The kick-flood test compares the
+/// victim's IOPS beside two neighbours in turn: another test starting or ending between its
+/// rounds would load one side and not the other (CI's 2 cores ran a neighbour test beside it
+/// and one round fell to 8 k IOPS from 100-180 k). It takes the host alone; the rest share.
+static HOST: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn host_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    HOST.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn host_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    HOST.write().unwrap_or_else(|p| p.into_inner())
+}
+
 fn weir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weir"))
 }
@@ -56,6 +70,7 @@ fn disk(dir: &Path, i: usize) -> String {
 
 #[test]
 fn the_probe_writes_verifies_and_reads_through_the_broker_polling_and_with_interrupts() {
+    let _host = host_shared();
     let Some(probe) = setup("weir_vm_probe") else {
         return;
     };
@@ -183,6 +198,7 @@ fn the_probe_writes_verifies_and_reads_through_the_broker_polling_and_with_inter
 
 #[test]
 fn four_probe_guests_share_a_broker_and_one_killed_leaves_the_rest_running() {
+    let _host = host_shared();
     let Some(probe) = setup("weir_vm_four") else {
         return;
     };
@@ -232,6 +248,7 @@ fn four_probe_guests_share_a_broker_and_one_killed_leaves_the_rest_running() {
 
 #[test]
 fn a_guest_flooding_empty_kicks_does_not_starve_its_neighbour_on_a_shared_lun() {
+    let _host = host_alone();
     // The noisy guest either spins its vCPU (the baseline: the CPU it takes from the host is
     // not the broker's doing) or spends the same time kicking its queue with nothing in it.
     // The victim's IOPS beside the flood ÷ beside the spinner measures what the flood costs
@@ -333,6 +350,7 @@ fn a_guest_flooding_empty_kicks_does_not_starve_its_neighbour_on_a_shared_lun() 
 
 #[test]
 fn hostile_requests_get_their_status_and_normal_io_goes_on() {
+    let _host = host_shared();
     let Some(probe) = setup("weir_vm_hostile") else {
         return;
     };
@@ -457,6 +475,7 @@ fn vmlinux_echo(vmlinux: &Path, boot: &str) {
 
 #[test]
 fn a_debian_vmlinux_echoes_our_command_line_e820_map_and_cpus_through_both_entries() {
+    let _host = host_shared();
     let missing = match HostVirtualization::detect().flavour {
         KvmFlavour::Unavailable { reason } => Some(reason),
         _ => None,
@@ -477,6 +496,7 @@ fn a_debian_vmlinux_echoes_our_command_line_e820_map_and_cpus_through_both_entri
 
 #[test]
 fn a_disk_file_gets_a_private_broker_in_the_vm_process() {
+    let _host = host_shared();
     let Some(probe) = setup("weir_vm_private_broker") else {
         return;
     };
@@ -504,6 +524,7 @@ fn a_disk_file_gets_a_private_broker_in_the_vm_process() {
 
 #[test]
 fn bad_arguments_name_the_option_and_the_fix() {
+    let _host = host_shared();
     let run = |args: &[&str]| {
         let out = std::process::Command::new(weir())
             .arg("vm")
@@ -528,6 +549,7 @@ fn bad_arguments_name_the_option_and_the_fix() {
 
 #[test]
 fn a_guest_failure_is_a_non_zero_exit_with_the_reason() {
+    let _host = host_shared();
     let Some(probe) = setup("weir_vm_guest_failure") else {
         return;
     };
@@ -554,6 +576,7 @@ fn a_guest_failure_is_a_non_zero_exit_with_the_reason() {
 
 #[test]
 fn a_guest_killed_mid_io_on_an_emulated_lun_frees_its_disk_for_the_next_guest() {
+    let _host = host_shared();
     let Some(probe) = setup("weir_vm_emulated_kill") else {
         return;
     };
@@ -610,6 +633,7 @@ fn a_guest_killed_mid_io_on_an_emulated_lun_frees_its_disk_for_the_next_guest() 
 
 #[test]
 fn a_timed_out_guest_is_reported_vcpu_by_vcpu_and_each_signalled_out_of_kvm_run() {
+    let _host = host_shared();
     let Some(probe) = setup("weir_vm_timeout_report") else {
         return;
     };
