@@ -80,7 +80,21 @@ fn the_probe_bench_runs_every_backend_on_every_case_and_names_its_targets() {
             );
         }
     }
+    // The adaptive window's run says where its window was, second by second.
+    let adaptive = runs
+        .iter()
+        .find(|r| r["backend"] == "8 tenants, mclock + adaptive")
+        .expect("the adaptive scheduling run");
+    let windows = adaptive["windows"].as_array().expect("windows recorded");
+    assert!(
+        !windows.is_empty() && windows.iter().all(|w| w.as_u64().is_some_and(|w| w >= 1)),
+        "{adaptive}"
+    );
     let table = std::fs::read_to_string(out.join("bench.txt")).unwrap();
+    assert!(
+        table.contains("the adaptive window at each second"),
+        "{table}"
+    );
     assert!(table.contains("targets (medians):"), "{table}");
     assert!(table.contains("scheduling overhead"), "{table}");
     // The depths asked were not 32: that target is said to be unmeasured, not met.

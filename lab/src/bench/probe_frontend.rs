@@ -160,6 +160,11 @@ pub struct CaseRun {
     /// The scheduling part: IOPS in the ramp before the measured run (the window's start-up).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ramp_iops: Option<f64>,
+    /// The scheduling part, adaptive window: the LUN's window at each of the broker's
+    /// telemetry seconds (ramp included), so that a round far below the others says whether
+    /// its window held it there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<u64>>,
 }
 
 impl CaseRun {
@@ -291,6 +296,7 @@ impl Runner<'_> {
             ios: f.ios,
             cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
             ramp_iops: None,
+            windows: None,
         })
     }
 
@@ -322,12 +328,23 @@ impl Runner<'_> {
             ios: rows.iter().map(|r| r.ios).sum(),
             cpu_s: Some(cpu1 - cpu0),
             ramp_iops: None,
+            windows: None,
         })
     }
 }
 
-fn broker_config(file: &Path, sockets: &[PathBuf], scheduler: &str, depth: &str) -> String {
-    let mut c = format!(
+fn broker_config(
+    file: &Path,
+    sockets: &[PathBuf],
+    scheduler: &str,
+    depth: &str,
+    control: Option<&Path>,
+) -> String {
+    let mut c = control.map_or(String::new(), |p| {
+        format!("control_socket = {:?}\n", p.display().to_string())
+    });
+    let _ = write!(
+        c,
         "[[lun]]\nname = \"bench\"\npath = {:?}\nshareable = {}\nscheduler = \"{scheduler}\"\n\
          depth = {depth}\n",
         file.display().to_string(),
@@ -458,15 +475,18 @@ fn sched_overhead(runner: &mut Runner<'_>, file: &Path) -> Result<Vec<CaseRun>, 
                 1 => (SCHED_MCLOCK_FIXED, "mclock", FIXED),
                 _ => (SCHED_MCLOCK, "mclock", "{ policy = \"adaptive\" }"),
             };
-            let config = broker_config(file, &sockets, scheduler, depth);
+            let adaptive = depth != FIXED;
+            // The adaptive runs' window is read back from the broker's telemetry.
+            let control = adaptive.then(|| opts.work_dir.join("sched.ctl"));
+            let config = broker_config(file, &sockets, scheduler, depth, control.as_deref());
             let mut broker = BrokerProcess::start(
                 &opts.weir_binary,
                 &config,
-                None,
+                control.clone(),
                 // One directory per run: a round that went wrong keeps its log.
                 &opts.work_dir.join(format!(
                     "broker-sched-r{round}-{scheduler}-{}",
-                    if depth == FIXED { "fixed" } else { "adaptive" }
+                    if adaptive { "adaptive" } else { "fixed" }
                 )),
             )
             .map_err(|e| e.to_string())?;
@@ -492,6 +512,7 @@ fn sched_overhead(runner: &mut Runner<'_>, file: &Path) -> Result<Vec<CaseRun>, 
                 ramp += f.ramp_iops.unwrap_or(0.0);
             }
             let cpu1 = broker.pid().and_then(process_cpu_seconds);
+            let windows = control.as_deref().map(lun_windows);
             broker.stop();
             runs.push(CaseRun {
                 backend: name.to_string(),
@@ -506,10 +527,27 @@ fn sched_overhead(runner: &mut Runner<'_>, file: &Path) -> Result<Vec<CaseRun>, 
                 ios,
                 cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
                 ramp_iops: Some(ramp),
+                windows,
             });
         }
     }
     Ok(runs)
+}
+
+/// The LUN's window at each telemetry second the broker behind `control` kept (empty when
+/// it answers nothing: the figure is then missing, not zero).
+fn lun_windows(control: &Path) -> Vec<u64> {
+    let Ok(samples) = weir_broker::control::query(control, "telemetry") else {
+        return Vec::new();
+    };
+    samples
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["luns"][0]["window"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// One backend's figures for one case over the rounds.
@@ -709,6 +747,21 @@ pub fn render(runs: &[CaseRun]) -> String {
                 }
             }
         }
+        let windows: Vec<String> = runs
+            .iter()
+            .filter(|r| r.backend == SCHED_MCLOCK)
+            .map(|r| match r.windows.as_deref() {
+                Some(w) if !w.is_empty() => format!("r{} {w:?}", r.round),
+                _ => format!("r{} n/a", r.round),
+            })
+            .collect();
+        if !windows.is_empty() {
+            let _ = writeln!(
+                s,
+                "  the adaptive window at each second of the broker's telemetry, ramp included: {}",
+                windows.join("  ")
+            );
+        }
     }
     let _ = writeln!(s, "\ntargets (medians):");
     for (what, missed, measured) in &misses {
@@ -741,6 +794,7 @@ mod tests {
             ios: iops as u64,
             cpu_s: Some(cpu),
             ramp_iops: None,
+            windows: None,
         }
     }
 
