@@ -65,14 +65,6 @@
 //! 30 s time constant. (The sweep's `no-busy link 2000us` shapes, 64 cases: 54.7 % → 67.2 %
 //! meeting the targets, latency p95 1.46 → 1.24.)
 //!
-//! **The larger window proves itself** (`PAYS_Z`). Pooled or not, a comparison decided on its
-//! point estimate moved `k` up on noise often enough to hold it past a flat knee (16 units
-//! of 8 ms: a window 1.34× the knee for a whole phase, the pool at 11 measuring 4.6 % over
-//! the pool at 9 where both are 997 IOPS). So rule (1) asks its gain plus `z = 0.25` standard
-//! errors of the two pools' difference, `√(φ/n_a + φ/n_b)`, of every move up and every
-//! defence of a larger `k` (the sweep's seeds 1–4: 88.0 % → 91.7 % meeting the targets;
-//! 0.5 and 1 cost the soft curves more than they gave).
-//!
 //! **Phases.**
 //! - *start*: `D` doubles each period (needing only 32 completions) while a doubling adds
 //!   ≥ 25 % throughput over the last that did (BBR's start-up rule; a doubling below the knee
@@ -225,9 +217,6 @@ const CLEAR_ELASTICITY: f64 = 2.0;
 /// A probe ends early once rule (1)'s margin for staying is this many standard errors (1.5
 /// and symmetric early ends, moves too, were tried: docs/scheduling.md).
 const DECIDED_Z: f64 = 2.0;
-/// Rule (1)'s margin, in standard errors of the compared pools' difference, that the larger
-/// window must clear (0.5 and 1 were tried: docs/scheduling.md).
-const PAYS_Z: f64 = 0.25;
 /// A period counts only where the window bound: mean in-flight ≥ this share of it.
 const BOUND_SHARE: f64 = 0.7;
 /// Periods in a row in which the tenants, busy, fill less than the window: then the window
@@ -497,22 +486,9 @@ impl KneeSearch {
         self.p.elasticity * (b / a - 1.0)
     }
 
-    /// Rule (1): depth `b > a` is worth it — by a margin of `PAYS_Z` standard errors of the
-    /// two pools' difference (each side's relative noise `√(φ/n)`). The larger window bears
-    /// the burden of proof: on a flat curve a gain drawn from noise alone passed the bare
-    /// threshold often enough that the window crept past the knee and stayed there
-    /// (docs/scheduling.md, "The larger window proves itself").
+    /// Rule (1): depth `b > a` is worth it.
     fn pays(&self, a: f64, xa: f64, b: f64, xb: f64) -> bool {
-        xa > 0.0 && xb / xa - 1.0 >= self.threshold(a, b) + PAYS_Z * self.pools_se(a, b)
-    }
-
-    /// The standard error of the relative difference between the pools at `a` and `b` (a
-    /// window without a pool counts as one full period).
-    fn pools_se(&self, a: f64, b: f64) -> f64 {
-        let phi = self.dispersion.phi();
-        let full = f64::from(self.p.period_ios) * phi;
-        let n = |w: f64| self.pooled(w).map_or(full, |p| p.n).max(1.0);
-        (phi / n(a) + phi / n(b)).sqrt()
+        xa > 0.0 && xb / xa - 1.0 >= self.threshold(a, b)
     }
 
     /// The window changed for a reason other than a probe (a capacity drop, congestion,
