@@ -80,6 +80,22 @@ impl Curve {
             })
     }
 
+    /// Every window's pooled figure.
+    pub fn points(&self) -> impl Iterator<Item = (f64, Pooled)> + '_ {
+        self.points
+            .iter()
+            .filter(|p| p.t > 0.0 && p.n > 0.0)
+            .map(|p| {
+                (
+                    p.window,
+                    Pooled {
+                        x: p.n / p.t,
+                        n: p.n,
+                    },
+                )
+            })
+    }
+
     /// What the pool at `window` would say with a further `n` completions in `t` seconds.
     pub fn with(&self, window: f64, n: f64, t: f64) -> Pooled {
         let (pn, pt) = self.find(window).map_or((0.0, 0.0), |p| (p.n, p.t));

@@ -142,10 +142,9 @@ fn run_curve(seed: u64, flat: f64, e: f64, sigma: f64, secs: f64) -> (Vec<u32>, 
 fn a_gently_rising_curve_is_climbed_to_where_it_flattens() {
     // Elasticity 0.5 up to 32 in flight, flat beyond, ±6 % per 0.1 s (φ ≈ 40 at 100 k IOPS,
     // as this host's file and loop device measure): over 3–8 s every seed holds ≥ 0.95 of the
-    // peak (measured 0.971–0.997). Elasticity 0.3 (just above η = 0.2) is not climbed in that
-    // time: its start-up ends low, and a 25 % step's gain clears rule (1)'s bar by 2 %, under
-    // one period's noise (medians 0.38–0.46 of the peak over 3–8 s, worst 0.30; over 3–30 s
-    // medians 0.53–0.63: it climbs, slowly; docs/scheduling.md).
+    // peak (measured 0.971–0.997). Elasticity 0.3 (just above η = 0.2) was not climbed in
+    // that time while start-up asked 25 % of a doubling (stop 31: medians 0.38–0.46 of the
+    // peak over 3–8 s); `a_soft_curve_is_climbed_to_its_flat_within_three_seconds` below.
     for seed in 1..=12 {
         let (windows, share) = run_curve(seed, 32.0, 0.5, 0.06, 8.0);
         assert!(
@@ -153,4 +152,249 @@ fn a_gently_rising_curve_is_climbed_to_where_it_flattens() {
             "seed {seed}: {share:.3} of the peak, windows {windows:?}"
         );
     }
+}
+
+/// A host's device curve, in the shape measured on this machine's file and loop device
+/// (docs/scheduling.md, "Weights on real storage"): throughput rises with elasticity `e_low`
+/// up to `bend` in flight, with `e_high` from there to `flat`, and no further; each 0.1 s its
+/// rate is off by a uniform factor of spread `sigma` (guests and broker share the CPUs, the
+/// device completes in batches: φ ≈ 1 + σ²·N, 17–190 measured at ~10 000 completions a
+/// slice). The tenants keep `demand` requests outstanding.
+#[derive(Clone, Copy, Debug)]
+struct HostCurve {
+    bend: f64,
+    e_low: f64,
+    flat: f64,
+    e_high: f64,
+    sigma: f64,
+    demand: u32,
+}
+
+impl HostCurve {
+    /// Throughput at `d` in flight ÷ the peak.
+    fn share(&self, d: f64) -> f64 {
+        let d = d.clamp(1.0, self.flat);
+        if d >= self.bend {
+            (d / self.flat).powf(self.e_high)
+        } else {
+            (self.bend / self.flat).powf(self.e_high) * (d / self.bend).powf(self.e_low)
+        }
+    }
+
+    /// The best fixed window's throughput ÷ the peak (`demand` may sit below `flat`).
+    fn best(&self) -> f64 {
+        self.share(f64::from(self.demand))
+    }
+
+    /// The sweep's knee (`crate::sweep::KNEE_SHARE`): the smallest window within 5 % of the
+    /// best fixed window.
+    fn knee(&self) -> u32 {
+        (1..=self.demand)
+            .find(|&d| self.share(f64::from(d)) >= (1.0 - crate::sweep::KNEE_SHARE) * self.best())
+            .unwrap_or(self.demand)
+    }
+}
+
+/// What the `adaptive` window did on a [`HostCurve`] over `judged_from` s to the end.
+#[derive(Debug)]
+struct CurveRun {
+    /// Completions ÷ the best fixed window's.
+    throughput: f64,
+    /// Mean latency ÷ the latency at the knee.
+    latency: f64,
+    /// The window at each second.
+    windows: Vec<u32>,
+}
+
+const CURVE_PEAK: f64 = 100_000.0;
+
+fn run_host_curve(seed: u64, h: HostCurve, secs: f64, judged_from: f64) -> CurveRun {
+    let mut rng = SplitMix64::new(seed);
+    let mut c = QueueDepthController::new(DepthPolicy::Adaptive(KneeParams::default()));
+    let tick = 0.01;
+    let (mut now, mut factor, mut carry) = (0.0, 1.0, 0.0);
+    let (mut done, mut due, mut latency_sum) = (0.0, 0.0, 0.0);
+    let mut windows = Vec::new();
+    for i in 0..(secs / tick).round() as u32 {
+        if i % 10 == 0 {
+            factor = 1.0 + h.sigma * 3f64.sqrt() * (2.0 * rng.next_f64() - 1.0);
+        }
+        if i % 100 == 0 {
+            windows.push(c.window());
+        }
+        let in_flight = c.window().min(h.demand);
+        let x = CURVE_PEAK * h.share(f64::from(in_flight)) * factor;
+        let latency = f64::from(in_flight) / x;
+        c.note_in_flight(in_flight);
+        let n = complete_tick(&mut c, &mut rng, &mut carry, now, tick, x, latency);
+        now += tick;
+        if now > judged_from + 1e-9 {
+            done += f64::from(n);
+            due += CURVE_PEAK * h.best() * factor * tick;
+            latency_sum += f64::from(n) * latency;
+        }
+        c.tick(now, in_flight);
+    }
+    let knee = f64::from(h.knee());
+    let knee_latency = knee / (CURVE_PEAK * h.share(knee));
+    CurveRun {
+        throughput: done / due,
+        latency: latency_sum / done.max(1.0) / knee_latency,
+        windows,
+    }
+}
+
+/// The host-curve grid: soft curves like this machine's disk, which the sweep's array
+/// shapes (units of exponential or bimodal service) do not have.
+fn host_curves() -> Vec<HostCurve> {
+    let mut v = Vec::new();
+    for (bend, e_low) in [(4.0, 1.0), (16.0, 0.7)] {
+        for e_high in [0.3, 0.5] {
+            for flat in [32.0, 64.0, 128.0] {
+                for sigma in [0.03, 0.08] {
+                    for demand_x in [1.0, 4.0] {
+                        v.push(HostCurve {
+                            bend,
+                            e_low,
+                            flat,
+                            e_high,
+                            sigma,
+                            demand: (flat * demand_x) as u32,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Judged over 3–10 s as the sweep judges a phase (`scenarios/sweep-window.toml`'s targets:
+/// ≥ 0.95 of the best fixed window, ≤ 1.2× the knee's latency). Prints every case with
+/// `--nocapture`; `WEIR_CURVE_SEEDS` sets the seeds (default 20).
+#[test]
+#[ignore = "a report: cargo test --release -p weir-sched host_curve_grid -- --ignored --nocapture"]
+fn host_curve_grid() {
+    let seeds: u64 = std::env::var("WEIR_CURVE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let secs: f64 = std::env::var("WEIR_CURVE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let from: f64 = std::env::var("WEIR_CURVE_FROM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let curves = host_curves();
+    let cases: Vec<(HostCurve, u64)> = curves
+        .iter()
+        .flat_map(|h| (1..=seeds).map(move |s| (*h, s)))
+        .collect();
+    let results: Vec<(HostCurve, u64, CurveRun)> = std::thread::scope(|scope| {
+        let chunks: Vec<_> = cases
+            .chunks(cases.len().div_ceil(2))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&(h, s)| (h, s, run_host_curve(s, h, secs, from)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        chunks
+            .into_iter()
+            .flat_map(|j| j.join().expect("a worker panicked"))
+            .collect()
+    });
+    let mut met = 0;
+    let mut thr: Vec<f64> = Vec::new();
+    for (h, s, r) in &results {
+        let ok = r.throughput >= 0.95 && r.latency <= 1.2;
+        met += usize::from(ok);
+        thr.push(r.throughput);
+        println!(
+            "{} bend {} e_low {} e_high {} flat {} sigma {} demand {} knee {} seed {s}: thr {:.3} lat {:.2} windows {:?}",
+            if ok { "ok  " } else { "MISS" },
+            h.bend,
+            h.e_low,
+            h.e_high,
+            h.flat,
+            h.sigma,
+            h.demand,
+            h.knee(),
+            r.throughput,
+            r.latency,
+            r.windows
+        );
+    }
+    thr.sort_by(f64::total_cmp);
+    println!(
+        "host curves: {met} of {} cases meet the targets ({:.1} %); throughput p5 {:.3}, median {:.3}, worst {:.3}",
+        results.len(),
+        100.0 * met as f64 / results.len() as f64,
+        thr[thr.len() / 20],
+        thr[thr.len() / 2],
+        thr[0]
+    );
+}
+
+#[test]
+fn a_soft_curve_is_climbed_to_its_flat_within_three_seconds() {
+    // Elasticity 0.3 from `bend` to 64 in flight (just above η = 0.2: a doubling adds 23 %),
+    // ±3 % per 0.1 s, seeds 1–8. Start-up used to end at the first doublings under BBR's
+    // 25 %, far below the flat, and the search then climbed a quarter per probe cycle: median
+    // seeds 0.61 (bend 4) and 0.88 (bend 16) of the best fixed window over 3–10 s. Start-up
+    // now doubles while a doubling pays by rule (1) (20 %): 0.979 and 0.983. The worst seeds
+    // still end start-up at 4 or 16 on one unlucky period (0.62, 0.75): the `host_curve_grid`
+    // report names them.
+    for (bend, e_low) in [(4.0, 1.0), (16.0, 0.7)] {
+        let h = HostCurve {
+            bend,
+            e_low,
+            flat: 64.0,
+            e_high: 0.3,
+            sigma: 0.03,
+            demand: 64,
+        };
+        let mut runs: Vec<(u64, CurveRun)> = (1..=8)
+            .map(|s| (s, run_host_curve(s, h, 10.0, 3.0)))
+            .collect();
+        runs.sort_by(|a, b| a.1.throughput.total_cmp(&b.1.throughput));
+        let median = &runs[runs.len() / 2].1;
+        assert!(
+            median.throughput >= 0.95 && median.latency <= 1.2,
+            "bend {bend}: median seed {median:?}\nall: {runs:#?}"
+        );
+    }
+}
+
+/// This host's loop device as the broker's trace saw it (stop 40, docs/scheduling.md): two
+/// probe guests at QD 32 keep ~40 in flight; 15 k IOPS at 2, 60 k at 16, 66 k at 32, 74 k at
+/// 40 and beyond (elasticity ≈ 0.67 to 16, 0.23 from there to 40), ±6 % per 0.1 s (φ ≈ 37).
+const TRACED_DISK: HostCurve = HostCurve {
+    bend: 16.0,
+    e_low: 0.67,
+    flat: 40.0,
+    e_high: 0.23,
+    sigma: 0.06,
+    demand: 40,
+};
+
+#[test]
+fn the_traced_disk_is_held_near_its_flat() {
+    // Rule (1) alone held this curve at 16–20 (median seed 0.872 of the best fixed window over
+    // 3–10 s, 15 of 20 seeds under 0.95); with "short of the best" (`crate::knee`) 0.931.
+    // The worst seed (0.82) is start-up's end on unlucky periods, both ways.
+    let runs: Vec<CurveRun> = (1..=20)
+        .map(|s| run_host_curve(s, TRACED_DISK, 10.0, 3.0))
+        .collect();
+    let mut thr: Vec<f64> = runs.iter().map(|r| r.throughput).collect();
+    thr.sort_by(f64::total_cmp);
+    assert!(
+        thr[10] >= 0.9 && thr[0] >= 0.8,
+        "throughput ÷ the best fixed window, sorted: {thr:.3?}\n{runs:#?}"
+    );
 }

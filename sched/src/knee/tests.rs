@@ -306,15 +306,26 @@ fn up_moves_on_noise_do_not_carry_the_window_past_a_flat_knee() {
         tops.sort_by(f64::total_cmp);
         (means, tops)
     };
+    // One seed's top is 33 since start-up asks 20 % of a doubling (was 25 %): its period at 16
+    // measured 10 % low, so 32 paid by 22.8 %, and start-up ended at 2× the knee; the down
+    // probes brought it to 21 by 3.6 s, 17–19 later (the other 63 tops ≤ 23).
     let (means, tops) = sorted(0.0);
     assert!(
-        means[63] <= 19.0 && tops[63] <= 26.0,
+        means[63] <= 19.0 && tops[62] <= 23.0 && tops[63] <= 33.0,
         "counting noise: means {means:?}, tops {tops:?}"
     );
+    // Noise the search is not told of (φ stays 1) is where "short of the best" (stop 40)
+    // costs: the best pool's lower bound is then too tight, a lucky pool sets it, and up
+    // moves come easier. The p90 of the means went from under 30 to 32.0 (p50 20.7, worst
+    // 71.2, as before). In the broker φ is measured (`crate::knee_noise_tests`: ±15 % with φ
+    // measured holds a flat knee of 16 at means ≤ 30).
     let (means, tops) = sorted(0.15);
     assert!(
-        means[32] <= 22.0 && means[57] <= 30.0 && means[63] <= 75.0,
+        means[32] <= 22.0 && means[57] <= 33.0 && means[63] <= 75.0,
         "unmeasured noise: means {means:?}"
     );
-    assert!(tops[57] <= 64.0, "unmeasured noise: tops {tops:?}");
+    // p90 of the tops 58 → 66 when start-up came to ask 20 % of a doubling instead of 25 %
+    // (the price of climbing soft curves: `crate::knee_noise_tests`), → 69 with "short of
+    // the best".
+    assert!(tops[57] <= 69.0, "unmeasured noise: tops {tops:?}");
 }
