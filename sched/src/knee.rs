@@ -549,6 +549,8 @@ impl KneeSearch {
         self.x_ref = None;
         self.ref_from_cruise = false;
         self.trial = None;
+        // A window moved for another reason is not start-up's end point any more.
+        self.start_review = false;
     }
 
     fn cruise(&mut self) {
@@ -686,9 +688,7 @@ impl KneeSearch {
                         >= self.threshold(k, w) + REVIEW_Z * (phi / p.n + phi / n.max(1.0)).sqrt()
             })
             .map(|(w, _)| w)
-            .fold(None, |best: Option<f64>, w| {
-                Some(best.map_or(w, |b| b.max(w)))
-            });
+            .max_by(f64::total_cmp);
         let Some(w) = deeper else {
             return false;
         };
