@@ -756,7 +756,9 @@ impl QueueDepthController {
         let min_s = knee.min_period_s();
         let settled = elapsed >= min_s - 1e-9 && elapsed >= 4.0 * mean_latency;
         let long_enough = elapsed >= 10.0 * min_s
-            || (settled && (n >= knee.period_ios() || knee.decided(n as f64 / elapsed, n)));
+            || (settled
+                && (n >= knee.period_ios() || knee.decided(n as f64 / elapsed, n))
+                && !knee.start_needs_more(n as f64 / elapsed, elapsed));
         if !long_enough {
             return;
         }

@@ -361,15 +361,16 @@ const TRACED_DISK: HostCurve = HostCurve {
 #[test]
 fn the_traced_disk_is_held_near_its_flat() {
     // Rule (1) alone held this curve at 16–20 (median seed 0.872 of the best fixed window over
-    // 3–10 s, 15 of 20 seeds under 0.95); with "short of the best" (`crate::knee`) 0.931.
-    // The worst seed (0.82) is start-up's end on unlucky periods, both ways.
+    // 3–10 s, 15 of 20 seeds under 0.95); with "short of the best" (`crate::knee`) 0.931;
+    // with a start-up miss measured on to three periods 0.948 (worst 0.82 → 0.83: start-up's
+    // end on unlucky periods).
     let runs: Vec<CurveRun> = (1..=20)
         .map(|s| run_host_curve(s, TRACED_DISK, 10.0, 3.0))
         .collect();
     let mut thr: Vec<f64> = runs.iter().map(|r| r.throughput).collect();
     thr.sort_by(f64::total_cmp);
     assert!(
-        thr[10] >= 0.9 && thr[0] >= 0.8,
+        thr[10] >= 0.94 && thr[0] >= 0.8,
         "throughput ÷ the best fixed window, sorted: {thr:.3?}\n{runs:#?}"
     );
 }
