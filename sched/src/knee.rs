@@ -583,11 +583,17 @@ impl KneeSearch {
     pub fn start_needs_more(&self, x: f64, elapsed: f64) -> bool {
         match (self.phase, self.x_ref) {
             (Phase::Start, Some(x0)) => {
-                elapsed < START_PERIODS * self.p.period_s - 1e-9
-                    && x < x0 * (1.0 + START_GROWTH).powi(self.start_misses as i32 + 1)
+                elapsed < START_PERIODS * self.p.period_s - 1e-9 && !self.doubling_paid(x, x0)
             }
             _ => false,
         }
+    }
+
+    /// A start-up doubling that measured `x` paid over the last that did (`x0`): 20 % per
+    /// doubling since (after a miss the next must pay for both: on a curve that keeps rising
+    /// gently two doublings add 20 % where one does not, and that is not a knee further up).
+    fn doubling_paid(&self, x: f64, x0: f64) -> bool {
+        x >= x0 * (1.0 + START_GROWTH).powi(self.start_misses as i32 + 1)
     }
 
     /// Goes up if an up probe can look above `k` now, else down.
@@ -807,10 +813,7 @@ impl KneeSearch {
         let np = self.pooled(m.window).map_or(self.period_n, |p| p.n);
         match self.phase {
             Phase::Start => match self.x_ref {
-                // After a miss the next doubling must pay for both (20 % per doubling over
-                // the last that paid): on a curve that keeps rising gently (a real SSD) two
-                // doublings add 20 % where one does not, and that is not a knee further up.
-                Some(x0) if x < x0 * (1.0 + START_GROWTH).powi(self.start_misses as i32 + 1) => {
+                Some(x0) if !self.doubling_paid(x, x0) => {
                     // This doubling did not pay. A start-up period is short (32 completions:
                     // ±18 % each), so one miss may be the last period's luck; as BBR waits for
                     // three rounds without growth, go on doubling, and end only at the second
