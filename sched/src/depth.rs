@@ -34,12 +34,16 @@
 //!
 //! **`adaptive`** (default): the knee search of [`crate::knee`] steers — the depth where
 //! throughput stops rising, measured by probing above and below it. Congestion signals of the
-//! current epoch halve `D` once the current period has drawn [`ADAPTIVE_BUSY_MIN`] of them and
+//! current epoch *cut* `D` once the current period has drawn [`ADAPTIVE_BUSY_MIN`] of them and
 //! more than chance at [`ADAPTIVE_BUSY_SHARE`] of its answers gives (`n·p + z·√(n·p)`,
-//! [`ADAPTIVE_BUSY_Z`]); the halving caps the knee below the window
-//! that drew them, and `D` climbs back to the knee by one per 4 good completions (the `aimd`
-//! recovery), so a halving costs milliseconds of depth. Fewer signals are left to the knee
-//! search, which sees their cost in the period's throughput.
+//! [`ADAPTIVE_BUSY_Z`]): the knee is capped below the window `W` that drew them, and
+//! `D ← min(k, W − 1)` at once. Fewer signals are left to the knee search, which sees their
+//! cost in the period's throughput. Until stop 42 the cut was a halving with a climb back (+1
+//! per 4 good completions): behind a link, the halving's gap and the climb's refill came back
+//! a round trip later as bursts that the array refused again, and each such cut capped the
+//! knee one lower (8 units of 100 µs behind 2 ms: `k` 80 → 61 in 16 ms, at a window that
+//! serves 34.7 k IOPS with 0.45 % refused; docs/scheduling.md, "Refusals without a
+//! storm").
 //!
 //! In every policy, a period in which requests were outstanding but **none completed** counts
 //! as congestion (a halving), never as health: a stalled device must not look idle (the lesson
@@ -50,10 +54,10 @@ use serde::{Deserialize, Serialize};
 use crate::dispersion::SliceMeter;
 use crate::knee::{KneeParams, KneeSearch, Period};
 
-/// Good completions per +1 of the `adaptive` policy's recovery after a halving.
+/// Good completions per +1 of the `adaptive` policy's recovery after a halving for a stall.
 pub const ADAPTIVE_RECOVERY_IOS: u32 = 4;
 
-/// `adaptive` halves on QUEUE FULL/BUSY once the current period has drawn at least this many
+/// `adaptive` cuts on QUEUE FULL/BUSY once the current period has drawn at least this many
 /// of them, of the current epoch…
 pub const ADAPTIVE_BUSY_MIN: u64 = 4;
 /// …and they are significantly more than this share of its answers ([`busy_significant`]). A
@@ -65,7 +69,7 @@ pub const ADAPTIVE_BUSY_MIN: u64 = 4;
 pub const ADAPTIVE_BUSY_SHARE: f64 = 0.01;
 
 /// Standard deviations (of a Poisson count) above [`ADAPTIVE_BUSY_SHARE`] of `n` answers that
-/// refusals must reach to halve: 1 % one-sided. A window at a knee behind a link that refuses
+/// refusals must reach to cut: 1 % one-sided. A window at a knee behind a link that refuses
 /// 0.4 % on average draws 4 refusals in a period of 384 answers one time in 15 (1.5 expected),
 /// and each halving held it under the knee (8 units of 1 ms behind 2 ms, 8 tenants: the
 /// window at 0.85–0.93 of it, throughput 0.84–0.93× the best quiet depth). With the test, the
@@ -309,7 +313,7 @@ pub struct QueueDepthController {
     good: u32,
     ceiling: u32,
     last_probe: f64,
-    /// `adaptive`: climbing back after a halving.
+    /// `adaptive`: climbing back after a halving for a stall.
     recovering: bool,
     /// The time of the latest `on_completion`/`tick` call.
     now: f64,
@@ -530,7 +534,16 @@ impl QueueDepthController {
         if let Some(k) = &mut self.knee {
             k.on_congestion(self.now, f64::from(self.ceiling));
         }
-        self.w = (self.w / 2.0).floor().max(min);
+        match self.knee.as_ref().map(KneeSearch::window) {
+            // `adaptive` goes to the capped knee at once rather than to half the window (the
+            // module header: a cut, not a halving).
+            Some(k) => {
+                self.w = k.min(f64::from(self.ceiling) - 1.0).max(min);
+                self.recovering = false;
+                self.start_period(self.now);
+            }
+            None => self.w = (self.w / 2.0).floor().max(min),
+        }
         self.epoch += 1;
         self.bad = 0;
         self.good = 0;
@@ -945,7 +958,7 @@ mod tests {
     }
 
     #[test]
-    fn adaptive_halves_on_busy_in_numbers_not_on_one() {
+    fn adaptive_cuts_on_busy_in_numbers_not_on_one() {
         let mut c = QueueDepthController::new(DepthPolicy::Adaptive(KneeParams {
             min: 8,
             ..KneeParams::default()
@@ -973,8 +986,11 @@ mod tests {
             c.on_completion(now + 0.06, e, Outcome::Congestion, 0.0);
         }
         assert_eq!(c.halvings(), 1);
-        assert!(c.window() <= w / 2, "{} after {w}", c.window());
-        // Answers to requests sent before the halving do not count again.
+        // The window goes below the one that drew them (not to half of it), and so does
+        // the knee.
+        assert!(c.window() < w, "{} after {w}", c.window());
+        assert!(c.knee().is_some_and(|k| k < f64::from(w)), "{:?}", c.knee());
+        // Answers to requests sent before the cut do not count again.
         for _ in 0..8 {
             c.on_completion(now + 0.07, e, Outcome::Congestion, 0.0);
         }

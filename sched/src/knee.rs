@@ -125,8 +125,9 @@
 //! **Congestion.** QUEUE FULL or BUSY in numbers (`crate::depth`: at least 4 in a period and
 //! 1 % of its answers) is the array naming its knee: the window that drew them, less one, caps
 //! `k` and every probe for `cap_hold_s` (so the law does not knock the array over every
-//! cycle); after that, probes may look above it again. The caller halves the window at once and
-//! climbs back to `k`. Fewer signals are only a cost, which the period's throughput shows.
+//! cycle); after that, probes may look above it again. The caller cuts the window to `k` at
+//! once (`crate::depth`; until stop 42 it halved and climbed back, and each climb's burst
+//! drew refusals that capped `k` one lower). Fewer signals are only a cost, which the period's throughput shows.
 //! While the cap holds, an up probe that would pass it goes halfway between `k` and the cap
 //! (a bisection), and a probe below the cap that drew no refusal and lost no throughput moves
 //! `k` there: the array has named its knee, and a step of a few per cent is one no period of
@@ -141,8 +142,9 @@
 //! per 0.1 s: `crate::knee_noise_tests`, `host_curve_grid`; 16.5 % of those curves still
 //! miss the targets). Integer windows cannot meet both targets where the knee's step adds
 //! 5–9 % (2 units of 8 ms behind 500 µs: `X(2)/X(3)` = 0.94, docs/scheduling.md). A target
-//! that refuses a burst after a 1 ms retry gate storms, and each climb back after a halving
-//! lowers `k` by one. Noise the dispersion estimate
+//! that refuses at windows it serves smoothly (an array that counts its queue, behind a link)
+//! holds the window where its refusals stay near 1 %, a little under the deepest window within
+//! that share (0.91–0.94 of it at half capacity, 8 units of 100 µs behind 2 ms). Noise the dispersion estimate
 //! does not see makes "short of the best" hold windows higher than the knee. A device with
 //! a cliff whose recovery outlasts a probe (nbdkit's rate filter: past the knee throughput
 //! falls 13–17 % and stays down while a backlog drains) makes every period after an up probe

@@ -4,6 +4,7 @@ use crate::array::LunModel;
 use crate::depth::DepthPolicy;
 use crate::mclock::TenantPolicy;
 use crate::sim::*;
+use crate::sweep::{POLICY_REFUSAL_SLACK, REFUSAL_BUDGET};
 
 fn lun(depth: DepthPolicy, scheduler: SchedulerKind) -> LunSpec {
     LunSpec {
@@ -329,7 +330,35 @@ fn noisy_neighbour_tail_with_adaptive_depth_and_with_a_deep_fixed_window() {
         adaptive.tenants[0].lat_p99_us, fixed64.tenants[0].lat_p99_us
     );
     assert!(a <= 1.5, "adaptive victim p99 ratio {a}");
-    assert!(f > a, "a deep fixed window hurts the victim more");
+    // On this array (BUSY past one waiting request) a deep fixed window no longer hurts much:
+    // while a refused request waits for its retry, no more is in flight than at the refusal,
+    // so the window is held near what the array takes (stop 42: 1.07× against adaptive's
+    // 1.06×; before, every refusal stopped the LUN for 1 ms and the victim waited behind it).
+    assert!(f <= 1.5, "fixed:64 victim p99 ratio {f}");
+    // An array that never refuses (a file, a block device) queues all of a deep window.
+    let quiet = |policy: DepthPolicy| {
+        let mut t = vec![victim.clone()];
+        t.extend(aggressors(7));
+        let mut l = lun(policy, SchedulerKind::Mclock);
+        l.model = Some(LunModel {
+            busy_threshold: 65536,
+            ..LunModel::default()
+        });
+        run(&scenario(vec![l], t, 20.0)).unwrap().tenants[0].lat_p99_us / solo_p99
+    };
+    let (qa, qf) = (
+        quiet(DepthPolicy::default()),
+        quiet(DepthPolicy::Fixed { depth: 64 }),
+    );
+    eprintln!("never BUSY: adaptive {qa:.2}x, fixed:64 {qf:.2}x");
+    assert!(
+        qa <= 1.5,
+        "adaptive victim p99 ratio {qa} on an array that never refuses"
+    );
+    assert!(
+        qf >= qa + 0.1,
+        "a deep fixed window hurts the victim more: {qf} against {qa} (measured 1.29 against 1.07)"
+    );
 }
 
 #[test]
@@ -888,13 +917,13 @@ fn fairness_is_judged_in_cost_over_the_contended_seconds() {
 
 /// An array behind a 500 µs link that answers BUSY as soon as one request waits beyond its 16
 /// units counts the requests whose answers are still on the wire: windows past 17 draw BUSY
-/// now and then and still serve more (`fixed:18`: 0.2 % of answers BUSY, +6 %; `fixed:20`:
-/// 3 %, +11 %). `adaptive` used to halve on the first BUSY and sat at 17; it halves on BUSY in
-/// numbers (4 in a period and 1 % of its answers) and must serve ≥ 0.90× the best of those
-/// windows for every seed (0.924–0.927 for seeds 1–5 at stop 25; halving on the first BUSY:
-/// 0.880–0.882). Stop 36's bisection below a refusal (`knee.rs`) gave 0.926, 0.924, 0.927,
-/// 0.922, 0.909 against 0.924, 0.918, 0.927, 0.924, 0.926 without it: one seed lower, the
-/// mean the same; it fixed a 64-unit array that sat at 0.94 of its knee on every seed.
+/// now and then and still serve more (seed 1: `fixed:18` 0.26 % of answers BUSY, +6 %;
+/// `fixed:19` 0.98 %, +11 %; `fixed:20` 2.9 %, +15 %, since a refusal no longer stops the
+/// LUN). `adaptive` used to halve on the first BUSY and sat at 17; it cuts on BUSY in numbers
+/// (4 in a period and 1 % of its answers) and must serve ≥ 0.915× the best of those windows
+/// within the sweep's refusal budget, with its own refusals within the policy's (stop 42:
+/// 0.92–0.96 of `fixed:19`, 0.37–0.9 % refused; stop 41's code, against the same reference,
+/// 0.92–0.95). Sitting at 17 gives 0.902–0.903.
 #[test]
 fn a_few_busy_answers_are_a_cost_not_a_knee() {
     let base: SimScenario = toml::from_str(
@@ -922,20 +951,29 @@ fn a_few_busy_answers_are_a_cost_not_a_knee() {
     )
     .unwrap();
     for seed in 1..=5 {
-        let iops = |depth: DepthPolicy| {
+        // Throughput, and BUSY as a share of all answers, after the warm-up.
+        let figures = |depth: DepthPolicy| {
             let mut s = base.clone();
             s.seed = seed;
             s.luns[0].depth = Some(depth);
             let r = run(&s).unwrap();
-            (r.luns[0].iops, r.luns[0].congestion_signals)
+            let l = &r.luns[0];
+            let good: u64 = l.per_second.iter().skip(3).sum();
+            let refused: u64 = l.per_second_refused.iter().skip(3).sum();
+            assert!(good > 0, "seed {seed}: no completions");
+            (l.iops, refused as f64 / (good + refused) as f64)
         };
         let best = (17..=20)
-            .map(|d| iops(DepthPolicy::Fixed { depth: d }).0)
+            .map(|d| figures(DepthPolicy::Fixed { depth: d }))
+            .filter(|(_, refused)| *refused <= REFUSAL_BUDGET)
+            .map(|(iops, _)| iops)
             .fold(0.0, f64::max);
-        let (adaptive, busy) = iops(DepthPolicy::default());
+        assert!(best > 0.0, "seed {seed}: no fixed window within the budget");
+        let (adaptive, refused) = figures(DepthPolicy::default());
         assert!(
-            adaptive >= 0.90 * best,
-            "seed {seed}: adaptive {adaptive:.0} IOPS ({busy} BUSY), best of fixed 17–20 {best:.0}"
+            adaptive >= 0.915 * best && refused <= POLICY_REFUSAL_SLACK * REFUSAL_BUDGET,
+            "seed {seed}: adaptive {adaptive:.0} IOPS ({:.2} % BUSY), best quiet fixed 17–20 {best:.0}",
+            100.0 * refused
         );
     }
 }
