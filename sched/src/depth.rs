@@ -43,7 +43,8 @@
 //! a round trip later as bursts that the array refused again, and each such cut capped the
 //! knee one lower (8 units of 100 µs behind 2 ms: `k` 80 → 61 in 16 ms, at a window that
 //! serves 34.7 k IOPS with 0.45 % refused; docs/scheduling.md, "Refusals without a
-//! storm").
+//! storm"). On a LUN that has refused at least once, a deeper window asked by the knee search
+//! is reached one request per good completion (the *ramp*), not in one burst of the step.
 //!
 //! In every policy, a period in which requests were outstanding but **none completed** counts
 //! as congestion (a halving), never as health: a stalled device must not look idle (the lesson
@@ -342,6 +343,11 @@ pub struct QueueDepthController {
     /// that makes its time average the real-valued `w` (see [`QueueDepthController::window`]).
     shown: Option<u32>,
     dither: f64,
+    /// `adaptive`: while the window climbs to a deeper one the knee search asked for, on a LUN
+    /// that has refused, the window shown, one deeper per good completion.
+    ramp: Option<u32>,
+    /// The LUN answered QUEUE FULL/BUSY at least once.
+    refused_once: bool,
 }
 
 impl QueueDepthController {
@@ -396,6 +402,8 @@ impl QueueDepthController {
             late_periods: 0,
             shown: None,
             dither: 0.0,
+            ramp: None,
+            refused_once: false,
         }
     }
 
@@ -410,12 +418,12 @@ impl QueueDepthController {
     /// share of 1 in `scenarios/sim-three-hosts.toml`) rounding alone skews the hosts' ratio
     /// by up to 1/(2w) — 1:1.75:3.6 where the shares say 1:2:4.
     pub fn window(&self) -> u32 {
-        match self.shown {
+        let w = match self.shown {
             // Set at the last tick; a halving since moves `w` away from it.
             Some(shown) if (f64::from(shown) - self.w).abs() < 1.0 => shown,
             _ => self.w.round() as u32,
-        }
-        .max(1)
+        };
+        self.ramp.map_or(w, |r| r.min(w)).max(1)
     }
 
     /// `latency`: the next tick's integer window (error diffusion of `w`'s fraction).
@@ -516,6 +524,7 @@ impl QueueDepthController {
         }
         self.recovering = true;
         self.w = (self.w / 2.0).floor().max(min);
+        self.ramp = None;
         self.epoch += 1;
         self.bad = 0;
         self.good = 0;
@@ -544,6 +553,7 @@ impl QueueDepthController {
             }
             None => self.w = (self.w / 2.0).floor().max(min),
         }
+        self.ramp = None;
         self.epoch += 1;
         self.bad = 0;
         self.good = 0;
@@ -560,7 +570,7 @@ impl QueueDepthController {
                 self.period_latency_sum += latency_s;
                 self.slices.on_completion();
             }
-            Outcome::Congestion => {}
+            Outcome::Congestion => self.refused_once = true,
         }
         match self.policy.clone() {
             DepthPolicy::Fixed { .. } | DepthPolicy::Latency(_) => {}
@@ -576,6 +586,9 @@ impl QueueDepthController {
                 }
                 Outcome::Congestion => {}
                 Outcome::Good => {
+                    if let Some(r) = self.ramp {
+                        self.ramp = (r + 1 < self.w.round() as u32).then_some(r + 1);
+                    }
                     // After a halving, climb back to the knee (+1 per ADAPTIVE_RECOVERY_IOS
                     // good completions), then the knee search steers again.
                     self.good += 1;
@@ -779,6 +792,7 @@ impl QueueDepthController {
             self.start_period(now);
             return;
         }
+        let before = self.window();
         let Some(knee) = self.knee.as_mut() else {
             return;
         };
@@ -795,6 +809,12 @@ impl QueueDepthController {
             },
         );
         self.w = knee.window();
+        // On a LUN that refuses, a deeper window is reached one request per good completion:
+        // a step sent at once lands on the array in the same instant, and an array that
+        // counts its queue refuses that burst at a window it serves smoothly. A device that
+        // never refused gets the step at once (the noisy flat knee of `knee_noise_tests`
+        // walked off with the ramp).
+        self.ramp = (self.refused_once && self.w.round() as u32 > before + 1).then_some(before);
         self.start_period(now);
     }
 }
@@ -1012,6 +1032,32 @@ mod tests {
         assert_eq!(c.halvings(), 0, "10 of 510 answers");
         c.on_completion(now + 0.06, c.epoch(), Outcome::Congestion, 0.0);
         assert_eq!(c.halvings(), 1, "11 of 511 answers");
+    }
+
+    #[test]
+    fn on_a_lun_that_refused_a_deeper_window_is_reached_one_request_per_completion() {
+        let params = KneeParams {
+            min: 8,
+            ..KneeParams::default()
+        };
+        // Never refused: start-up's doubling is the window at once.
+        let mut quiet = QueueDepthController::new(DepthPolicy::Adaptive(params.clone()));
+        drive(&mut quiet, 0.0, 1, 200, 0.004, 0.0);
+        assert_eq!(quiet.window(), 16);
+        // One BUSY (a cost, no cut): the same doubling is climbed by one per completion.
+        let mut refused = QueueDepthController::new(DepthPolicy::Adaptive(params));
+        refused.on_completion(0.0, refused.epoch(), Outcome::Congestion, 0.0);
+        let now = drive(&mut refused, 0.0, 1, 200, 0.004, 0.0);
+        assert_eq!((refused.halvings(), refused.window()), (0, 8));
+        for (i, want) in [9, 10, 11].into_iter().enumerate() {
+            let t = now + 0.001 * i as f64;
+            refused.on_completion(t, refused.epoch(), Outcome::Good, 0.004);
+            assert_eq!(refused.window(), want);
+        }
+        for _ in 0..10 {
+            refused.on_completion(now + 0.01, refused.epoch(), Outcome::Good, 0.004);
+        }
+        assert_eq!(refused.window(), 16, "the ramp ends at the window asked");
     }
 
     #[test]
