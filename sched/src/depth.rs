@@ -38,12 +38,16 @@
 //! more than chance at [`ADAPTIVE_BUSY_SHARE`] of its answers gives (`n·p + z·√(n·p)`,
 //! [`ADAPTIVE_BUSY_Z`]): the knee is capped below the window `W` that drew them, and
 //! `D ← min(k, W − 1)` at once. Fewer signals are left to the knee search, which sees their
-//! cost in the period's throughput. Until stop 42 the cut was a halving with a climb back (+1
-//! per 4 good completions): behind a link, the halving's gap and the climb's refill came back
-//! a round trip later as bursts that the array refused again, and each such cut capped the
-//! knee one lower (8 units of 100 µs behind 2 ms: `k` 80 → 61 in 16 ms, at a window that
-//! serves 34.7 k IOPS with 0.45 % refused; docs/scheduling.md, "Refusals without a
-//! storm"). On a LUN that has refused at least once, a deeper window asked by the knee search
+//! cost in the period's throughput. At a window that has ended a period quiet (the deepest
+//! such since the last cut at or below it), only a storm ([`ADAPTIVE_BUSY_STORM`], 5 %) cuts
+//! mid-period; a smaller share is judged once, when the period ends (stop 43). Judged at every
+//! refusal, the test looked dozens of times a period, and a window that refuses 0.85 % on
+//! average, in clusters (bimodal service behind a link), was cut below it every 15–20 s.
+//! Until stop 42 the cut was a halving with a climb back (+1 per 4 good completions): behind a
+//! link, the halving's gap and the climb's refill came back a round trip later as bursts that
+//! the array refused again, and each such cut capped the knee one lower (8 units of 100 µs
+//! behind 2 ms: `k` 80 → 61 in 16 ms, at a window that serves 34.7 k IOPS with 0.45 %
+//! refused; docs/scheduling.md, "Refusals without a storm"). On a LUN that has refused at least once, a deeper window asked by the knee search
 //! is reached one request per good completion (the *ramp*), not in one burst of the step.
 //!
 //! In every policy, a period in which requests were outstanding but **none completed** counts
@@ -81,7 +85,16 @@ pub const ADAPTIVE_BUSY_Z: f64 = 2.33;
 /// The refusals among `n` answers that say the share is above [`ADAPTIVE_BUSY_SHARE`], not
 /// chance: `n·p + z·√(n·p)`. A storm passes it at once (4 of the first 40 answers).
 fn busy_significant(n: f64) -> f64 {
-    let mean = n * ADAPTIVE_BUSY_SHARE;
+    busy_above(n, ADAPTIVE_BUSY_SHARE)
+}
+
+/// The share of refusals that cuts a quiet window at once, mid-period (with the same test as
+/// [`busy_significant`]): a storm (a capacity drop, an array that changed), not the clusters
+/// of a window near the knee, whose share is judged when the period ends.
+pub const ADAPTIVE_BUSY_STORM: f64 = 0.05;
+
+fn busy_above(n: f64, share: f64) -> f64 {
+    let mean = n * share;
     mean + ADAPTIVE_BUSY_Z * mean.sqrt()
 }
 
@@ -348,6 +361,10 @@ pub struct QueueDepthController {
     ramp: Option<u32>,
     /// The LUN answered QUEUE FULL/BUSY at least once.
     refused_once: bool,
+    /// `adaptive`: the deepest window whose period ended without significant refusals since
+    /// the last cut at or below it (0: none). Refusals at or below it are judged when the
+    /// period ends, not as they come (unless a storm).
+    quiet_window: f64,
 }
 
 impl QueueDepthController {
@@ -404,6 +421,7 @@ impl QueueDepthController {
             dither: 0.0,
             ramp: None,
             refused_once: false,
+            quiet_window: 0.0,
         }
     }
 
@@ -531,8 +549,22 @@ impl QueueDepthController {
         self.halvings += 1;
     }
 
+    /// The share of refusals that cuts mid-period: at a window that ended a period quiet, only
+    /// a storm; its occasional clusters are judged when the period ends (one look, not one per
+    /// refusal).
+    fn busy_share_now(&self) -> f64 {
+        if self.period_window <= self.quiet_window {
+            ADAPTIVE_BUSY_STORM
+        } else {
+            ADAPTIVE_BUSY_SHARE
+        }
+    }
+
     fn halve(&mut self) {
         self.recovering = true;
+        if self.quiet_window >= self.window() as f64 {
+            self.quiet_window = 0.0;
+        }
         // Congestion during the sweep ends it: the array has shown where it saturates.
         if matches!(self.sweep, Sweep::Running { .. }) {
             let l = self.ewma_latency.unwrap_or(0.0);
@@ -579,7 +611,7 @@ impl QueueDepthController {
                     self.period_busy += 1;
                     let answers = (self.period_completions + self.period_busy) as f64;
                     if self.period_busy >= ADAPTIVE_BUSY_MIN
-                        && self.period_busy as f64 >= busy_significant(answers)
+                        && self.period_busy as f64 >= busy_above(answers, self.busy_share_now())
                     {
                         self.halve();
                     }
@@ -792,6 +824,16 @@ impl QueueDepthController {
             self.start_period(now);
             return;
         }
+        let answers = (n + self.period_busy) as f64;
+        if self.period_busy >= ADAPTIVE_BUSY_MIN
+            && self.period_busy as f64 >= busy_significant(answers)
+        {
+            self.halve();
+            return;
+        }
+        // The deepest quiet one: a down probe's quiet period does not make the knee's
+        // window, which ended periods quiet before it, new again.
+        self.quiet_window = self.quiet_window.max(self.period_window);
         let before = self.window();
         let Some(knee) = self.knee.as_mut() else {
             return;
@@ -1032,6 +1074,59 @@ mod tests {
         assert_eq!(c.halvings(), 0, "10 of 510 answers");
         c.on_completion(now + 0.06, c.epoch(), Outcome::Congestion, 0.0);
         assert_eq!(c.halvings(), 1, "11 of 511 answers");
+    }
+
+    #[test]
+    fn refusals_at_a_window_that_ended_a_period_quiet_are_judged_when_its_period_ends() {
+        // The window is pinned at 8; a first period there ends without refusals.
+        let pinned = KneeParams {
+            min: 8,
+            max: 8,
+            ..KneeParams::default()
+        };
+        let mut c = QueueDepthController::new(DepthPolicy::Adaptive(pinned.clone()));
+        let now = drive(&mut c, 0.0, 1, 200, 0.004, 0.0);
+        // Then a cluster: 10 refusals after 100 good answers. A window not yet known quiet
+        // is cut on far fewer at once (`adaptive_cuts_on_busy_in_numbers_not_on_one`); this
+        // one is cut mid-period only by a storm (5 % of 110 with the test's margin: 11).
+        for i in 0..100 {
+            c.on_completion(now + 0.0002 * f64::from(i), c.epoch(), Outcome::Good, 0.004);
+        }
+        for _ in 0..10 {
+            c.on_completion(now + 0.02, c.epoch(), Outcome::Congestion, 0.0);
+        }
+        assert_eq!(
+            c.halvings(),
+            0,
+            "a quiet window is cut mid-period only by a storm"
+        );
+        // Its period (a cruise: 0.6 s and 384 good answers) ends with the 10 still
+        // significant above 1 % of 410 (n·p + z·√(n·p) = 8.8): now it is cut.
+        for i in 0..300 {
+            c.on_completion(
+                now + 0.03 + 0.0002 * f64::from(i),
+                c.epoch(),
+                Outcome::Good,
+                0.004,
+            );
+        }
+        c.tick(now + 0.3, c.window());
+        assert_eq!(c.halvings(), 0);
+        c.tick(now + 0.6, c.window());
+        assert_eq!(c.halvings(), 1, "judged at the period's end");
+
+        // A storm cuts the quiet window at once: 10 of the first 30 answers (5 % would be
+        // 1.5, with the test's margin 4.4).
+        let mut c = QueueDepthController::new(DepthPolicy::Adaptive(pinned));
+        let now = drive(&mut c, 0.0, 1, 200, 0.004, 0.0);
+        for i in 0..20 {
+            c.on_completion(now + 0.0005 * f64::from(i), c.epoch(), Outcome::Good, 0.004);
+        }
+        let e = c.epoch();
+        for _ in 0..10 {
+            c.on_completion(now + 0.011, e, Outcome::Congestion, 0.0);
+        }
+        assert_eq!(c.halvings(), 1, "a storm");
     }
 
     #[test]

@@ -128,6 +128,13 @@
 //! cycle); after that, probes may look above it again. The caller cuts the window to `k` at
 //! once (`crate::depth`; until stop 42 it halved and climbed back, and each climb's burst
 //! drew refusals that capped `k` one lower). Fewer signals are only a cost, which the period's throughput shows.
+//! A refusal lower than the last one (the array changed) empties the pooled curve; one at or
+//! above it keeps it (stop 43: an array that refuses the up probe past its knee every cycle
+//! otherwise left rule (1) single periods to compare, and 8 units of 8 ms behind 500 µs held
+//! 8 and 9 by turns where 9 serves 4.8 % more). An up probe of one request (`k + 1`) that the
+//! array refused is one that failed: the next cycle probes down (a window a lucky probe
+//! carried one past the knee otherwise cruised and probed up into a refusal every cycle,
+//! never measured from below).
 //! While the cap holds, an up probe that would pass it goes halfway between `k` and the cap
 //! (a bisection), and a probe below the cap that drew no refusal and lost no throughput moves
 //! `k` there: the array has named its knee, and a step of a few per cent is one no period of
@@ -321,6 +328,8 @@ pub struct KneeSearch {
     phase: Phase,
     /// From a congestion signal: `(bound, until)`.
     cap: Option<(f64, f64)>,
+    /// The window that drew the last congestion signal (kept after the cap expires).
+    refused_at: Option<f64>,
     /// Down probes that found nothing back off: cycles to skip now, and the next backoff.
     down_skip: u32,
     down_backoff: u32,
@@ -355,6 +364,7 @@ impl KneeSearch {
             start_review: false,
             phase: Phase::Start,
             cap: None,
+            refused_at: None,
             down_skip: 0,
             down_backoff: 0,
             unfilled: 0,
@@ -945,12 +955,24 @@ impl KneeSearch {
         let (min, _) = self.bounds();
         let bound = (window - 1.0).max(min);
         self.cap = Some((bound, now + self.p.cap_hold_s));
-        self.curve.clear();
+        if self.refused_at.is_none_or(|r| window < r) {
+            self.curve.clear();
+        }
+        self.refused_at = Some(window);
         if self.k > bound {
             self.k = bound;
             // The throughput measured at the old estimate is not this window's.
             self.forget_reference();
             self.moved();
+        } else if matches!(self.phase, Phase::Up | Phase::UpHalf) && window <= self.k + 1.0 {
+            // An up probe of one request that the array refused leaves nothing to bisect
+            // above `k`: it failed as one that did not pay, and the next cycle looks down.
+            // (Otherwise a window that a lucky up probe carried past the knee — 2 in flight
+            // on one unit after a capacity drop, twice the knee's latency — cruised and
+            // probed up into a refusal every cycle, never measured from below again. A
+            // larger step that was refused is bisected instead: looking down first slowed
+            // the climb after a capacity return, 0.78 of the best on 16 units behind 2 ms.)
+            self.down_after_cruise = true;
         }
         self.cruise();
     }

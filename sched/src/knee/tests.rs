@@ -329,3 +329,72 @@ fn up_moves_on_noise_do_not_carry_the_window_past_a_flat_knee() {
     // the best".
     assert!(tops[57] <= 69.0, "unmeasured noise: tops {tops:?}");
 }
+
+/// One unit, and an array that takes one request waiting beside it (BUSY past 2): a window of
+/// 2 serves no more than 1 at twice its latency. A lucky up probe carried the knee from 1 to
+/// 2; the next up probe (3) is refused. That refusal must count as an up probe that failed
+/// (a down probe follows), or the window cruises at 2 and probes up into a refusal every
+/// cycle for good (the sweep's 2 units of 8 ms, BUSY one past, 8 tenants, at half capacity:
+/// twice the knee's latency for a whole phase).
+#[test]
+fn an_up_probe_the_array_refuses_is_followed_by_a_down_probe() {
+    let mut k = KneeSearch::new(KneeParams::default());
+    let mut t = 0.0;
+    let mut lucky = true;
+    let mut at_2 = 0;
+    // A slow device: each period (384 completions at 250 per second) outlasts the hold of
+    // a refusal's cap (2 s), so every cruise ends free to probe up again.
+    for _ in 0..200 {
+        t += 2.5;
+        let w = k.window();
+        if w > 2.0 {
+            k.on_congestion(t, w);
+            continue;
+        }
+        let mut p = device(1.0, 0.004, w);
+        p.completions = 384;
+        if w == 2.0 && k.phase() == Phase::Up && lucky {
+            p.throughput *= 1.5;
+            lucky = false;
+        }
+        k.on_period(t, p);
+        if !lucky && k.knee() >= 2.0 {
+            at_2 += 1;
+        }
+    }
+    assert!(!lucky, "the lucky probe happened");
+    assert_eq!(k.knee(), 1.0);
+    assert!(at_2 <= 10, "{at_2} periods at 2 after the lucky probe");
+}
+
+/// The pooled curve is what lets rule (1) tell windows a few per cent apart. A refusal at a
+/// window the array refused before says nothing new about the windows below it: the pools
+/// stay (before stop 43 every refusal emptied them, and an array refusing the up probe past
+/// its knee every cycle left rule (1) single periods to compare: 8 units of 8 ms behind
+/// 500 µs held 8 and 9 by turns, where 9 serves 4.8 % more). A refusal lower than the last
+/// one is a change (a capacity drop): they go.
+#[test]
+fn a_refusal_where_the_array_refused_before_keeps_the_pooled_curve() {
+    let mut k = KneeSearch::new(KneeParams::default());
+    let t = run(&mut k, 16.0, 30, 0.0);
+    assert!(k.curve.points().count() > 0);
+    k.on_congestion(t, 20.0);
+    assert_eq!(k.curve.points().count(), 0, "the first refusal");
+    let t = run(&mut k, 16.0, 10, t);
+    let pooled = k.curve.points().count();
+    assert!(pooled > 0);
+    k.on_congestion(t, 20.0);
+    assert_eq!(
+        k.curve.points().count(),
+        pooled,
+        "refused where it refused before"
+    );
+    k.on_congestion(t, 24.0);
+    assert_eq!(k.curve.points().count(), pooled, "refused above that");
+    k.on_congestion(t, 12.0);
+    assert_eq!(
+        k.curve.points().count(),
+        0,
+        "refused lower: the array changed"
+    );
+}
