@@ -542,23 +542,45 @@ RUN=$!
   fi
 ) &
 WATCHER=$!
+# stage: how far the deadline's printout got, on the console as it goes (a CI run ran out the
+# lab VM's 600 s with heartbeats every 5 s and not one line from here: whether this loop or
+# the printout stopped was not known). The loop says it is alive once a minute.
+stage() { up; echo "WEIR-RUN-STAGE uptime_s=$UP: $*"; }
 st=
+said=$UP
 while :; do
   st=; read -r s 2>/dev/null < /proc/$RUN/stat && { st=${s##*") "}; st=${st%% *}; }
   [ -z "$st" ] || [ "$st" = Z ] && break
   up
+  if [ $((UP - said)) -ge 60 ]; then
+    said=$UP
+    echo "WEIR-RUN-WAIT uptime_s=$UP: weir run (pid $RUN) in state $st"
+  fi
   if [ $UP -ge $deadline ]; then
+    stage "WEIR-RUN-DEADLINE: weir run still running: stopping it"
     {
       echo "WEIR-RUN-DEADLINE: weir run still running at uptime $UP: stopped."
       echo "Nested guests whose fio did not finish, and their consoles' ends:"
       for l in $R/run/*/*.serial.log; do
         grep -q WEIR-FIO-EXIT $l 2>/dev/null || echo "  $l: $(tail -c 1500 $l)"
       done
-      echo "weir's processes:"
-      procs
     } > $R/deadline.txt
+    stage "the guests' consoles read"
+    # The threads' states and stacks, by a job of its own: a read of /proc that the L1 kernel
+    # holds must not keep the kill below from coming. At most 30 s.
+    ( echo "weir's processes:"; procs; echo "WEIR-RUN-PROCS-DONE" ) > $R/procs.txt 2>&1 &
+    PROCS=$!
+    for i in $(seq 60); do
+      grep -q WEIR-RUN-PROCS-DONE $R/procs.txt 2>/dev/null && break
+      sleep 0.5
+    done
+    grep -q WEIR-RUN-PROCS-DONE $R/procs.txt 2>/dev/null \
+      || echo "WEIR-RUN-PROCS-HELD: the scan of weir's threads did not finish in 30 s" >> $R/procs.txt
+    kill -9 $PROCS 2>/dev/null
+    cat $R/procs.txt >> $R/deadline.txt
     # On the console too: the test prints the console when the lab command fails.
     cat $R/deadline.txt; cat $R/deadline.txt >> $R/run.out
+    stage "killing weir run"
     kill -TERM $RUN; sleep 5; kill -9 $RUN 2>/dev/null
     # Every weir process (guests, broker) killed: one the kernel cannot end within 5 s is stuck
     # inside the L1 kernel (its KVM under QEMU's SVM emulation): no userspace VMM can make
@@ -567,10 +589,18 @@ while :; do
       is_weir $p && kill -9 ${p#/proc/} 2>/dev/null
     done
     sleep 5
-    left=$(procs | grep ' state ' | grep -v ' state Z ')
+    stage "weir killed; looking for survivors"
+    ( procs | grep ' state ' | grep -v ' state Z ' > $R/left.txt; echo done > $R/left.done ) &
+    PROCS=$!
+    for i in $(seq 40); do [ -s $R/left.done ] && break; sleep 0.5; done
+    kill -9 $PROCS 2>/dev/null
+    left=$(cat $R/left.txt 2>/dev/null)
+    [ -s $R/left.done ] || left="$left
+(the scan of weir's threads did not finish in 20 s)"
     if [ -n "$left" ]; then
       { echo "WEIR-RUN-UNKILLABLE: weir processes alive 5 s after SIGKILL:"; echo "$left"; } | tee -a $R/deadline.txt
     fi
+    stage "the deadline's printout done"
     break
   fi
   sleep 1
