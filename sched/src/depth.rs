@@ -65,7 +65,7 @@ pub const ADAPTIVE_RECOVERY_IOS: u32 = 4;
 /// `adaptive` cuts on QUEUE FULL/BUSY once the current period has drawn at least this many
 /// of them, of the current epoch…
 pub const ADAPTIVE_BUSY_MIN: u64 = 4;
-/// …and they are significantly more than this share of its answers ([`busy_significant`]). A
+/// …and they are significantly more than this share of its answers (`busy_significant`). A
 /// target behind a link that counts the
 /// requests still on their way back answers BUSY now and then at windows that serve more than
 /// any window below them (0.2 % of answers, +6 %; 1 %, +10 %); a window past a real knee draws
@@ -89,7 +89,7 @@ fn busy_significant(n: f64) -> f64 {
 }
 
 /// The share of refusals that cuts a quiet window at once, mid-period (with the same test as
-/// [`busy_significant`]): a storm (a capacity drop, an array that changed), not the clusters
+/// `busy_significant`): a storm (a capacity drop, an array that changed), not the clusters
 /// of a window near the knee, whose share is judged when the period ends.
 pub const ADAPTIVE_BUSY_STORM: f64 = 0.05;
 
