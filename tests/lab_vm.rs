@@ -193,6 +193,11 @@ fn lab_once(
         .lines()
         .filter(|l| !l.starts_with("WEIR-LAB-ALIVE"))
         .collect();
+    if run.exit.is_none() {
+        if let Some(why) = script_stalled(&run.console) {
+            return Err(why);
+        }
+    }
     assert_eq!(
         run.exit,
         Some(0),
@@ -203,6 +208,78 @@ fn lab_once(
         results,
         _work: work,
     })
+}
+
+/// The `weir run` script says it is alive once a minute (`WEIR-RUN-WAIT`, and each stage of
+/// its deadline's printout, `WEIR-RUN-STAGE`). A lab VM that ran out its time with the
+/// heartbeat going on but the script silent for [`SCRIPT_STALL_S`] before the end had an L1
+/// that no longer ran a shell that only reads /proc and sleeps: the L1 kernel's failure
+/// (under QEMU's SVM emulation), not weir's, which could only have kept the script's loop
+/// busy printing. A CI run (2026-12-07) ran out its 600 s with heartbeats and not one line
+/// from the script's deadline (420 s) — before the script printed these lines.
+fn script_stalled(console: &str) -> Option<String> {
+    let uptime = |line: &str, tags: &[&str]| {
+        let rest = tags.iter().find_map(|t| line.strip_prefix(t))?;
+        rest.split([':', ' ']).next()?.parse::<f64>().ok()
+    };
+    let script = ["WEIR-RUN-WAIT uptime_s=", "WEIR-RUN-STAGE uptime_s="];
+    let last_said = console
+        .lines()
+        .filter_map(|l| uptime(l, &script))
+        .next_back()?;
+    let last_beat = console
+        .lines()
+        .filter_map(|l| uptime(l, &["WEIR-LAB-ALIVE uptime_s="]))
+        .next_back()?;
+    (last_beat - last_said >= SCRIPT_STALL_S).then(|| {
+        format!(
+            "the lab command's script fell silent at uptime {last_said:.0} s while the L1's \
+             heartbeat went on to {last_beat:.0} s: the L1 stopped running it (QEMU's SVM \
+             emulation)"
+        )
+    })
+}
+
+/// Seconds of heartbeat without a line from the script (which says one a minute).
+const SCRIPT_STALL_S: f64 = 150.0;
+
+#[test]
+fn a_script_silent_while_the_heartbeat_goes_on_is_the_l1s_failure() {
+    let beats = |from: u32, to: u32| {
+        (from..=to)
+            .step_by(5)
+            .map(|t| format!("WEIR-LAB-ALIVE uptime_s={t}.4\n"))
+            .collect::<String>()
+    };
+    let said = |ts: &[u32]| {
+        ts.iter()
+            .map(|t| format!("WEIR-RUN-WAIT uptime_s={t}: weir run (pid 97) in state S\n"))
+            .collect::<String>()
+    };
+    // Silent from 123 s to the end at 590 s.
+    let stalled = format!(
+        "WEIR-LAB-BEGIN uptime_s=3.1 kvm=yes\n{}{}",
+        said(&[3, 63, 123]),
+        beats(5, 590)
+    );
+    let why = script_stalled(&stalled).expect("a stall");
+    assert!(
+        why.contains("uptime 123 s") && why.contains("590 s"),
+        "{why}"
+    );
+    // Speaking to the end (its deadline's stages included): weir's own hang, not the L1's.
+    let speaking = format!(
+        "{}{}WEIR-RUN-STAGE uptime_s=423: WEIR-RUN-DEADLINE: stopping it\n",
+        said(&[3, 63, 123, 183, 243, 303, 363]),
+        beats(5, 590)
+    );
+    assert_eq!(script_stalled(&speaking.replace("590.4", "500.4")), None);
+    assert!(
+        script_stalled(&speaking).is_some(),
+        "silent from 423 s to 590 s"
+    );
+    // Another command (no such lines) is never judged this way.
+    assert_eq!(script_stalled(&beats(5, 590)), None);
 }
 
 /// weir vm's guest ended in a triple fault (KVM_EXIT_SHUTDOWN) without a word from its kernel:
@@ -510,6 +587,7 @@ lin2_pid() {
 }
 weir run /lab/files/lab-weir-linux.toml --out $R/run --no-progress > $R/run.out 2>&1 &
 RUN=$!
+echo "WEIR-RUN-WAIT uptime_s=$UP: weir run started (pid $RUN)"
 # The lin2 watcher: waits for lin2's init, gives its fio 4 s, kills its weir vm; it stops
 # waiting if that weir vm, once seen, has ended (a guest the emulator shut down before its
 # first line: nothing left to kill), and at the deadline.
