@@ -461,6 +461,7 @@ fn bench(command: BenchCommand) -> Result<()> {
                 let json = serde_json::json!({
                     "runs": runs,
                     "aggregates": weir_lab::bench::probe_frontend::aggregate(&runs),
+                    "paired": weir_lab::bench::probe_frontend::paired(&runs),
                 });
                 fs::write(
                     work_dir.join("bench.json"),

@@ -234,7 +234,16 @@ const SUBMIT_BATCH_MAX: usize = 8;
 impl QueueWorker {
     pub fn new(ctx: Arc<DiskContext>, queue_size: u16) -> Result<Self, WorkerError> {
         let entries = u32::from(queue_size).next_power_of_two().max(8);
-        let ring = IoUring::new(entries).map_err(WorkerError::Uring)?;
+        // COOP_TASKRUN: a completion does not interrupt this thread with an IPI while it runs;
+        // the kernel posts it at the thread's next system call (it makes one per wake-up at
+        // least), and still wakes the thread when it sleeps. Only this queue's threads touch
+        // the ring, under the worker's lock. Measured A/B against the default (probe, 4 KiB,
+        // 7 rounds, round-by-round ratios): randread +3 % (QD32) and +9 % (QD128), CPU per I/O
+        // 0.93-0.96x; randwrite +3-9 %.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(entries)
+            .map_err(WorkerError::Uring)?;
         let completion_event = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::Uring)?;
         ring.submitter()
             .register_eventfd(completion_event.as_raw_fd())

@@ -604,6 +604,81 @@ pub fn aggregate(runs: &[CaseRun]) -> Vec<CaseAggregate> {
         .collect()
 }
 
+/// One backend's IOPS over another's, round by round, in one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedRatio {
+    pub case: String,
+    pub backend: String,
+    pub against: String,
+    /// Rounds in which both ran.
+    pub rounds: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// `backend`'s IOPS over `against`'s in the same round of `case`. The rounds interleave the
+/// backends, so the two of one round ran seconds apart: the device's drift from round to
+/// round (this machine's cloud disk moves by ±20 % between rounds) cancels in the pair, where
+/// it widens the two medians' ranges.
+pub fn paired_ratio(
+    runs: &[CaseRun],
+    case: &str,
+    backend: &str,
+    against: &str,
+) -> Option<PairedRatio> {
+    let iops = |name: &str, round: u32| {
+        runs.iter()
+            .find(|r| r.case == case && r.backend == name && r.round == round)
+            .map(|r| r.iops)
+    };
+    let mut rounds: Vec<u32> = runs
+        .iter()
+        .filter(|r| r.case == case && r.backend == backend)
+        .map(|r| r.round)
+        .collect();
+    rounds.sort_unstable();
+    rounds.dedup();
+    let v: Vec<f64> = rounds
+        .into_iter()
+        .filter_map(|k| {
+            iops(backend, k)
+                .zip(iops(against, k))
+                .filter(|(_, b)| *b > 0.0)
+                .map(|(a, b)| a / b)
+        })
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len();
+    let (median, min, max) = spread(v);
+    Some(PairedRatio {
+        case: case.to_string(),
+        backend: backend.to_string(),
+        against: against.to_string(),
+        rounds: n,
+        median,
+        min,
+        max,
+    })
+}
+
+/// Every case's paired ratios of weir to the daemon, to host fio and to the baseline build.
+pub fn paired(runs: &[CaseRun]) -> Vec<PairedRatio> {
+    let mut cases: Vec<&str> = Vec::new();
+    for r in runs.iter().filter(|r| r.backend == WEIR) {
+        if !cases.contains(&r.case.as_str()) {
+            cases.push(&r.case);
+        }
+    }
+    cases
+        .into_iter()
+        .flat_map(|c| [QSD, HOST, BASELINE].map(|b| paired_ratio(runs, c, WEIR, b)))
+        .flatten()
+        .collect()
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b)
 }
@@ -675,13 +750,27 @@ pub fn render(runs: &[CaseRun]) -> String {
             show(cpu, 2),
             show(host, 2)
         );
+        let pair = |against: &str| {
+            paired_ratio(runs, &w.case, WEIR, against).map_or("n/a".to_string(), |p| {
+                format!("{:.2}x ({:.2}-{:.2})", p.median, p.min, p.max)
+            })
+        };
+        let _ = writeln!(
+            s,
+            "{:<20} round by round: weir/qsd {}, weir/host {}",
+            "",
+            pair(QSD),
+            pair(HOST)
+        );
         if let Some(b) = find(BASELINE, &w.case) {
             let _ = writeln!(
                 s,
-                "{:<20} {:>21} baseline; weir/baseline IOPS {:.2}x, p50 {}x, CPU/IO {}x",
+                "{:<20} {:>21} baseline; weir/baseline IOPS {:.2}x (round by round {}), p50 \
+                 {}x, CPU/IO {}x",
                 "",
                 format!("{}k", range(b)),
                 w.iops_median / b.iops_median.max(1.0),
+                pair(BASELINE),
                 show(ratio(w.p50_us_median, b.p50_us_median), 2),
                 show(ratio(w.cpu_us_per_io, b.cpu_us_per_io), 2)
             );
@@ -829,6 +918,39 @@ mod tests {
         // Nothing ran the 64k/randwrite rows or the scheduling part: said, not scored.
         assert!(table.contains("n/a     64k and randwrite rows"), "{table}");
         assert!(table.contains("n/a     mclock + adaptive"), "{table}");
+    }
+
+    #[test]
+    fn paired_ratios_compare_the_backends_of_one_round() {
+        let c = "randwrite 4k QD32";
+        let at = |backend: &str, round: u32, iops: f64| CaseRun {
+            round,
+            ..run(backend, c, 32, iops, 1.0)
+        };
+        // The device doubled its speed between the rounds: the medians' ranges overlap
+        // (weir 100-200, qsd 90-210), the pairs say weir led in one round by 11 % and
+        // trailed in the other by 5 %.
+        let runs = vec![
+            at(WEIR, 0, 100.0),
+            at(QSD, 0, 90.0),
+            at(QSD, 1, 210.0),
+            at(WEIR, 1, 200.0),
+            at(HOST, 1, 250.0),
+        ];
+        let p = paired_ratio(&runs, c, WEIR, QSD).unwrap();
+        assert_eq!(p.rounds, 2);
+        assert!((p.min - 200.0 / 210.0).abs() < 1e-9, "{p:?}");
+        assert!((p.max - 100.0 / 90.0).abs() < 1e-9, "{p:?}");
+        // Host fio ran in one round only: one pair, not a ratio of unpaired runs.
+        let h = paired_ratio(&runs, c, WEIR, HOST).unwrap();
+        assert_eq!((h.rounds, h.median), (1, 0.8));
+        assert!(paired_ratio(&runs, c, WEIR, BASELINE).is_none());
+        assert_eq!(paired(&runs).len(), 2);
+        let table = render(&runs);
+        assert!(
+            table.contains("round by round: weir/qsd 1.03x (0.95-1.11), weir/host 0.80x"),
+            "{table}"
+        );
     }
 
     #[test]
