@@ -239,7 +239,7 @@ impl QueueWorker {
         // least), and still wakes the thread when it sleeps. Only this queue's threads touch
         // the ring, under the worker's lock. Measured A/B against the default (probe, 4 KiB,
         // 7 rounds, round-by-round ratios): randread +3 % (QD32) and +9 % (QD128), CPU per I/O
-        // 0.93-0.96x; randwrite +3-9 %.
+        // 0.93-0.96x; randwrite 0.99-1.09x (two runs).
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .build(entries)
