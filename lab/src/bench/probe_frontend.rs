@@ -817,15 +817,27 @@ pub fn render(runs: &[CaseRun]) -> String {
                 .ramp_iops_median
                 .zip(f.ramp_iops_median)
                 .map(|(r, f)| 100.0 * (1.0 - r / f.max(1.0)));
+            // The same cost round by round: each round's run against FIFO's of that round.
+            let paired_cost = paired_ratio(runs, &f.case, name, SCHED_FIFO)
+                .filter(|_| name != SCHED_FIFO)
+                .map_or(String::new(), |p| {
+                    format!(
+                        " (round by round {:.1} %, {:.1} to {:.1})",
+                        100.0 * (1.0 - p.median),
+                        100.0 * (1.0 - p.max),
+                        100.0 * (1.0 - p.min)
+                    )
+                });
             let _ = writeln!(
                 s,
-                "  {:<34} {:>21}  p50 {:>5} us  CPU {:>5} us/IO  IOPS cost vs fifo {:>5.1} %  \
+                "  {:<34} {:>21}  p50 {:>5} us  CPU {:>5} us/IO  IOPS cost vs fifo {:>5.1} %{}  \
                  ramp {:>5}k ({:>5} %)",
                 a.backend,
                 format!("{}k", range(a)),
                 show(a.p50_us_median, 0),
                 show(a.cpu_us_per_io, 1),
                 cost,
+                paired_cost,
                 show(a.ramp_iops_median.map(|r| r / 1e3), 1),
                 show(ramp_cost, 1)
             );
@@ -951,6 +963,32 @@ mod tests {
             table.contains("round by round: weir/qsd 1.03x (0.95-1.11), weir/host 0.80x"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_scheduling_cost_is_also_given_round_by_round() {
+        let c = "randread 4k 8×QD4";
+        let at = |backend: &str, round: u32, iops: f64| CaseRun {
+            round,
+            ramp_iops: Some(iops),
+            ..run(backend, c, 32, iops, 1.0)
+        };
+        // FIFO's rounds 40 and 50, mClock's 38 and 49: medians 45 against 43.5 (3.3 %),
+        // the rounds cost 5 % and 2 % (median 3.5 %).
+        let runs = vec![
+            at(SCHED_FIFO, 0, 40.0),
+            at(SCHED_MCLOCK, 0, 38.0),
+            at(SCHED_FIFO, 1, 50.0),
+            at(SCHED_MCLOCK, 1, 49.0),
+        ];
+        let table = render(&runs);
+        assert!(
+            table.contains("IOPS cost vs fifo   3.3 % (round by round 3.5 %, 2.0 to 5.0)"),
+            "{table}"
+        );
+        // FIFO's own line has no cost against itself.
+        let fifo_line = table.lines().find(|l| l.contains(SCHED_FIFO)).unwrap();
+        assert!(!fifo_line.contains("round by round"), "{table}");
     }
 
     #[test]
