@@ -818,8 +818,9 @@ pub fn render(runs: &[CaseRun]) -> String {
                 .zip(f.ramp_iops_median)
                 .map(|(r, f)| 100.0 * (1.0 - r / f.max(1.0)));
             // The same cost round by round: each round's run against FIFO's of that round.
-            let paired_cost = paired_ratio(runs, &f.case, name, SCHED_FIFO)
-                .filter(|_| name != SCHED_FIFO)
+            let paired_cost = (name != SCHED_FIFO)
+                .then(|| paired_ratio(runs, &f.case, name, SCHED_FIFO))
+                .flatten()
                 .map_or(String::new(), |p| {
                     format!(
                         " (round by round {:.1} %, {:.1} to {:.1})",
@@ -932,13 +933,19 @@ mod tests {
         assert!(table.contains("n/a     mclock + adaptive"), "{table}");
     }
 
+    /// One backend's run of `case` in `round` (its ramp as fast as its run).
+    fn in_round(backend: &str, case: &str, round: u32, iops: f64) -> CaseRun {
+        CaseRun {
+            round,
+            ramp_iops: Some(iops),
+            ..run(backend, case, 32, iops, 1.0)
+        }
+    }
+
     #[test]
     fn paired_ratios_compare_the_backends_of_one_round() {
         let c = "randwrite 4k QD32";
-        let at = |backend: &str, round: u32, iops: f64| CaseRun {
-            round,
-            ..run(backend, c, 32, iops, 1.0)
-        };
+        let at = |backend: &str, round: u32, iops: f64| in_round(backend, c, round, iops);
         // The device doubled its speed between the rounds: the medians' ranges overlap
         // (weir 100-200, qsd 90-210), the pairs say weir led in one round by 11 % and
         // trailed in the other by 5 %.
@@ -968,11 +975,7 @@ mod tests {
     #[test]
     fn the_scheduling_cost_is_also_given_round_by_round() {
         let c = "randread 4k 8×QD4";
-        let at = |backend: &str, round: u32, iops: f64| CaseRun {
-            round,
-            ramp_iops: Some(iops),
-            ..run(backend, c, 32, iops, 1.0)
-        };
+        let at = |backend: &str, round: u32, iops: f64| in_round(backend, c, round, iops);
         // FIFO's rounds 40 and 50, mClock's 38 and 49: medians 45 against 43.5 (3.3 %),
         // the rounds cost 5 % and 2 % (median 3.5 %).
         let runs = vec![
