@@ -104,6 +104,7 @@ impl Check for KneeParams {
         number("elasticity", self.elasticity, 0.01, 0.99)?;
         count("cruise_periods", u64::from(self.cruise_periods), 1, 1000)?;
         number("cap_hold_s", self.cap_hold_s, 0.0, 3600.0)?;
+        count("start", u64::from(self.start), 1, u64::from(MAX_DEPTH))?;
         count("min", u64::from(self.min), 1, u64::from(MAX_DEPTH))?;
         count("max", u64::from(self.max), 1, u64::from(MAX_DEPTH))?;
         ordered(self.min, self.max)
