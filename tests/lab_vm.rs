@@ -333,12 +333,97 @@ fn vcpu_held_in_kernel(vm_log: &str) -> Option<String> {
     ))
 }
 
+/// At weir vm's timeout a vCPU had stayed inside KVM_RUN for a minute and more, and the
+/// registers it left with (signalled, at once) show it faulting on its own instruction fetch:
+/// `cr2 == rip`, a kernel address, the resume flag set (RF, bit 16 of rflags: set by the
+/// return from a fault handler to the instruction that faulted, cleared once that instruction
+/// completes). The guest's #PF handler returned to an instruction that faulted again, with no
+/// exit to weir vm in between: a fault loop inside the L1's KVM with nested paging emulated
+/// by QEMU (a stale translation). A page weir vm failed to map would exit to it instead
+/// (KVM_EXIT_MMIO). Seen once (stop 46, CI): vCPU 1 for 384.6 s, vCPU 0 idle, the console
+/// silent after the guest listed its disks.
+fn vcpu_fault_loop(vm_log: &str) -> Option<String> {
+    vm_log.lines().find_map(|l| {
+        let rest = l.split("weir vm: at the timeout, ").nth(1)?;
+        let vcpu = rest.split(':').next()?;
+        let secs: f64 = rest
+            .split("inside KVM_RUN for ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        let reg = |name: &str| {
+            let v = rest
+                .split(&format!(" {name}=0x"))
+                .nth(1)?
+                .split(' ')
+                .next()?;
+            u64::from_str_radix(v, 16).ok()
+        };
+        let (rip, cr2, rflags) = (reg("rip")?, reg("cr2")?, reg("rflags")?);
+        (rest.contains("signalled, it left KVM_RUN")
+            && secs >= 60.0
+            && rip == cr2
+            && rip >= 0xffff_8000_0000_0000
+            && rflags & (1 << 16) != 0)
+            .then(|| {
+                format!(
+                    "the nested guest's {vcpu} looped on a fault at its own instruction \
+                     (rip = cr2 = {rip:#x}, RF set) inside KVM_RUN for {secs} s with no exit to \
+                     weir vm: a fault loop in the L1's KVM (QEMU's SVM emulation)"
+                )
+            })
+    })
+}
+
 /// A nested guest lost to QEMU's SVM emulation, from its log (weir vm's and its console's):
 /// any signature above.
 fn emulator_loss(vm_log: &str) -> Option<String> {
     silent_nested_shutdown(vm_log)
         .or_else(|| nested_cpu_stopped(vm_log))
         .or_else(|| vcpu_held_in_kernel(vm_log))
+        .or_else(|| vcpu_fault_loop(vm_log))
+}
+
+#[test]
+fn a_vcpu_faulting_on_its_own_instruction_inside_kvm_run_is_the_emulators() {
+    // From stop 46's CI run of the one-guest lab test, cut down.
+    let log = |vcpu1: &str| {
+        format!(
+            "WEIR-GUEST-DISKS vda \n\
+             weir vm: ended: TimedOut; first serial byte 1767.8 ms after start\n\
+             weir vm: at the timeout, vCPU 0: inside KVM_RUN for 391.4 s (entered 10.0 s after \
+             start); 12924 exits to weir vm, the last: port 0x3fa read; signalled, it left \
+             KVM_RUN in 0.00 s: rip=0xffffffff8124cd23 rsp=0xffffffff81a03eb8 rflags=0x246 \
+             cr2=0x7fc0bed80678 efer=0xd01\n\
+             weir vm: at the timeout, vCPU 1: {vcpu1}\n"
+        )
+    };
+    let looping = "inside KVM_RUN for 384.6 s (entered 16.8 s after start); 7991 exits to weir \
+                   vm, the last: MMIO 0xd0000064 write; signalled, it left KVM_RUN in 0.01 s: \
+                   rip=0xffffffffc0718dcc rsp=0xffffd1ed4048bb00 rflags=0x10246 rax=0x666dd000 \
+                   cr0=0x80050033 cr2=0xffffffffc0718dcc cr3=0xbeb50000 efer=0xd01";
+    let why = emulator_loss(&log(looping)).expect("a fault loop");
+    assert!(why.contains("vCPU 1") && why.contains("384.6 s"), "{why}");
+    // Each part of the signature is needed: a fault that completed (RF clear), a fault
+    // elsewhere, a short stay, a thread held in weir vm.
+    for other in [
+        looping.replace("rflags=0x10246", "rflags=0x246"),
+        looping.replace("cr2=0xffffffffc0718dcc", "cr2=0x7fc0bed80678"),
+        looping.replace("for 384.6 s", "for 12.0 s"),
+        looping
+            .replace(
+                "inside KVM_RUN for 384.6 s",
+                "outside KVM_RUN, in weir vm, for 384.6 s",
+            )
+            .replace(
+                "signalled, it left KVM_RUN in 0.01 s",
+                "it did not answer 3.0 s of signals",
+            ),
+    ] {
+        assert_eq!(vcpu_fault_loop(&log(&other)), None, "{other}");
+    }
 }
 
 #[test]
