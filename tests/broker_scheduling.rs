@@ -106,7 +106,7 @@ fn victim_p99_us(
     // shared cores with TCG guests, where a period's throughput swings ±15 %: the mean over
     // 11–15 s came out 20–24 in most runs and 33.8 and 39.6 in two, and one run's window
     // went 16 → 63 (median 32) before the knee search stopped trusting one lucky probe
-    // period (docs/scheduling.md, "Selection bias"); after it, 14–23 (median 18).
+    // period (docs/window-sweep.md, "Selection bias"); after it, 14–23 (median 18).
     eprintln!("{policy}: window per busy second {windows:?}");
     let mut sorted = windows.clone();
     sorted.sort_by(f64::total_cmp);

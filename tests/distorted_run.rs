@@ -114,13 +114,18 @@ fn a_run_beside_a_cpu_hog_is_flagged_in_the_results_the_table_and_the_report() {
     // The report says it too.
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("Distorted run"), "no banner in the report");
-    // Side by side in one go, same hog: adaptive had collapsed to 0.16× fifo's (window 1). It
-    // no longer collapses every time, but it is not robust either — 0.48 to 1.25 over five runs
-    // here (docs/scheduling.md) — so the ratio is printed, not asserted: the run is flagged,
-    // which is what this test is for.
+    // Side by side in one go, same hog: adaptive once collapsed to 0.16× fifo's (window 1);
+    // the first knee search gave 0.48–1.25× over five runs (2026-12-04). Issue 11 asks ≥ 0.8×:
+    // the knee search judges throughput, which a late clock stretches for every depth alike,
+    // and drops a period its clock was late for. Measured at stop 47 (this scenario, ten runs
+    // with six busy loops beside it): 0.94–1.12×; `scenarios/noisy-neighbour.toml` the same
+    // way 0.98–1.14× (docs/window-real-storage.md).
     let (fifo, adaptive) = (aggregate["fifo"], aggregate["adaptive"]);
-    eprintln!(
-        "adaptive ÷ fifo beside the hog: {:.2}",
-        adaptive / fifo.max(1.0)
+    let ratio = adaptive / fifo.max(1.0);
+    eprintln!("adaptive ÷ fifo beside the hog: {ratio:.2}");
+    assert!(
+        ratio >= 0.8,
+        "adaptive served {adaptive:.0} IOPS beside the hog, {ratio:.2}× fifo's {fifo:.0}: the \
+         window took the broker's own lateness for congestion"
     );
 }

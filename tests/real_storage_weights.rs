@@ -5,7 +5,7 @@
 //! losetup): `WEIR_PROBE_QD=200 cargo test --release --test real_storage_weights -- --ignored
 //! --nocapture` (`WEIR_THROTTLE_IOPS=N` caps the device with the blkio cgroup).
 //!
-//! What it showed (docs/scheduling.md, "Weights on real storage"): the weights hold exactly
+//! What it showed (docs/window-real-storage.md, "Weights on real storage"): the weights hold exactly
 //! (4.00) once the window binds and each guest keeps more requests outstanding than its share of
 //! the window — QD 200 here; at QD 32 the heavier guest's queue in the broker empties whenever
 //! its own turnaround lags (a knee of ~40 on this disk is more than 80 % of 32), and mClock has

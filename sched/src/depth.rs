@@ -47,7 +47,7 @@
 //! link, the halving's gap and the climb's refill came back a round trip later as bursts that
 //! the array refused again, and each such cut capped the knee one lower (8 units of 100 µs
 //! behind 2 ms: `k` 80 → 61 in 16 ms, at a window that serves 34.7 k IOPS with 0.45 %
-//! refused; docs/scheduling.md, "Refusals without a storm"). On a LUN that has refused at least once, a deeper window asked by the knee search
+//! refused; docs/window-sweep.md, "Refusals without a storm"). On a LUN that has refused at least once, a deeper window asked by the knee search
 //! is reached one request per good completion (the *ramp*), not in one burst of the step.
 //!
 //! In every policy, a period in which requests were outstanding but **none completed** counts
@@ -79,7 +79,7 @@ pub const ADAPTIVE_BUSY_SHARE: f64 = 0.01;
 /// and each halving held it under the knee (8 units of 1 ms behind 2 ms, 8 tenants: the
 /// window at 0.85–0.93 of it, throughput 0.84–0.93× the best quiet depth). With the test, the
 /// sweep's BUSY shapes (seeds 1–4) met the targets in 95.3 % of cases against 89.1 %, their
-/// refusals 0.70 % of answers at p95 against 0.43 % (stop 38, docs/scheduling.md).
+/// refusals 0.70 % of answers at p95 against 0.43 % (stop 38, docs/window-sweep.md).
 pub const ADAPTIVE_BUSY_Z: f64 = 2.33;
 
 /// The refusals among `n` answers that say the share is above [`ADAPTIVE_BUSY_SHARE`], not

@@ -152,7 +152,7 @@
 //! per cycle, too slowly for 3 s when start-up ended far below it on unlucky periods (±8 %
 //! per 0.1 s: `crate::knee_noise_tests`, `host_curve_grid`; 16.5 % of those curves still
 //! miss the targets). Integer windows cannot meet both targets where the knee's step adds
-//! 5–9 % (2 units of 8 ms behind 500 µs: `X(2)/X(3)` = 0.94, docs/scheduling.md). A target
+//! 5–9 % (2 units of 8 ms behind 500 µs: `X(2)/X(3)` = 0.94, docs/window-sweep.md). A target
 //! that refuses at windows it serves smoothly (an array that counts its queue, behind a link)
 //! holds the window where its refusals stay near 1 %, a little under the deepest window within
 //! that share (0.91–0.94 of it at half capacity, 8 units of 100 µs behind 2 ms). Noise the dispersion estimate
@@ -349,6 +349,11 @@ impl KneeSearch {
 
     fn up(&self) -> f64 {
         self.up_by(self.p.probe_gain)
+    }
+
+    /// Start-up's next window: twice this one, under the ceiling.
+    fn doubled(&self) -> f64 {
+        (self.k * 2.0).min(self.ceiling())
     }
 
     /// The bound a recent QUEUE FULL/BUSY set, while it holds.
@@ -691,7 +696,7 @@ impl KneeSearch {
     /// A period ended at `now`.
     pub fn on_period(&mut self, now: f64, m: Period) {
         self.now = now;
-        let (min, max) = self.bounds();
+        let (min, _) = self.bounds();
         if m.mean_in_flight < BOUND_SHARE * m.window {
             // Window validation: tenants that are busy but leave the window unfilled period
             // after period teach the search nothing there, and a window far above their demand
@@ -748,7 +753,7 @@ impl KneeSearch {
                     {
                         self.start_paid(m.throughput, m.completions as f64);
                     }
-                    self.k = (self.k * 2.0).min(self.ceiling()).min(max);
+                    self.k = self.doubled();
                 }
                 _ => {}
             }
@@ -799,7 +804,7 @@ impl KneeSearch {
                     // miss in a row (a knee of 80 was once taken for 2 on the first). The end is
                     // the last depth that did pay, measured again in a cruise, then refined.
                     self.start_misses += 1;
-                    let next = (self.k * 2.0).min(self.ceiling()).min(max);
+                    let next = self.doubled();
                     if self.start_misses >= START_MISSES || next <= self.k {
                         self.k = self.start_prev;
                         self.forget_reference();
@@ -811,7 +816,7 @@ impl KneeSearch {
                 }
                 _ => {
                     self.start_paid(x, self.period_n);
-                    self.k = (self.k * 2.0).min(self.ceiling()).min(max);
+                    self.k = self.doubled();
                     if self.k <= self.start_prev {
                         self.probe();
                     }

@@ -130,7 +130,7 @@ fn a_gently_rising_curve_is_climbed_to_where_it_flattens() {
 }
 
 /// A host's device curve, in the shape measured on this machine's file and loop device
-/// (docs/scheduling.md, "Weights on real storage"): throughput rises with elasticity `e_low`
+/// (docs/window-real-storage.md, "Weights on real storage"): throughput rises with elasticity `e_low`
 /// up to `bend` in flight, with `e_high` from there to `flat`, and no further; each 0.1 s its
 /// rate is off by a uniform factor of spread `sigma` (guests and broker share the CPUs, the
 /// device completes in batches: φ ≈ 1 + σ²·N, 17–190 measured at ~10 000 completions a
@@ -346,7 +346,7 @@ fn a_soft_curve_is_climbed_to_its_flat_within_three_seconds() {
     }
 }
 
-/// This host's loop device as the broker's trace saw it (stop 40, docs/scheduling.md): two
+/// This host's loop device as the broker's trace saw it (stop 40, docs/window-real-storage.md): two
 /// probe guests at QD 32 keep ~40 in flight; 15 k IOPS at 2, 60 k at 16, 66 k at 32, 74 k at
 /// 40 and beyond (elasticity ≈ 0.67 to 16, 0.23 from there to 40), ±6 % per 0.1 s (φ ≈ 37).
 const TRACED_DISK: HostCurve = HostCurve {

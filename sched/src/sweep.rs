@@ -1,5 +1,5 @@
 //! The window policies' robustness sweep: seeds × array shapes, each judged against the best
-//! fixed depth of every phase (`weir sim --sweep`, docs/scheduling.md).
+//! fixed depth of every phase (`weir sim --sweep`, docs/window-sweep.md).
 //!
 //! A *shape* is one emulated LUN: `servers` units, a service-time distribution, a link
 //! latency, where it answers BUSY, and `tenants` closed-loop tenants who together keep three
