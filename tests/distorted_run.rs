@@ -119,7 +119,7 @@ fn a_run_beside_a_cpu_hog_is_flagged_in_the_results_the_table_and_the_report() {
     // the knee search judges throughput, which a late clock stretches for every depth alike,
     // and drops a period its clock was late for. Measured at stop 47 (this scenario, ten runs
     // with six busy loops beside it): 0.94–1.12×; `scenarios/noisy-neighbour.toml` the same
-    // way 0.98–1.14× (docs/window-real-storage.md).
+    // way 0.98–1.14× (docs/scheduling.md, the starved clock).
     let (fifo, adaptive) = (aggregate["fifo"], aggregate["adaptive"]);
     let ratio = adaptive / fifo.max(1.0);
     eprintln!("adaptive ÷ fifo beside the hog: {ratio:.2}");

@@ -195,7 +195,7 @@ const DROP_SHARE: f64 = 0.8;
 /// taken at once; a smaller one is on trial until a cruise at the new window confirms it.
 const CLEAR_ELASTICITY: f64 = 2.0;
 /// A probe ends early once rule (1)'s margin for staying is this many standard errors (1.5
-/// and symmetric early ends, moves too, were tried: docs/scheduling.md).
+/// and symmetric early ends, moves too, were tried: docs/window-sweep.md).
 const DECIDED_Z: f64 = 2.0;
 /// The same for a down probe. A down probe on a flat curve costs nothing and is looked at
 /// every tick: at 2 standard errors those looks ended two of three down probes from 9 to 7
