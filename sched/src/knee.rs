@@ -72,8 +72,18 @@
 //!   an SSD's, 23 %, and start-up ending there left the search a quarter step per cycle to
 //!   climb: `crate::knee_noise_tests`). A doubling that has not paid after one period is
 //!   measured on, up to three periods, before it counts as a miss (a host's ±8 % per 0.1 s
-//!   ended start-ups on one unlucky period). The second miss in a row (32 completions are
-//!   ±18 %: one miss may be the previous period's luck — BBR waits three rounds), or one miss
+//!   ended start-ups on one unlucky period). A miss is judged again (32 completions are
+//!   ±18 %: one miss may be the previous period's luck — BBR waits three rounds): the last
+//!   depth that paid is measured again, as long, and the doubling goes on if it paid against
+//!   that period alone by 20 %, or by 10 % and two standard errors more. Start-up doubled on
+//!   instead until stop 48 and ended at the second miss, which put 4× the end point's window
+//!   on the device for 0.3 s: a flat knee of 5 at 1000 IOPS (`quick.toml`) saw 32 as a guest
+//!   came up, and the victim's p99 was in those 0.3 s (three interleaved pairs: 1.64, 1.33,
+//!   1.17× its solo p99 before, 1.14, 1.20, 1.17 with the recheck). The recheck also climbs
+//!   soft curves further: its periods are three long on both sides, where the second
+//!   doubling compared with one (`host_curve_grid` 83.1 % → 86.0 %). It ends start-up a
+//!   doubling higher more often on bimodal devices (the sweep's seeds 1–4: 94.3 % → 91.7 %,
+//!   docs/scheduling.md). A confirmed miss, or one miss
 //!   and then a window the tenants do not fill, ends it at the last depth that paid, measured
 //!   again in a cruise. That cruise then re-judges the deeper windows start-up tried against
 //!   its own figure, with 2 standard errors to spare, and the deepest that passes rule (1)
@@ -169,11 +179,13 @@ use crate::curve::{Curve, Pooled};
 use crate::dispersion::Dispersion;
 
 mod params;
+mod start;
 pub use params::KneeParams;
 
 /// Completions a start-up period needs: a doubling's effect is far above its noise.
 const START_IOS: u64 = 32;
-/// Start-up ends at this many doublings in a row that did not pay.
+/// Start-up ends at this many misses of one doubling: the first is judged again against a
+/// new period at the depth below it.
 const START_MISSES: u32 = 2;
 /// A start-up period whose doubling has not paid goes on for up to this many `period_s`
 /// before it counts as a miss: a host whose throughput swings ±8 % per 0.1 s (φ ≈ 30) made a
@@ -260,8 +272,11 @@ pub struct KneeSearch {
     down_after_cruise: bool,
     /// Start-up: the last depth whose doubling paid.
     start_prev: f64,
-    /// Start-up: doublings in a row that did not pay.
+    /// Start-up: misses of the doubling being judged (a first one is judged again).
     start_misses: u32,
+    /// Start-up: a doubling to `.0` missed, measuring `.1` over `.2` completions; the period
+    /// under way measures the last depth that paid again.
+    start_recheck: Option<(f64, f64, f64)>,
     /// Start-up ended: the cruise at its end point re-judges the deeper windows it tried.
     start_review: bool,
     phase: Phase,
@@ -301,6 +316,7 @@ impl KneeSearch {
             down_after_cruise: false,
             start_prev: start,
             start_misses: 0,
+            start_recheck: None,
             start_review: false,
             phase: Phase::Start,
             cap: None,
@@ -353,11 +369,6 @@ impl KneeSearch {
 
     fn up(&self) -> f64 {
         self.up_by(self.p.probe_gain)
-    }
-
-    /// Start-up's next window: twice this one, under the ceiling.
-    fn doubled(&self) -> f64 {
-        (self.k * 2.0).min(self.ceiling())
     }
 
     /// The bound a recent QUEUE FULL/BUSY set, while it holds.
@@ -535,34 +546,6 @@ impl KneeSearch {
         }
     }
 
-    /// A start-up period that measured `x` over `elapsed` s goes on: its doubling has not
-    /// paid so far, and a miss is judged on `START_PERIODS` periods' time.
-    pub fn start_needs_more(&self, x: f64, elapsed: f64) -> bool {
-        match (self.phase, self.x_ref) {
-            (Phase::Start, Some(x0)) => {
-                elapsed < START_PERIODS * self.p.period_s - 1e-9 && !self.doubling_paid(x, x0)
-            }
-            _ => false,
-        }
-    }
-
-    /// A start-up doubling that measured `x` paid over the last that did (`x0`): 20 % per
-    /// doubling since (after a miss the next must pay for both: on a curve that keeps rising
-    /// gently two doublings add 20 % where one does not, and that is not a knee further up).
-    fn doubling_paid(&self, x: f64, x0: f64) -> bool {
-        x >= x0 * (1.0 + START_GROWTH).powi(self.start_misses as i32 + 1)
-    }
-
-    /// The start-up period at `k` paid, measuring `x` over `n` completions: the next doubling
-    /// is judged against it.
-    fn start_paid(&mut self, x: f64, n: f64) {
-        self.x_ref = Some(x);
-        self.ref_n = n;
-        self.ref_from_cruise = false;
-        self.start_prev = self.k;
-        self.start_misses = 0;
-    }
-
     /// Goes up if an up probe can look above `k` now, else down.
     fn probe(&mut self) {
         if self.up() > self.k {
@@ -665,38 +648,6 @@ impl KneeSearch {
         }
     }
 
-    /// The cruise at start-up's end point measured `x` over `n` pooled completions. Start-up
-    /// judged each doubling on one short period, and its end point's figure is one of them:
-    /// on a host whose throughput swings ±13 % per 0.1 s (φ ≈ 35), one lucky period at 2 and
-    /// an unlucky one at 4 ended a start-up at 2 that then measured 13.4 k IOPS in its cruise
-    /// against 27.8 k at 8 (a loop device, probe guests; 0.27 of `fixed:1024` over 8 s).
-    /// A deeper window start-up tried that beats the cruise by rule (1) with `REVIEW_Z`
-    /// standard errors to spare becomes the knee (the deepest such), measured again in a
-    /// cruise. Returns whether it moved.
-    fn review_start(&mut self, x: f64, n: f64) -> bool {
-        let phi = self.dispersion.phi();
-        let k = self.k;
-        let deeper = self
-            .curve
-            .points()
-            .filter(|&(w, p)| {
-                w > k
-                    && w <= self.ceiling()
-                    && p.x / x - 1.0
-                        >= self.threshold(k, w) + REVIEW_Z * (phi / p.n + phi / n.max(1.0)).sqrt()
-            })
-            .map(|(w, _)| w)
-            .max_by(f64::total_cmp);
-        let Some(w) = deeper else {
-            return false;
-        };
-        self.k = w;
-        self.forget_reference();
-        self.moved();
-        self.cruise();
-        true
-    }
-
     /// A period ended at `now`.
     pub fn on_period(&mut self, now: f64, m: Period) {
         self.now = now;
@@ -744,6 +695,11 @@ impl KneeSearch {
             // queued behind it: start-up waited there for seconds where 32 served 20–25 % more
             // (`weir bench broker`, docs/performance.md). Above their bursts the window comes
             // down to them through window validation, above.
+            // A depth measured again after a miss, that the tenants left unfilled, judges
+            // nothing: the miss stands as before the recheck.
+            if self.phase == Phase::Start {
+                self.start_recheck = None;
+            }
             match self.phase {
                 Phase::Up | Phase::UpHalf => self.probe_down(),
                 Phase::Down | Phase::DownHalf => self.cruise(),
@@ -767,10 +723,7 @@ impl KneeSearch {
             // bench rounds of eight probe guests, likely this way while the guests were still
             // coming up, ended a start-up at 4 with bursts of 32 queued behind it).
             if self.phase == Phase::Start && self.start_misses > 0 && m.peak_in_flight < m.window {
-                self.k = self.start_prev;
-                self.forget_reference();
-                self.start_review = true;
-                self.cruise();
+                self.end_start();
             }
             return;
         }
@@ -800,32 +753,7 @@ impl KneeSearch {
         };
         let np = self.pooled(m.window).map_or(self.period_n, |p| p.n);
         match self.phase {
-            Phase::Start => match self.x_ref {
-                Some(x0) if !self.doubling_paid(x, x0) => {
-                    // This doubling did not pay. A start-up period is short (32 completions:
-                    // ±18 % each), so one miss may be the last period's luck; as BBR waits for
-                    // three rounds without growth, go on doubling, and end only at the second
-                    // miss in a row (a knee of 80 was once taken for 2 on the first). The end is
-                    // the last depth that did pay, measured again in a cruise, then refined.
-                    self.start_misses += 1;
-                    let next = self.doubled();
-                    if self.start_misses >= START_MISSES || next <= self.k {
-                        self.k = self.start_prev;
-                        self.forget_reference();
-                        self.start_review = true;
-                        self.cruise();
-                    } else {
-                        self.k = next;
-                    }
-                }
-                _ => {
-                    self.start_paid(x, self.period_n);
-                    self.k = self.doubled();
-                    if self.k <= self.start_prev {
-                        self.probe();
-                    }
-                }
-            },
+            Phase::Start => self.on_start_period(x),
             Phase::Up => {
                 let u = m.window;
                 let (moved, trial) = self.move_up_if_it_paid(u, xp);

@@ -292,42 +292,48 @@ fn noisy_flat(seed: u64, sigma: f64) -> (f64, f64) {
 
 #[test]
 fn up_moves_on_noise_do_not_carry_the_window_past_a_flat_knee() {
-    // 64 seeds; the knee is 16 and the time-weighted mean includes the probes at 20.
-    // Before the selection-bias fixes (16 seeds), with counting noise only: means
-    // 17.6–30.1, tops 25–55. Before pooling (stop 36, 64 seeds): counting noise, means
-    // p50 17.8, worst 20.5, tops ≤ 35; ±15 % per 0.1 s unmeasured (no φ given) on top:
-    // means p50 23.3, p90 35.8, worst 89.4, tops p90 74, worst 179. Pooled (stop 37):
-    // 16.4 / 18.5, tops ≤ 23; 20.8 / 26.5 / 67.2, tops 58 / 114.
+    // The knee is 16 and the time-weighted mean includes the probes at 20. Before the
+    // selection-bias fixes (16 seeds), with counting noise only: means 17.6–30.1, tops 25–55.
+    // Before pooling (stop 36, 64 seeds): counting noise, means p50 17.8, worst 20.5, tops
+    // ≤ 35; ±15 % per 0.1 s unmeasured (no φ given) on top: means p50 23.3, p90 35.8, worst
+    // 89.4, tops p90 74, worst 179. Pooled (stop 37): 16.4 / 18.5, tops ≤ 23; 20.8 / 26.5 /
+    // 67.2, tops 58 / 114. 256 seeds since stop 48 (64 put single seeds' reshuffles in the
+    // worst case): counting noise means p50 16.4, max 18.5, tops p98 25, max 33; ±15 %:
+    // means p50 20.9, p90 33.7, p98 63.1, max 91.2, tops p90 68. Since a start-up miss is
+    // judged again against a new period at the depth below it (`knee::start`), the ±15 %
+    // tail is longer: 21.0 / 47.7 / 125.8 / 182, tops p90 89. The recheck compares two
+    // periods three long, each ±9 % here but counted as ±3 % (φ left at 1), so a flat
+    // doubling passes its 10 % plus two standard errors about one time in ten, and start-up
+    // doubles on; the old second doubling had to pay 44 %. Asking the recheck for 20 % and
+    // significance, with the two periods at `k` as a noise floor, brought that tail back
+    // (32.9 / 63.1 / 126) and lost what the recheck gains on soft curves (`host_curve_grid`
+    // 86.0 % → 79.7 %, p5 0.859 → 0.613). In the broker φ is measured, and
+    // `crate::knee_noise_tests` (±15 %, φ measured) holds.
     let sorted = |sigma: f64| {
-        let runs: Vec<(f64, f64)> = (1..=64).map(|s| noisy_flat(s, sigma)).collect();
+        let runs: Vec<(f64, f64)> = (1..=256).map(|s| noisy_flat(s, sigma)).collect();
         let mut means: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let mut tops: Vec<f64> = runs.iter().map(|r| r.1).collect();
         means.sort_by(f64::total_cmp);
         tops.sort_by(f64::total_cmp);
         (means, tops)
     };
-    // One seed's top is 33 since start-up asks 20 % of a doubling (was 25 %): its period at 16
-    // measured 10 % low, so 32 paid by 22.8 %, and start-up ended at 2× the knee; the down
-    // probes brought it to 21 by 3.6 s, 17–19 later (the other 63 tops ≤ 23).
+    // A top of 33 came from start-up asking 20 % of a doubling (was 25 %): a period at 16
+    // measured 10 % low, so 32 paid by 22.8 %, and start-up ended at 2× the knee.
     let (means, tops) = sorted(0.0);
     assert!(
-        means[63] <= 19.0 && tops[62] <= 23.0 && tops[63] <= 33.0,
+        means[255] <= 19.0 && tops[250] <= 25.0 && tops[255] <= 33.0,
         "counting noise: means {means:?}, tops {tops:?}"
     );
     // Noise the search is not told of (φ stays 1) is where "short of the best" (stop 40)
     // costs: the best pool's lower bound is then too tight, a lucky pool sets it, and up
-    // moves come easier. The p90 of the means went from under 30 to 32.0 (p50 20.7, worst
-    // 71.2, as before). In the broker φ is measured (`crate::knee_noise_tests`: ±15 % with φ
+    // moves come easier. In the broker φ is measured (`crate::knee_noise_tests`: ±15 % with φ
     // measured holds a flat knee of 16 at means ≤ 30).
     let (means, tops) = sorted(0.15);
     assert!(
-        means[32] <= 22.0 && means[57] <= 33.0 && means[63] <= 75.0,
+        means[128] <= 22.0 && means[230] <= 50.0 && means[250] <= 130.0 && means[255] <= 190.0,
         "unmeasured noise: means {means:?}"
     );
-    // p90 of the tops 58 → 66 when start-up came to ask 20 % of a doubling instead of 25 %
-    // (the price of climbing soft curves: `crate::knee_noise_tests`), → 69 with "short of
-    // the best".
-    assert!(tops[57] <= 69.0, "unmeasured noise: tops {tops:?}");
+    assert!(tops[230] <= 95.0, "unmeasured noise: tops {tops:?}");
 }
 
 /// One unit, and an array that takes one request waiting beside it (BUSY past 2): a window of
@@ -436,17 +442,22 @@ fn a_start_up_window_the_bursts_fill_doubles_without_waiting() {
 fn a_doubling_its_bursts_filled_that_paid_counts_as_paid() {
     // The bench round that ended a start-up at 4: a noisy miss at 8, then 16 (filled by
     // bursts only) paid 86 % over 4, and 32 went unfilled. Unjudged, 16's gain did not
-    // count, the miss at 8 stood, and start-up fell back to 4.
+    // count, the miss at 8 stood, and start-up fell back to 4. Since stop 48 a miss is
+    // judged again against a new period at the depth below it; here the tenants leave that
+    // one unfilled (bursts only), so the recheck judges nothing, the miss stands, and the
+    // bursts double the window on as before.
     let mut k = KneeSearch::new(KneeParams::default());
     let mut t = 0.0;
-    for (x, mean, peak) in [
-        (10_000.0, 1.0, 1.0),
-        (13_000.0, 1.9, 2.0),
-        (19_400.0, 3.8, 4.0),
-        (17_700.0, 7.7, 8.0),
-        (36_200.0, 8.3, 16.0),
-        (42_700.0, 10.0, 28.0),
+    for (x, mean, peak, window) in [
+        (10_000.0, 1.0, 1.0, 1.0),
+        (13_000.0, 1.9, 2.0, 2.0),
+        (19_400.0, 3.8, 4.0, 4.0),
+        (17_700.0, 7.7, 8.0, 8.0),
+        (19_000.0, 2.0, 4.0, 4.0),
+        (36_200.0, 3.0, 16.0, 8.0),
+        (42_700.0, 10.0, 28.0, 16.0),
     ] {
+        assert_eq!(k.window(), window, "{:?}", k.phase());
         t += 0.1;
         let p = period(&k, x, mean, peak);
         k.on_period(t, p);
@@ -458,4 +469,41 @@ fn a_doubling_its_bursts_filled_that_paid_counts_as_paid() {
         k.on_period(t, p);
     }
     assert_eq!(k.knee(), 28.0, "{:?}", k.phase());
+}
+
+#[test]
+fn a_start_up_miss_is_judged_again_below_it_before_it_ends_the_start_up() {
+    // A flat knee of 4 whose period at 4 read 10 % low: 8 paid over it by luck, 16 missed.
+    // Start-up used to double on to 32 (a second miss) before it ended at 8 — 8× the knee
+    // for 0.3 s, the victim's p99 in `quick.toml`. Now 8 is measured again and the miss
+    // judged against it: start-up ends at 8, never above 16.
+    let mut k = KneeSearch::new(KneeParams::default());
+    let mut t = 0.0;
+    let mut top = 0.0f64;
+    for x in [250.0, 500.0, 900.0, 1100.0, 1000.0, 1000.0, 1000.0, 1000.0] {
+        top = top.max(k.window());
+        t += 0.1;
+        let w = k.window();
+        k.on_period(t, period(&k, x, w, w));
+    }
+    assert_eq!(top, 16.0);
+    assert_eq!(k.knee(), 8.0, "{:?}", k.phase());
+    assert_ne!(k.phase(), Phase::Start);
+    // A doubling that pays against the depth measured again goes on: a miss on one
+    // period's luck does not end a start-up below a knee of 64.
+    let mut k = KneeSearch::new(KneeParams::default());
+    for (x, window) in [
+        (1000.0, 1.0),
+        (2000.0, 2.0),
+        (4000.0, 4.0),
+        (4400.0, 8.0),
+        (3000.0, 4.0),
+        (16_000.0, 16.0),
+    ] {
+        assert_eq!(k.window(), window, "{:?}", k.phase());
+        t += 0.1;
+        k.on_period(t, period(&k, x, window, window));
+    }
+    assert_eq!(k.phase(), Phase::Start);
+    assert_eq!(k.window(), 32.0);
 }
