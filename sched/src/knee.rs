@@ -75,7 +75,9 @@
 //!   ended start-ups on one unlucky period). A miss is judged again (32 completions are
 //!   ±18 %: one miss may be the previous period's luck — BBR waits three rounds): the last
 //!   depth that paid is measured again, as long, and the doubling goes on if it paid against
-//!   that period alone by 20 %, or by 10 % and two standard errors more. Start-up doubled on
+//!   that period alone by 20 %, or by 10 % and two standard errors more (from a depth of 4:
+//!   below it start-up still doubles on, as a miss confirmed at 1 or 2 leaves the search a
+//!   request per probe to climb; `knee::start`). Start-up doubled on
 //!   instead until stop 48 and ended at the second miss, which put 4× the end point's window
 //!   on the device for 0.3 s: a flat knee of 5 at 1000 IOPS (`quick.toml`) saw 32 as a guest
 //!   came up, and the victim's p99 was in those 0.3 s (three interleaved pairs: 1.64, 1.33,

@@ -3,6 +3,10 @@
 
 use super::{DECIDED_Z, KneeSearch, Phase, REVIEW_Z, START_GROWTH, START_MISSES, START_PERIODS};
 
+/// A miss is judged again from this depth up (the last that paid); below it start-up doubles
+/// on and ends at the second miss, as before stop 48.
+const RECHECK_FROM: f64 = 4.0;
+
 impl KneeSearch {
     /// Start-up's next window: twice this one, under the ceiling.
     pub(super) fn doubled(&self) -> f64 {
@@ -10,12 +14,13 @@ impl KneeSearch {
     }
 
     /// A start-up period that measured `x` over `elapsed` s goes on: its doubling has not
-    /// paid so far, and a miss is judged on `START_PERIODS` periods' time.
+    /// paid so far, and a miss is judged on `START_PERIODS` periods' time. A period that
+    /// measures a depth again after a miss runs as long, whatever it reads.
     pub fn start_needs_more(&self, x: f64, elapsed: f64) -> bool {
+        let short = elapsed < START_PERIODS * self.p.period_s - 1e-9;
         match (self.phase, self.x_ref) {
-            (Phase::Start, Some(x0)) => {
-                elapsed < START_PERIODS * self.p.period_s - 1e-9 && !self.doubling_paid(x, x0)
-            }
+            (Phase::Start, _) if self.start_recheck.is_some() => short,
+            (Phase::Start, Some(x0)) => short && !self.doubling_paid(x, x0),
             _ => false,
         }
     }
@@ -78,6 +83,16 @@ impl KneeSearch {
         true
     }
 
+    /// The doubling to `k` paid, measuring `x` over `n` completions: the next one, unless
+    /// the window cannot double any more (then the search probes from here).
+    fn double_on(&mut self, x: f64, n: f64) {
+        self.start_paid(x, n);
+        self.k = self.doubled();
+        if self.k <= self.start_prev {
+            self.probe();
+        }
+    }
+
     /// A start-up period ended at `k`, counted, measuring `x` over `self.period_n`
     /// completions.
     pub(super) fn on_start_period(&mut self, x: f64) {
@@ -89,13 +104,8 @@ impl KneeSearch {
             let phi = self.dispersion.phi();
             let se = (phi / nw.max(1.0) + phi / self.period_n.max(1.0)).sqrt();
             if gain >= START_GROWTH || gain - START_GROWTH / 2.0 >= DECIDED_Z * se {
-                self.start_misses = 0;
                 self.k = w;
-                self.start_paid(xw, nw);
-                self.k = self.doubled();
-                if self.k <= self.start_prev {
-                    self.probe();
-                }
+                self.double_on(xw, nw);
             } else {
                 self.end_start();
             }
@@ -114,18 +124,19 @@ impl KneeSearch {
                 self.start_misses += 1;
                 if self.start_misses >= START_MISSES || self.doubled() <= self.k {
                     self.end_start();
+                } else if self.start_prev < RECHECK_FROM {
+                    // Below a few requests, doubling on past a miss costs a few requests of
+                    // latency, and a miss confirmed there ends start-up where each probe
+                    // adds one (tenants still arriving made the doubling from 1 miss, and a
+                    // `weir bench broker` round held 1–2 for 3 s: 0.31 of fifo's IOPS). The
+                    // next doubling must pay for both.
+                    self.k = self.doubled();
                 } else {
                     self.start_recheck = Some((self.k, x, self.period_n));
                     self.k = self.start_prev;
                 }
             }
-            _ => {
-                self.start_paid(x, self.period_n);
-                self.k = self.doubled();
-                if self.k <= self.start_prev {
-                    self.probe();
-                }
-            }
+            _ => self.double_on(x, self.period_n),
         }
     }
 }
