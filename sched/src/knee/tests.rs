@@ -507,3 +507,19 @@ fn a_start_up_miss_is_judged_again_below_it_before_it_ends_the_start_up() {
     assert_eq!(k.phase(), Phase::Start);
     assert_eq!(k.window(), 32.0);
 }
+
+#[test]
+fn below_a_depth_of_4_a_miss_doubles_on_instead_of_being_judged_again() {
+    // Tenants still arriving made the doubling from 1 miss; judged again at 1, the miss was
+    // confirmed and a `weir bench broker` round held 1–2 for 3 s. Below `RECHECK_FROM` the
+    // window doubles on, and the next doubling must pay for both (1.44×).
+    let mut k = KneeSearch::new(KneeParams::default());
+    let mut t = 0.0;
+    for (x, window) in [(1000.0, 1.0), (1100.0, 2.0), (2000.0, 4.0)] {
+        assert_eq!(k.window(), window, "{:?}", k.phase());
+        t += 0.1;
+        k.on_period(t, period(&k, x, window, window));
+    }
+    assert_eq!(k.phase(), Phase::Start);
+    assert_eq!(k.window(), 8.0);
+}
