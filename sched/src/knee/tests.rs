@@ -71,7 +71,7 @@ fn a_noisy_device_lengthens_the_periods_and_a_clear_probe_ends_early() {
     // that window pooled, fewer; but never fewer than 64 · φ of its own).
     let x = period(k.window()).throughput;
     assert!(!k.decided(x, 300));
-    assert!(k.decided(x, 5000));
+    assert!(k.decided(x, 6000));
     // A reading that would move the knee (no throughput lost) always runs its full length.
     assert!(!k.decided(period(k.knee()).throughput, 1_000_000));
 }
@@ -476,11 +476,13 @@ fn a_start_up_miss_is_judged_again_below_it_before_it_ends_the_start_up() {
     // A flat knee of 4 whose period at 4 read 10 % low: 8 paid over it by luck, 16 missed.
     // Start-up used to double on to 32 (a second miss) before it ended at 8 — 8× the knee
     // for 0.3 s, the victim's p99 in `quick.toml`. Now 8 is measured again and the miss
-    // judged against it: start-up ends at 8, never above 16.
+    // judged against it: start-up ends at 8, never above 16. Its cruise at 8 is followed
+    // by a down probe (a start-up that ended on a miss likely overshot), which finds the
+    // flat and takes the window down.
     let mut k = KneeSearch::new(KneeParams::default());
     let mut t = 0.0;
     let mut top = 0.0f64;
-    for x in [250.0, 500.0, 900.0, 1100.0, 1000.0, 1000.0, 1000.0, 1000.0] {
+    for x in [250.0, 500.0, 900.0, 1100.0, 1000.0, 1000.0, 1000.0] {
         top = top.max(k.window());
         t += 0.1;
         let w = k.window();
@@ -488,7 +490,11 @@ fn a_start_up_miss_is_judged_again_below_it_before_it_ends_the_start_up() {
     }
     assert_eq!(top, 16.0);
     assert_eq!(k.knee(), 8.0, "{:?}", k.phase());
-    assert_ne!(k.phase(), Phase::Start);
+    assert_eq!(k.phase(), Phase::Down);
+    assert_eq!(k.window(), 6.0);
+    t += 0.1;
+    k.on_period(t, period(&k, 1000.0, 6.0, 6.0));
+    assert_eq!(k.knee(), 6.0, "{:?}", k.phase());
     // A doubling that pays against the depth measured again goes on: a miss on one
     // period's luck does not end a start-up below a knee of 64.
     let mut k = KneeSearch::new(KneeParams::default());
