@@ -381,22 +381,13 @@ fn the_traced_disk_is_held_near_its_flat() {
 /// Start-up on a flat knee of `units` units of `service_s` (counting noise only): the highest
 /// window in the first 3 s ÷ the knee, and the seconds spent at 3× the knee or more.
 fn start_up_overshoot(seed: u64, units: f64, service_s: f64) -> (f64, f64) {
-    let mut rng = SplitMix64::new(seed);
-    let mut c = QueueDepthController::new(DepthPolicy::Adaptive(KneeParams::default()));
-    let tick = 0.01;
-    let (mut now, mut carry, mut top, mut over) = (0.0, 0.0, 0u32, 0.0);
-    for _ in 0..300u32 {
-        let w = c.window();
-        top = top.max(w);
-        if f64::from(w) >= 3.0 * units {
-            over += tick;
-        }
-        let rate = f64::from(w).min(units) / service_s;
-        let latency = service_s * (f64::from(w) / units).max(1.0);
-        complete_tick(&mut c, &mut rng, &mut carry, now, tick, rate, latency);
-        now += tick;
-        c.tick(now, w);
-    }
+    let windows = flat_knee_windows(seed, units, service_s, 3.0);
+    let top = windows.iter().copied().max().unwrap_or(0);
+    let over = windows
+        .iter()
+        .filter(|&&w| f64::from(w) >= 3.0 * units)
+        .count() as f64
+        * FLAT_TICK_S;
     (f64::from(top) / units, over)
 }
 
@@ -430,12 +421,15 @@ fn start_up_does_not_run_far_past_a_small_flat_knee() {
     );
 }
 
-/// The window at every 10 ms tick of `secs` seconds on a flat knee of `units` units of
-/// `service_s` each, completions a Poisson stream (`start_up_overshoot`'s device).
+/// The simulated clock's step in [`flat_knee_windows`].
+const FLAT_TICK_S: f64 = 0.01;
+
+/// The window at every tick of `secs` seconds on a flat knee: `units` units of `service_s`
+/// each, throughput `min(w, units) / service_s`, completions a Poisson stream.
 fn flat_knee_windows(seed: u64, units: f64, service_s: f64, secs: f64) -> Vec<u32> {
     let mut rng = SplitMix64::new(seed);
     let mut c = QueueDepthController::new(DepthPolicy::Adaptive(KneeParams::default()));
-    let tick = 0.01;
+    let tick = FLAT_TICK_S;
     let (mut now, mut carry) = (0.0, 0.0);
     let mut windows = Vec::new();
     for _ in 0..(secs / tick).round() as u32 {
